@@ -1,0 +1,80 @@
+/** Typed errors. Messages follow one grammar: sentence case, no trailing period, values quoted. */
+
+/** One problem found in the config file, with where it was found. */
+export interface ConfigProblem {
+  file: string;
+  line: number;
+  /** Key path such as `services[1].urls`; empty for problems of the whole file. */
+  key: string;
+  message: string;
+}
+
+/** Formats a config problem as `file:line: key: message`. */
+export function formatProblem(p: ConfigProblem): string {
+  return `${p.file}:${p.line}: ${p.key ? `${p.key}: ` : ""}${p.message}`;
+}
+
+/** The config file is invalid; holds every problem found, not only the first. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+  readonly problems: ConfigProblem[];
+  constructor(problems: ConfigProblem[]) {
+    super(
+      problems.length === 1
+        ? formatProblem(problems[0]!)
+        : `Config has ${problems.length} problems:\n${problems.map((p) => `  ${formatProblem(p)}`).join("\n")}`,
+    );
+    this.problems = problems;
+  }
+}
+
+/** A child process failed: exited non-zero, was killed, timed out or could not start. */
+export class CommandError extends Error {
+  override name = "CommandError";
+  constructor(
+    readonly argv: readonly string[],
+    readonly cwd: string | undefined,
+    readonly exitCode: number | null,
+    readonly signal: string | null,
+    readonly timedOut: boolean,
+    readonly stderrTail: string,
+    readonly durationMs: number,
+    detail?: string,
+  ) {
+    const what = detail ??
+      (timedOut
+        ? `timed out after ${durationMs} ms`
+        : signal
+        ? `killed by ${signal}`
+        : `exited with status ${exitCode}`);
+    const tail = stderrTail.trim();
+    super(`Command "${argv.slice(0, 3).join(" ")}" failed: ${what}${tail ? `: ${lastLines(tail, 3)}` : ""}`);
+  }
+}
+
+/** A compose file breaks the sandbox policy. */
+export class PolicyError extends Error {
+  override name = "PolicyError";
+}
+
+/** A request over SSH failed; `status` is the exit status to send (0..255). */
+export class RequestError extends Error {
+  override name = "RequestError";
+  constructor(readonly status: number, message: string) {
+    super(message);
+  }
+}
+
+/** A bad command line. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+function lastLines(s: string, n: number): string {
+  return s.split("\n").slice(-n).join(" | ");
+}
+
+/** The message of anything thrown. */
+export function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
