@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds dist/pgod and dist/pgoctl as single executables with the version baked in.
+# --external cpu-features: ssh2's optional native module is not shipped (pure JS fallback).
+# --no-compile-autoload-*: the binaries must not read .env or bunfig.toml from their cwd.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+version="${PGO_VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo unknown)}"
+mkdir -p dist
+for prog in pgod pgoctl; do
+  [ -f "src/cmd/$prog.ts" ] || continue
+  bun build --compile --minify-syntax --external cpu-features \
+    --no-compile-autoload-dotenv --no-compile-autoload-bunfig \
+    --define "PGO_VERSION=\"$version\"" \
+    "src/cmd/$prog.ts" --outfile "dist/$prog" >/dev/null
+  echo "built dist/$prog ($version)"
+done

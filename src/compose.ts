@@ -1,0 +1,165 @@
+/** The docker compose CLI for one service, and what a compose file depends on. */
+import { posix } from "node:path";
+import { parse as parseYaml } from "yaml";
+import type { RunResult, Runner, Tag } from "./exec.ts";
+import type { Account } from "./users.ts";
+import { baseEnv } from "./users.ts";
+
+/** Compose file names docker compose looks for, in its order. */
+export const COMPOSE_FILES = ["compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml"] as const;
+
+const COMPOSE_TIMEOUT_MS = 15 * 60_000;
+const QUICK_TIMEOUT_MS = 60_000;
+
+export interface ComposeTarget {
+  project: string;
+  /** The checkout the project runs from. */
+  dir: string;
+  /** The compose file, relative to `dir`. */
+  file: string;
+  account: Account;
+  env: Record<string, string>;
+  /** Per-service DOCKER_CONFIG directory. */
+  dockerConfig?: string;
+}
+
+export interface ExecIO {
+  onStdout?: (chunk: Uint8Array) => Promise<void> | void;
+  onStderr?: (chunk: Uint8Array) => Promise<void> | void;
+  signal?: AbortSignal;
+}
+
+/** docker compose operations for one project. */
+export interface Compose {
+  /** Runs `docker compose -p P -f F <args>`; `subcmd` labels metrics. Never throws on exit status. */
+  run(args: string[], io?: ExecIO & { timeoutMs?: number }): Promise<RunResult>;
+  /** Like run, but throws a CommandError on failure. */
+  must(args: string[], timeoutMs?: number): Promise<RunResult>;
+  /** The names of the services that `up` starts (`config --services`). */
+  services(): Promise<string[]>;
+}
+
+/** The environment of every docker compose child of a service. */
+export function composeEnv(t: ComposeTarget): Record<string, string> {
+  const env: Record<string, string> = { ...t.env, ...baseEnv(t.account) };
+  if (t.dockerConfig) env["DOCKER_CONFIG"] = t.dockerConfig;
+  return env;
+}
+
+/** Makes the compose wrapper. The project name is always passed, so a file's `name:` cannot take over another project. */
+export function makeCompose(runner: Runner, t: ComposeTarget): Compose {
+  const base = ["docker", "compose", "--project-name", t.project, "--file", t.file];
+  const env = composeEnv(t);
+  const tag = (args: string[]): Tag => ({ service: t.project, cmd: "compose", subcmd: subcommandOf(args) });
+  const run: Compose["run"] = (args, io = {}) =>
+    runner([...base, ...args], {
+      cwd: t.dir,
+      env,
+      as: t.account,
+      timeoutMs: io.timeoutMs ?? COMPOSE_TIMEOUT_MS,
+      tag: tag(args),
+      check: false,
+      ...(io.signal ? { signal: io.signal } : {}),
+      ...(io.onStdout ? { onStdout: io.onStdout } : {}),
+      ...(io.onStderr ? { onStderr: io.onStderr } : {}),
+    });
+  const must: Compose["must"] = (args, timeoutMs = COMPOSE_TIMEOUT_MS) =>
+    runner([...base, ...args], { cwd: t.dir, env, as: t.account, timeoutMs, tag: tag(args) });
+  return {
+    run,
+    must,
+    async services() {
+      const r = await must(["config", "--services"], QUICK_TIMEOUT_MS);
+      return r.stdout.split("\n").map((s) => s.trim()).filter(Boolean).sort();
+    },
+  };
+}
+
+const KNOWN_SUBCOMMANDS = new Set([
+  "up", "down", "stop", "start", "restart", "pull", "ps", "logs", "exec", "config", "ls", "kill", "rm",
+]);
+
+/** A bounded label for a compose argv: the subcommand, or "other". */
+export function subcommandOf(args: readonly string[]): string {
+  const first = args.find((a) => !a.startsWith("-")) ?? "";
+  return KNOWN_SUBCOMMANDS.has(first) ? first : "other";
+}
+
+/** Picks the compose file: the configured one, or the first of COMPOSE_FILES that exists. */
+export function findComposeFile(exists: (rel: string) => boolean, configured?: string): string | null {
+  if (configured !== undefined) return exists(configured) ? configured : null;
+  return COMPOSE_FILES.find((f) => exists(f)) ?? null;
+}
+
+/**
+ * The files a compose model depends on, relative to the repository root: the compose file, `.env`
+ * beside it, and every `include`, `env_file` and `extends.file` it names, followed recursively.
+ * Returns "all" when a path cannot be known without interpolation (it names a `${VAR}`), so the
+ * caller treats any change as relevant.
+ */
+export async function composeDependencies(
+  read: (path: string) => Promise<string | null>,
+  composeFile: string,
+): Promise<Set<string> | "all"> {
+  const deps = new Set<string>();
+  const queue = [posix.normalize(composeFile)];
+  const projectDir = posix.dirname(posix.normalize(composeFile));
+  deps.add(posix.join(projectDir, ".env"));
+  let unknown = false;
+  const add = (base: string, p: unknown): void => {
+    if (typeof p !== "string") return;
+    if (p.includes("$")) {
+      unknown = true;
+      return;
+    }
+    if (posix.isAbsolute(p)) return; // outside the repository: not something a commit changes
+    const full = posix.normalize(posix.join(base, p));
+    if (full.startsWith("../")) return;
+    if (!deps.has(full)) {
+      deps.add(full);
+      if (/\.(ya?ml)$/.test(full)) queue.push(full);
+    }
+  };
+  const seen = new Set<string>();
+  while (queue.length > 0 && seen.size < 200) {
+    const file = queue.shift()!;
+    if (seen.has(file)) continue;
+    seen.add(file);
+    deps.add(file);
+    const text = await read(file);
+    if (text === null) continue;
+    let doc: unknown;
+    try {
+      doc = parseYaml(text, { maxAliasCount: 1000 });
+    } catch {
+      continue; // docker compose will say what is wrong with it at deploy time
+    }
+    if (!isMap(doc)) continue;
+    const dir = posix.dirname(file);
+    for (const inc of asList(doc["include"])) {
+      if (typeof inc === "string") add(dir, inc);
+      else if (isMap(inc)) {
+        for (const p of asList(inc["path"])) add(dir, p);
+        for (const p of asList(inc["env_file"])) add(dir, p);
+        if (typeof inc["project_directory"] === "string") add(dir, posix.join(inc["project_directory"], ".env"));
+      }
+    }
+    const services = doc["services"];
+    if (!isMap(services)) continue;
+    for (const svc of Object.values(services)) {
+      if (!isMap(svc)) continue;
+      for (const ef of asList(svc["env_file"])) add(projectDir, isMap(ef) ? ef["path"] : ef);
+      const ext = svc["extends"];
+      if (isMap(ext)) add(dir, ext["file"]);
+    }
+  }
+  return unknown ? "all" : deps;
+}
+
+function isMap(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function asList(v: unknown): unknown[] {
+  return v === undefined || v === null ? [] : Array.isArray(v) ? v : [v];
+}

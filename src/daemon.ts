@@ -1,0 +1,243 @@
+/** pgod's life cycle: load the config, clean up stale projects, run the loops, watch the config, exit on signals. */
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
+import { chmod, lstat, mkdir, readdir, readFile, rm } from "node:fs/promises";
+import { dirname, join, resolve } from "node:path";
+import { loadConfig, parseConfig } from "./config.ts";
+import type { Config } from "./config.ts";
+import { makeDockerContainers } from "./containers.ts";
+import type { Containers } from "./containers.ts";
+import { ConfigError, errorMessage, formatProblem } from "./errors.ts";
+import { makeRunner } from "./exec.ts";
+import type { CommandObserver, Runner } from "./exec.ts";
+import type { PgodFlags } from "./flags.ts";
+import type { Logger } from "./log.ts";
+import { downProject, ServiceWorker } from "./reconcile.ts";
+import type { DeployResult } from "./reconcile.ts";
+import { realClock, Semaphore } from "./scheduler.ts";
+import type { Clock } from "./scheduler.ts";
+import { CHILD_PATH, makeUsers } from "./users.ts";
+
+/** Exit codes of pgod. */
+export const EXIT = { ok: 0, fatal: 1, restart: 2 } as const;
+
+/** Hooks the SSH server and metrics attach to (the next layer up). */
+export interface DaemonHooks {
+  observe?: CommandObserver;
+  onDeploy?: (service: string, result: DeployResult) => void;
+  /** Called once the loops run; returns a function that closes what it started. */
+  started?: (d: RunningDaemon) => Promise<() => Promise<void>>;
+}
+
+/** What a running pgod exposes to its servers. */
+export interface RunningDaemon {
+  config: Config;
+  workers: Map<string, ServiceWorker>;
+  flags: PgodFlags;
+  logger: Logger;
+  runner: Runner;
+}
+
+export interface DaemonDeps {
+  logger: Logger;
+  clock?: Clock;
+  random?: () => number;
+  containers?: Containers;
+  runner?: Runner;
+  /** How often the config file is checked for changes (default 2 s). */
+  watchMs?: number;
+  /** Resolves when a signal asks pgod to stop; default: real process signals. */
+  signals?: (handler: (sig: "SIGHUP" | "SIGINT" | "SIGTERM") => void) => () => void;
+  hooks?: DaemonHooks;
+  /** Concurrent clones and deploys across services (default 4). */
+  maxParallel?: number;
+}
+
+/** Runs pgod until a signal or a config change; returns the exit code. */
+export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<number> {
+  const log = deps.logger;
+  if (process.getuid?.() !== 0) {
+    log.error("pgod must run as root: it runs each service as its own user");
+    return EXIT.fatal;
+  }
+  const dir = resolve(flags.dir);
+  if (dir === "/") {
+    log.error(`Invalid value "${flags.dir}" for "--dir": must not be "/"`);
+    return EXIT.fatal;
+  }
+  const configFile = resolve(flags.config);
+  let config: Config;
+  let configBytes: string;
+  try {
+    configBytes = await readFile(configFile, "utf8");
+    config = parseConfig(configBytes, configFile);
+  } catch (e) {
+    reportConfigError(log, configFile, e);
+    return EXIT.fatal;
+  }
+  try {
+    await mkdir(dir, { recursive: true });
+    await chmod(dir, 0o711); // service users may enter their own checkout but not list the others
+    await mkdir(flags.datadir, { recursive: true });
+  } catch (e) {
+    log.error("cannot prepare directories", { error: errorMessage(e) });
+    return EXIT.fatal;
+  }
+  const runner = deps.runner ?? makeRunner({ logger: log, ...(deps.hooks?.observe ? { observe: deps.hooks.observe } : {}) });
+  const containers = deps.containers ?? makeDockerContainers();
+  const clock = deps.clock ?? realClock;
+  await cleanupStale(config, dir, { runner, containers, logger: log });
+
+  const users = makeUsers({ runner, homeRoot: join(dir, ".home") });
+  const slots = new Semaphore(deps.maxParallel ?? 4);
+  const workers = new Map<string, ServiceWorker>();
+  for (const svc of config.services) {
+    workers.set(svc.name, new ServiceWorker(svc, {
+      runner, users, containers, logger: log, clock, random: deps.random ?? Math.random, slots,
+      dir, datadir: flags.datadir, intervalMs: flags.durationMs,
+      ...(deps.hooks?.onDeploy ? { onDeploy: deps.hooks.onDeploy } : {}),
+    }));
+  }
+  log.info("starting", { services: workers.size, config: configFile, dir, interval_ms: flags.durationMs });
+
+  let finish!: (code: number) => void;
+  const done = new Promise<number>((r) => (finish = r));
+  const unsubscribe = (deps.signals ?? processSignals)((sig) => {
+    log.info("signal received", { signal: sig });
+    finish(sig === "SIGHUP" ? EXIT.restart : EXIT.ok);
+  });
+  let close: (() => Promise<void>) | null = null;
+  try {
+    close = (await deps.hooks?.started?.({ config, workers, flags, logger: log, runner })) ?? null;
+  } catch (e) {
+    log.error("cannot start servers", { error: errorMessage(e) });
+    unsubscribe();
+    return EXIT.fatal;
+  }
+  for (const w of workers.values()) w.start();
+
+  const watcher = new AbortController();
+  if (flags.restart) {
+    void watchConfig(configFile, configBytes, { clock, logger: log, intervalMs: deps.watchMs ?? 2000, signal: watcher.signal })
+      .then((changed) => changed && finish(EXIT.restart));
+  }
+  const code = await done;
+  watcher.abort();
+  unsubscribe();
+  log.info("stopping: waiting for running commands", { code });
+  await Promise.all([...workers.values()].map((w) => w.stop()));
+  await close?.();
+  log.info("stopped", { code });
+  return code;
+}
+
+function reportConfigError(log: Logger, file: string, e: unknown): void {
+  if (e instanceof ConfigError) {
+    for (const p of e.problems) log.error(formatProblem(p));
+  } else {
+    log.error(`Cannot read config "${file}": ${errorMessage(e)}`);
+  }
+}
+
+/**
+ * Polls the config file; resolves true when its bytes changed to a valid config (pgod then exits
+ * 2 so systemd restarts it). An invalid or missing file is reported once per change and ignored.
+ */
+export async function watchConfig(
+  file: string,
+  current: string,
+  o: { clock: Clock; logger: Logger; intervalMs: number; signal: AbortSignal },
+): Promise<boolean> {
+  const hash = (s: string): string => createHash("sha256").update(s).digest("hex");
+  const good = hash(current);
+  let lastSeen = good;
+  while (!o.signal.aborted) {
+    await o.clock.sleep(o.intervalMs, o.signal);
+    if (o.signal.aborted) break;
+    let text: string;
+    try {
+      text = await readFile(file, "utf8");
+    } catch (e) {
+      if (lastSeen !== "missing") o.logger.error("config file unreadable, keeping the running config", { file, error: errorMessage(e) });
+      lastSeen = "missing";
+      continue;
+    }
+    const h = hash(text);
+    if (h === lastSeen) continue;
+    lastSeen = h;
+    if (h === good) {
+      o.logger.info("config file is back to the running config", { file });
+      continue;
+    }
+    try {
+      parseConfig(text, file);
+    } catch (e) {
+      o.logger.error("config file changed but is invalid, keeping the running config", { file });
+      reportConfigError(o.logger, file, e);
+      continue;
+    }
+    o.logger.info("config file changed, exiting with status 2 to be restarted", { file });
+    return true;
+  }
+  return false;
+}
+
+/**
+ * Brings down compose projects that pgod started (their working directory is `<dir>/<name>`)
+ * but that are no longer configured, and removes their checkouts. Projects elsewhere are never
+ * touched. Failures are logged; they do not stop pgod.
+ */
+export async function cleanupStale(
+  config: Config,
+  dir: string,
+  d: { runner: Runner; containers: Containers; logger: Logger },
+): Promise<void> {
+  const names = new Set(config.services.map((s) => s.name));
+  const stale = new Set<string>();
+  try {
+    for (const c of await d.containers.all()) {
+      if (c.workingDir && dirname(c.workingDir) === dir && !names.has(c.project)) stale.add(c.project);
+    }
+  } catch (e) {
+    d.logger.warn("cannot list containers for stale cleanup", { error: errorMessage(e) });
+  }
+  for (const project of stale) {
+    d.logger.info("bringing down a project that is no longer configured", { project });
+    try {
+      await downProject(d.runner, project, { PATH: CHILD_PATH, HOME: "/root" });
+    } catch (e) {
+      d.logger.warn("cannot bring down stale project", { project, error: errorMessage(e) });
+    }
+  }
+  let entries: string[] = [];
+  try {
+    entries = await readdir(dir);
+  } catch {
+    return;
+  }
+  for (const e of entries) {
+    if (e.startsWith(".") || e.endsWith(".stop") || names.has(e)) continue;
+    const path = join(dir, e);
+    const s = await lstat(path).catch(() => null);
+    if (!s?.isDirectory() || !(stale.has(e) || existsSync(join(path, ".git")))) continue;
+    d.logger.info("removing the checkout of a service that is no longer configured", { dir: path });
+    await rm(path, { recursive: true, force: true }).catch((err) => d.logger.warn("cannot remove", { dir: path, error: errorMessage(err) }));
+  }
+  // Leftovers of an interrupted clone.
+  for (const e of entries) {
+    if (e.startsWith(".clone-") || e.startsWith(".trash-")) await rm(join(dir, e), { recursive: true, force: true }).catch(() => {});
+  }
+}
+
+function processSignals(handler: (sig: "SIGHUP" | "SIGINT" | "SIGTERM") => void): () => void {
+  const sigs = ["SIGHUP", "SIGINT", "SIGTERM"] as const;
+  const fns = sigs.map((s) => {
+    const fn = (): void => handler(s);
+    process.on(s, fn);
+    return fn;
+  });
+  return () => sigs.forEach((s, i) => process.off(s, fns[i]!));
+}
+
+/** Loads the config for tools (re-exported for the entry point). */
+export { loadConfig };

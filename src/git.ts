@@ -1,0 +1,86 @@
+/** The git CLI, run as the service user with a fixed environment and a timeout on every call. */
+import type { Runner, Tag } from "./exec.ts";
+import type { Account } from "./users.ts";
+import { baseEnv } from "./users.ts";
+
+const NET_TIMEOUT_MS = 120_000;
+const LOCAL_TIMEOUT_MS = 30_000;
+
+/** Git operations on one service's checkout. */
+export interface Git {
+  /** Clones `branch` of `repo` into the empty directory `dir`. */
+  clone(dir: string, repo: string, branch: string): Promise<void>;
+  /** The commit the remote branch points at, in one round trip (`git ls-remote`). */
+  remoteHead(dir: string, branch: string): Promise<string>;
+  /** Fetches the branch; returns the fetched commit. Force-pushes are followed. */
+  fetch(dir: string, branch: string): Promise<string>;
+  /** The commit checked out, or null when the checkout is damaged. */
+  head(dir: string): Promise<string | null>;
+  /** Paths that differ between two commits (`git diff --name-only -z`). */
+  changedFiles(dir: string, from: string, to: string): Promise<string[]>;
+  /** A file's content at a commit, or null when it does not exist there. */
+  show(dir: string, commit: string, path: string): Promise<string | null>;
+  /** Moves the checkout to `commit` on `branch`, discarding local edits and untracked files. */
+  checkout(dir: string, branch: string, commit: string): Promise<void>;
+  /** The configured remote URL. */
+  remoteUrl(dir: string): Promise<string | null>;
+  setRemoteUrl(dir: string, url: string): Promise<void>;
+}
+
+/** Makes the git wrapper for one service (the tag labels metrics). */
+export function makeGit(runner: Runner, account: Account, service: string): Git {
+  const env = {
+    ...baseEnv(account),
+    GIT_CONFIG_NOSYSTEM: "1",
+    GIT_TERMINAL_PROMPT: "0",
+    GIT_ASKPASS: "/bin/false",
+    GIT_SSH_COMMAND: "ssh -o BatchMode=yes -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4",
+    // Abort transfers that stall below 1 KB/s for 60 s (a server that accepts and never answers).
+    GIT_HTTP_LOW_SPEED_LIMIT: "1000",
+    GIT_HTTP_LOW_SPEED_TIME: "60",
+  };
+  const tag = (subcmd: string): Tag => ({ service, cmd: "git", subcmd });
+  const git = async (dir: string, args: string[], subcmd: string, timeoutMs = LOCAL_TIMEOUT_MS, check = true) =>
+    runner(["git", ...args], { cwd: dir, env, as: account, timeoutMs, tag: tag(subcmd), check });
+  return {
+    async clone(dir, repo, branch) {
+      await git(dir, ["clone", "--quiet", "--branch", branch, "--", repo, "."], "clone", NET_TIMEOUT_MS);
+    },
+    async remoteHead(dir, branch) {
+      const r = await git(dir, ["ls-remote", "--heads", "origin", `refs/heads/${branch}`], "ls-remote", NET_TIMEOUT_MS);
+      const id = r.stdout.split(/\s/)[0] ?? "";
+      if (!/^[0-9a-f]{40,64}$/.test(id)) throw new Error(`Cannot find branch "${branch}" on the remote`);
+      return id;
+    },
+    async fetch(dir, branch) {
+      const ref = `refs/remotes/origin/${branch}`;
+      await git(dir, ["fetch", "--quiet", "--no-tags", "origin", `+refs/heads/${branch}:${ref}`], "fetch", NET_TIMEOUT_MS);
+      const r = await git(dir, ["rev-parse", "--verify", "--quiet", `${ref}^{commit}`], "rev-parse");
+      return r.stdout.trim();
+    },
+    async head(dir) {
+      const r = await git(dir, ["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], "rev-parse", LOCAL_TIMEOUT_MS, false);
+      const id = r.stdout.trim();
+      return r.exitCode === 0 && /^[0-9a-f]{40,64}$/.test(id) ? id : null;
+    },
+    async changedFiles(dir, from, to) {
+      const r = await git(dir, ["diff", "--no-renames", "--name-only", "-z", from, to], "diff");
+      return r.stdout.split("\0").filter((p) => p !== "");
+    },
+    async show(dir, commit, path) {
+      const r = await git(dir, ["cat-file", "blob", `${commit}:${path}`], "cat-file", LOCAL_TIMEOUT_MS, false);
+      return r.exitCode === 0 ? r.stdout : null;
+    },
+    async checkout(dir, branch, commit) {
+      await git(dir, ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--force", "-B", branch, commit], "checkout");
+      await git(dir, ["clean", "--quiet", "-d", "--force"], "clean");
+    },
+    async remoteUrl(dir) {
+      const r = await git(dir, ["config", "--get", "remote.origin.url"], "config", LOCAL_TIMEOUT_MS, false);
+      return r.exitCode === 0 ? r.stdout.trim() : null;
+    },
+    async setRemoteUrl(dir, url) {
+      await git(dir, ["remote", "set-url", "origin", url], "remote");
+    },
+  };
+}

@@ -1,0 +1,379 @@
+/**
+ * One reconcile loop per service: clone, follow the branch, deploy when the compose model's files
+ * change, bring containers back when they are gone, keep them down while a stop file exists.
+ * Each service runs independently; an error in one is caught here and never reaches another.
+ */
+import { existsSync } from "node:fs";
+import { chmod, chown, lstat, mkdir, rename, rm, stat } from "node:fs/promises";
+import { join } from "node:path";
+import type { ServiceConfig } from "./config.ts";
+import { composeDependencies, COMPOSE_FILES, findComposeFile, makeCompose } from "./compose.ts";
+import type { Compose } from "./compose.ts";
+import { allRunning } from "./containers.ts";
+import type { Containers } from "./containers.ts";
+import { errorMessage } from "./errors.ts";
+import type { Runner } from "./exec.ts";
+import { makeGit } from "./git.ts";
+import type { Git } from "./git.ts";
+import type { Logger } from "./log.ts";
+import { jitter, Mutex } from "./scheduler.ts";
+import type { Clock, Semaphore } from "./scheduler.ts";
+import type { Account, Users } from "./users.ts";
+import { baseEnv } from "./users.ts";
+
+/** What started a cycle. */
+export type Trigger = "start" | "poll" | "pgoctl" | "webhook";
+
+/** Outcome of the last deploy attempt. */
+export type DeployResult = "deployed" | "failed" | "stopped";
+
+/** What `status` shows for a service. */
+export interface ServiceStatus {
+  name: string;
+  /** Commit checked out (and deployed, once `deployedAt` is set). */
+  commit: string | null;
+  deployedAt: number | null;
+  lastResult: DeployResult | null;
+  lastError: string | null;
+  stopFile: boolean;
+  nextPollAt: number | null;
+  lastPollAt: number | null;
+}
+
+/** Everything with side effects that a loop uses. */
+export interface ReconcileDeps {
+  runner: Runner;
+  users: Users;
+  containers: Containers;
+  logger: Logger;
+  clock: Clock;
+  random: () => number;
+  /** Bounds concurrent clones and deploys across all services. */
+  slots: Semaphore;
+  /** `--dir`: checkouts live in `<dir>/<name>`. */
+  dir: string;
+  /** `--datadir`: data directories live in `<datadir>/<name>`. */
+  datadir: string;
+  intervalMs: number;
+  makeGit?: (runner: Runner, account: Account, service: string) => Git;
+  onDeploy?: (service: string, result: DeployResult) => void;
+}
+
+/** The reconcile loop of one service. */
+export class ServiceWorker {
+  readonly lock = new Mutex();
+  private readonly log: Logger;
+  private readonly checkout: string;
+  private readonly stopFile: string;
+  private head: string | null = null;
+  private deployedOnce = false;
+  private expected: string[] = [];
+  private stoppedByFile = false;
+  private prepared = false;
+  private pending: Trigger | null = null;
+  private wake: (() => void) | null = null;
+  private readonly abort = new AbortController();
+  private loop: Promise<void> | null = null;
+  private st: ServiceStatus;
+
+  constructor(readonly svc: ServiceConfig, private readonly d: ReconcileDeps) {
+    this.log = d.logger.with({ service: svc.name });
+    this.checkout = join(d.dir, svc.name);
+    this.stopFile = join(d.dir, `${svc.name}.stop`);
+    this.st = {
+      name: svc.name, commit: null, deployedAt: null, lastResult: null, lastError: null,
+      stopFile: false, nextPollAt: null, lastPollAt: null,
+    };
+  }
+
+  /** Starts the loop: a cycle now, then one every interval plus jitter. */
+  start(): void {
+    this.loop ??= this.run();
+  }
+
+  /** Stops polling and waits (at most `graceMs`) for a running cycle to finish. */
+  async stop(graceMs = 30_000): Promise<void> {
+    this.abort.abort();
+    this.wake?.();
+    if (!this.loop) return;
+    await Promise.race([this.loop, this.d.clock.sleep(graceMs)]);
+  }
+
+  /** Asks for a cycle soon; triggers that arrive during a cycle coalesce into one follow-up. */
+  trigger(reason: Trigger): void {
+    this.pending ??= reason;
+    this.wake?.();
+  }
+
+  /** Runs `fn` while holding this service's lock, in turn with the reconcile cycle. */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.lock.run(fn);
+  }
+
+  status(): ServiceStatus {
+    return { ...this.st };
+  }
+
+  /** The checkout directory. */
+  get dir(): string {
+    return this.checkout;
+  }
+
+  private async run(): Promise<void> {
+    let trigger: Trigger = "start";
+    while (!this.abort.signal.aborted) {
+      this.st.nextPollAt = null;
+      await this.lock.run(() => this.cycle(trigger));
+      if (this.abort.signal.aborted) break;
+      trigger = await this.waitForTrigger(jitter(this.d.intervalMs, this.d.random));
+    }
+  }
+
+  private async waitForTrigger(ms: number): Promise<Trigger> {
+    if (this.pending) return this.take();
+    this.st.nextPollAt = this.d.clock.now() + ms;
+    const woken = new AbortController();
+    this.wake = () => woken.abort();
+    const onStop = (): void => woken.abort();
+    this.abort.signal.addEventListener("abort", onStop, { once: true });
+    await this.d.clock.sleep(ms, woken.signal);
+    this.abort.signal.removeEventListener("abort", onStop);
+    this.wake = null;
+    return this.pending ? this.take() : "poll";
+  }
+
+  private take(): Trigger {
+    const t = this.pending ?? "poll";
+    this.pending = null;
+    return t;
+  }
+
+  /** One reconcile pass. Never throws: errors land in the status and the log. */
+  async cycle(trigger: Trigger): Promise<void> {
+    this.st.lastPollAt = this.d.clock.now();
+    try {
+      const account = await this.d.users.lookup(this.svc.user);
+      const git = (this.d.makeGit ?? makeGit)(this.d.runner, account, this.svc.name);
+      if (!this.prepared) {
+        await this.prepare(account);
+        this.prepared = true;
+      }
+      let deploy = !this.deployedOnce;
+      if (this.head === null) {
+        this.head = await this.ensureCheckout(account, git);
+        this.st.commit = this.head;
+        deploy = true;
+      }
+      if (await exists(this.stopFile)) {
+        this.st.stopFile = true;
+        if (!this.stoppedByFile) {
+          this.log.info("stop file present, bringing the service down", { file: this.stopFile });
+          await this.down(account);
+          this.stoppedByFile = true;
+          this.st.lastResult = "stopped";
+          this.d.onDeploy?.(this.svc.name, "stopped");
+        }
+        this.st.lastError = null;
+        return;
+      }
+      this.st.stopFile = false;
+      if (this.stoppedByFile) {
+        this.log.info("stop file removed, bringing the service up");
+        this.stoppedByFile = false;
+        deploy = true;
+      }
+      const followError = await this.follow(git).then((changed) => {
+        if (changed) deploy = true;
+        return null;
+      }, (e: unknown) => {
+        // Keep the checkout and the running containers; try again next cycle.
+        this.log.warn("cannot follow the remote, keeping what runs", { error: errorMessage(e) });
+        return errorMessage(e);
+      });
+      if (!deploy) {
+        const running = allRunning(this.expected, await this.d.containers.ofProject(this.svc.name));
+        if (!running) {
+          this.log.warn("containers missing or not running, bringing them up");
+          deploy = true;
+        }
+      }
+      if (deploy) await this.deploy(account, trigger);
+      this.st.lastError = followError;
+    } catch (e) {
+      this.st.lastError = errorMessage(e);
+      this.log.error("cycle failed", { trigger, error: errorMessage(e) });
+    }
+  }
+
+  /** Makes the data directory and the private DOCKER_CONFIG directory. */
+  private async prepare(a: Account): Promise<void> {
+    const data = join(this.d.datadir, this.svc.name);
+    try {
+      await mkdir(data, { recursive: true });
+      await chown(data, a.uid, a.gid);
+      await chmod(data, 0o750);
+    } catch (e) {
+      // It may be an NFS mount that root cannot chown; the service can still run.
+      this.log.warn("cannot prepare data directory", { dir: data, error: errorMessage(e) });
+    }
+    await privateDir(this.dockerConfig, a);
+  }
+
+  private get dockerConfig(): string {
+    return join(this.d.dir, ".docker", this.svc.name);
+  }
+
+  /** Clones when the checkout is missing or damaged; returns HEAD. A failed fetch never gets here. */
+  private async ensureCheckout(a: Account, git: Git): Promise<string> {
+    if (existsSync(this.checkout)) {
+      const s = await lstat(this.checkout);
+      if (s.isDirectory() && s.uid !== a.uid) {
+        await this.d.runner(["chown", "-R", "--no-dereference", `${a.uid}:${a.gid}`, this.checkout], { env: baseEnv(a) });
+      }
+      const head = s.isDirectory() && existsSync(join(this.checkout, ".git")) ? await git.head(this.checkout) : null;
+      if (head !== null) {
+        const url = await git.remoteUrl(this.checkout);
+        if (url !== this.svc.repository) await git.setRemoteUrl(this.checkout, this.svc.repository);
+        return head;
+      }
+      this.log.warn("checkout is damaged, cloning again", { dir: this.checkout });
+    }
+    const tmp = join(this.d.dir, `.clone-${this.svc.name}-${process.pid}-${Math.floor(this.d.random() * 1e9)}`);
+    await rm(tmp, { recursive: true, force: true });
+    await privateDir(tmp, a);
+    try {
+      await this.d.slots.run(() => git.clone(tmp, this.svc.repository, this.svc.branch));
+      if (existsSync(this.checkout)) {
+        const trash = join(this.d.dir, `.trash-${this.svc.name}-${process.pid}`);
+        await rename(this.checkout, trash);
+        await rename(tmp, this.checkout);
+        await rm(trash, { recursive: true, force: true });
+      } else {
+        await rename(tmp, this.checkout);
+      }
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+    const head = await git.head(this.checkout);
+    if (head === null) throw new Error(`Cannot read HEAD of the fresh clone of "${this.svc.repository}"`);
+    this.log.info("cloned", { commit: head.slice(0, 12), branch: this.svc.branch });
+    return head;
+  }
+
+  /** Follows the remote branch. Returns whether the compose model's files changed. */
+  private async follow(git: Git): Promise<boolean> {
+    const remote = await git.remoteHead(this.checkout, this.svc.branch);
+    const head = this.head!;
+    if (remote === head) return false;
+    const fetched = await git.fetch(this.checkout, this.svc.branch);
+    const relevant = await this.relevantChange(git, head, fetched);
+    await git.checkout(this.checkout, this.svc.branch, fetched);
+    this.head = fetched;
+    this.st.commit = fetched;
+    this.log.info("new commit", { from: head.slice(0, 12), to: fetched.slice(0, 12), redeploy: relevant });
+    return relevant;
+  }
+
+  private async relevantChange(git: Git, from: string, to: string): Promise<boolean> {
+    const changed = await git.changedFiles(this.checkout, from, to);
+    if (changed.length === 0) return false;
+    for (const commit of [from, to]) {
+      const read = (p: string): Promise<string | null> => git.show(this.checkout, commit, p);
+      let file = this.svc.compose;
+      if (file === undefined) {
+        for (const f of COMPOSE_FILES) if ((await read(f)) !== null) { file = f; break; }
+      }
+      if (file === undefined) continue;
+      const deps = await composeDependencies(read, file);
+      if (deps === "all" || changed.some((p) => deps.has(p))) return true;
+    }
+    return false;
+  }
+
+  private compose(a: Account, file: string): Compose {
+    return makeCompose(this.d.runner, {
+      project: this.svc.name, dir: this.checkout, file, account: a, env: this.svc.env, dockerConfig: this.dockerConfig,
+    });
+  }
+
+  /** The compose file in the checkout, or an error naming what was looked for. */
+  composeFile(): string {
+    const file = findComposeFile((f) => existsSync(join(this.checkout, f)), this.svc.compose);
+    if (file === null) {
+      const looked = this.svc.compose !== undefined ? `"${this.svc.compose}"` : COMPOSE_FILES.map((f) => `"${f}"`).join(", ");
+      throw new Error(`Cannot find a compose file in "${this.checkout}": looked for ${looked}`);
+    }
+    return file;
+  }
+
+  /** Composes a target for commands from pgoctl. */
+  async composeFor(): Promise<Compose> {
+    const a = await this.d.users.lookup(this.svc.user);
+    return this.compose(a, this.composeFile());
+  }
+
+  private async deploy(a: Account, trigger: Trigger): Promise<void> {
+    const started = this.d.clock.now();
+    try {
+      const c = this.compose(a, this.composeFile());
+      await this.d.slots.run(async () => {
+        const pull = await c.run(["pull", "--quiet", "--ignore-buildable"]);
+        if (pull.exitCode !== 0) this.log.warn("pull failed, trying up with the images present", { error: tail(pull.stderr) });
+        await c.must(["up", "--detach", "--remove-orphans", "--quiet-pull"]);
+        this.expected = await c.services();
+      });
+      this.deployedOnce = true;
+      this.st.deployedAt = this.d.clock.now();
+      this.st.lastResult = "deployed";
+      this.st.lastError = null;
+      this.log.info("deployed", { commit: this.head?.slice(0, 12), trigger, ms: this.d.clock.now() - started });
+      this.d.onDeploy?.(this.svc.name, "deployed");
+    } catch (e) {
+      this.st.lastResult = "failed";
+      this.d.onDeploy?.(this.svc.name, "failed");
+      throw e;
+    }
+  }
+
+  private async down(a: Account): Promise<void> {
+    let file: string | null = null;
+    try {
+      file = this.composeFile();
+    } catch {
+      // No compose file: compose can still find the project's containers by its labels.
+    }
+    if (file) await this.compose(a, file).must(["down", "--remove-orphans"]);
+    else await downProject(this.d.runner, this.svc.name, baseEnv(a), a);
+  }
+}
+
+/** `docker compose -p P down` without a compose file (compose finds containers by label). */
+export async function downProject(runner: Runner, project: string, env: Record<string, string>, as?: Account): Promise<void> {
+  await runner(["docker", "compose", "--project-name", project, "down", "--remove-orphans"], {
+    cwd: "/",
+    env,
+    timeoutMs: 5 * 60_000,
+    tag: { service: project, cmd: "compose", subcmd: "down" },
+    ...(as ? { as } : {}),
+  });
+}
+
+async function privateDir(path: string, a: Account): Promise<void> {
+  await mkdir(path, { recursive: true, mode: 0o700 });
+  await chown(path, a.uid, a.gid);
+  await chmod(path, 0o700);
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch (e) {
+    // Anything but "not there" (permission denied, say) counts as present: the safe side.
+    return (e as NodeJS.ErrnoException).code !== "ENOENT";
+  }
+}
+
+function tail(s: string): string {
+  return s.trim().split("\n").slice(-3).join(" | ");
+}
