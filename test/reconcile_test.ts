@@ -1,0 +1,277 @@
+import { afterEach, expect, test } from "bun:test";
+import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { ServiceConfig } from "../src/config.ts";
+import { memoryLogger } from "../src/log.ts";
+import { ServiceWorker } from "../src/reconcile.ts";
+import type { ReconcileDeps } from "../src/reconcile.ts";
+import { ManualClock, Semaphore } from "../src/scheduler.ts";
+import { FakeDocker, git, rootUsers, tempDir, TestRepo, waitFor } from "./helpers.ts";
+
+const cleanups: (() => void)[] = [];
+afterEach(() => cleanups.splice(0).forEach((f) => f()));
+
+function service(name: string, repo: string, extra: Partial<ServiceConfig> = {}): ServiceConfig {
+  return { name, user: "root", repository: repo, branch: "main", registries: [], env: {}, envKeys: [], urls: [], line: 1, ...extra };
+}
+
+function setup(extra: Partial<ServiceConfig> = {}, files?: Record<string, string>) {
+  const root = tempDir();
+  cleanups.push(() => rmSync(root, { recursive: true, force: true }));
+  const repo = new TestRepo(join(root, "repo"), files);
+  const docker = new FakeDocker(root);
+  const log = memoryLogger();
+  const clock = new ManualClock(1_000_000);
+  const deps: ReconcileDeps = {
+    runner: docker.runner(), users: rootUsers(join(root, "home")), containers: docker.containers(), logger: log, clock,
+    random: () => 0, slots: new Semaphore(4), dir: join(root, "dir"), datadir: join(root, "data"), intervalMs: 60_000,
+  };
+  Bun.spawnSync(["mkdir", "-p", deps.dir, join(root, "home")]);
+  const worker = new ServiceWorker(service("web", repo.remote, extra), deps);
+  return { root, repo, docker, log, clock, deps, worker, checkout: join(deps.dir, "web") };
+}
+
+test("a first cycle clones the branch and runs pull then up with the project name", async () => {
+  const { worker, docker, checkout, repo } = setup();
+  await worker.cycle("start");
+  expect(git(checkout, "rev-parse", "HEAD")).toBe(git(repo.work, "rev-parse", "HEAD"));
+  const calls = docker.calls().map((c) => c.argv);
+  expect(calls[0]).toBe("compose --project-name web --file compose.yaml pull --quiet --ignore-buildable");
+  expect(calls[1]).toBe("compose --project-name web --file compose.yaml up --detach --remove-orphans --quiet-pull");
+  expect(worker.status()).toMatchObject({ lastResult: "deployed", lastError: null, commit: git(repo.work, "rev-parse", "HEAD") });
+  expect(statSync(checkout).mode & 0o777).toBe(0o700);
+});
+
+test("an idle cycle runs no docker compose command at all", async () => {
+  const { worker, docker } = setup();
+  await worker.cycle("start");
+  docker.clear();
+  await worker.cycle("poll");
+  expect(docker.calls()).toEqual([]);
+  expect(worker.status().lastError).toBeNull();
+});
+
+test("a commit that changes only a README moves the checkout and runs no compose command", async () => {
+  const { worker, docker, repo, checkout } = setup();
+  await worker.cycle("start");
+  docker.clear();
+  const id = repo.commit({ "README.md": "hello\n" });
+  await worker.cycle("poll");
+  expect(git(checkout, "rev-parse", "HEAD")).toBe(id);
+  expect(readFileSync(join(checkout, "README.md"), "utf8")).toBe("hello\n");
+  expect(docker.composeCalls()).toEqual([]);
+});
+
+test("a commit that changes the compose file runs pull and up again", async () => {
+  const { worker, docker, repo } = setup();
+  await worker.cycle("start");
+  docker.clear();
+  repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8") + "    environment: [A=1]\n" });
+  await worker.cycle("poll");
+  expect(docker.composeCalls().filter((c) => c.startsWith("up"))).toHaveLength(1);
+});
+
+test("a commit that changes an env_file the compose file names redeploys", async () => {
+  const compose = "services:\n  web:\n    image: x\n    env_file: [conf/web.env]\n";
+  const { worker, docker, repo } = setup({}, { "compose.yaml": compose, "conf/web.env": "A=1\n" });
+  await worker.cycle("start");
+  docker.clear();
+  repo.commit({ "conf/web.env": "A=2\n" });
+  await worker.cycle("poll");
+  expect(docker.composeCalls().some((c) => c.startsWith("up"))).toBe(true);
+});
+
+test("a commit that changes a file an include: names redeploys", async () => {
+  const { worker, docker, repo } = setup({}, { "compose.yaml": "include:\n  - sub/more.yaml\n", "sub/more.yaml": "services: {}\n" });
+  await worker.cycle("start");
+  docker.clear();
+  repo.commit({ "sub/more.yaml": "services:\n  x:\n    image: y\n" });
+  await worker.cycle("poll");
+  expect(docker.composeCalls().some((c) => c.startsWith("up"))).toBe(true);
+});
+
+test("a configured compose file is used and its changes are detected", async () => {
+  const { worker, docker, repo } = setup({ compose: "deploy/app.yaml" }, { "deploy/app.yaml": "services: {}\n" });
+  await worker.cycle("start");
+  expect(docker.calls()[0]!.argv).toContain("--file deploy/app.yaml");
+  docker.clear();
+  repo.commit({ "deploy/app.yaml": "services:\n  a:\n    image: b\n" });
+  await worker.cycle("poll");
+  expect(docker.composeCalls().some((c) => c.startsWith("up"))).toBe(true);
+});
+
+test("a force-pushed branch is followed", async () => {
+  const { worker, repo, checkout } = setup();
+  await worker.cycle("start");
+  repo.commit({ "a.txt": "1" });
+  await worker.cycle("poll");
+  git(repo.work, "reset", "--quiet", "--hard", "HEAD~1");
+  const rewritten = repo.commit({ "b.txt": "2" }, "rewritten");
+  await worker.cycle("poll");
+  expect(git(checkout, "rev-parse", "HEAD")).toBe(rewritten);
+  expect(existsSync(join(checkout, "a.txt"))).toBe(false);
+});
+
+test("local edits in the checkout are discarded when a new commit arrives", async () => {
+  const { worker, repo, checkout } = setup();
+  await worker.cycle("start");
+  writeFileSync(join(checkout, "compose.yaml"), "tampered\n");
+  writeFileSync(join(checkout, "stray.txt"), "x");
+  repo.commit({ "README.md": "x" });
+  await worker.cycle("poll");
+  expect(readFileSync(join(checkout, "compose.yaml"), "utf8")).toContain("pgo-busybox");
+  expect(existsSync(join(checkout, "stray.txt"))).toBe(false);
+});
+
+test("missing containers are brought up again", async () => {
+  const { worker, docker } = setup();
+  await worker.cycle("start");
+  rmSync(join(docker.bin, "state", "web"));
+  docker.clear();
+  await worker.cycle("poll");
+  expect(docker.composeCalls().filter((c) => c.startsWith("up"))).toHaveLength(1);
+  expect(docker.running()).toEqual(["web"]);
+});
+
+test("a stop file brings the service down and keeps it down until it is removed", async () => {
+  const { worker, docker, deps } = setup();
+  await worker.cycle("start");
+  const stop = join(deps.dir, "web.stop");
+  writeFileSync(stop, "");
+  docker.clear();
+  await worker.cycle("poll");
+  expect(docker.composeCalls()).toEqual(["down --remove-orphans"]);
+  expect(worker.status()).toMatchObject({ stopFile: true, lastResult: "stopped" });
+  docker.clear();
+  await worker.cycle("poll");
+  expect(docker.composeCalls()).toEqual([]);
+  rmSync(stop);
+  await worker.cycle("poll");
+  expect(docker.composeCalls().filter((c) => c.startsWith("up"))).toHaveLength(1);
+  expect(worker.status()).toMatchObject({ stopFile: false, lastResult: "deployed" });
+});
+
+test("an unreachable remote keeps the checkout and the containers and says why", async () => {
+  const { worker, docker, repo, checkout } = setup();
+  await worker.cycle("start");
+  const head = git(checkout, "rev-parse", "HEAD");
+  renameSync(repo.remote, repo.remote + ".gone");
+  docker.clear();
+  await worker.cycle("poll");
+  expect(git(checkout, "rev-parse", "HEAD")).toBe(head);
+  expect(existsSync(join(checkout, "compose.yaml"))).toBe(true);
+  expect(docker.composeCalls()).toEqual([]);
+  expect(worker.status().lastError).toContain("ls-remote");
+  renameSync(repo.remote + ".gone", repo.remote);
+  const next = repo.commit({ "compose.yaml": "services: {}\n" });
+  await worker.cycle("poll");
+  expect(git(checkout, "rev-parse", "HEAD")).toBe(next);
+  expect(worker.status().lastError).toBeNull();
+});
+
+test("an unreachable remote still lets self-healing bring containers back", async () => {
+  const { worker, docker, repo } = setup();
+  await worker.cycle("start");
+  renameSync(repo.remote, repo.remote + ".gone");
+  rmSync(join(docker.bin, "state", "web"));
+  docker.clear();
+  await worker.cycle("poll");
+  expect(docker.composeCalls().filter((c) => c.startsWith("up"))).toHaveLength(1);
+});
+
+test("a failed first clone is retried at the next cycle", async () => {
+  const { worker, docker, repo, checkout } = setup();
+  renameSync(repo.remote, repo.remote + ".gone");
+  await worker.cycle("start");
+  expect(worker.status().lastError).toContain("clone");
+  expect(existsSync(checkout)).toBe(false);
+  renameSync(repo.remote + ".gone", repo.remote);
+  await worker.cycle("poll");
+  expect(existsSync(join(checkout, "compose.yaml"))).toBe(true);
+  expect(docker.composeCalls().filter((c) => c.startsWith("up"))).toHaveLength(1);
+});
+
+test("a damaged checkout is cloned again, and only then", async () => {
+  const { worker, repo, checkout, deps } = setup();
+  await worker.cycle("start");
+  const again = new ServiceWorker(service("web", repo.remote), deps);
+  writeFileSync(join(checkout, "marker"), "kept");
+  await again.cycle("start");
+  expect(existsSync(join(checkout, "marker"))).toBe(true); // a healthy checkout is reused
+  rmSync(join(checkout, ".git"), { recursive: true });
+  const third = new ServiceWorker(service("web", repo.remote), deps);
+  await third.cycle("start");
+  expect(existsSync(join(checkout, ".git"))).toBe(true);
+  expect(existsSync(join(checkout, "marker"))).toBe(false);
+});
+
+test("a failed up is reported and retried at the next cycle", async () => {
+  const { worker, docker } = setup();
+  docker.fail("up", 3);
+  await worker.cycle("start");
+  expect(worker.status()).toMatchObject({ lastResult: "failed" });
+  expect(worker.status().lastError).toContain("exited with status 3");
+  docker.heal("up");
+  await worker.cycle("poll");
+  expect(worker.status()).toMatchObject({ lastResult: "deployed", lastError: null });
+});
+
+test("a missing compose file is a clear error for that service", async () => {
+  const { worker } = setup({}, { "README.md": "no compose here" });
+  await worker.cycle("start");
+  expect(worker.status().lastError).toContain('Cannot find a compose file');
+  expect(worker.status().lastError).toContain('"compose.yaml"');
+});
+
+test("a missing user is a clear error for that service only", async () => {
+  const a = setup({ user: "ghost" });
+  a.deps.users = rootUsers(a.root, ["ghost"]);
+  const w = new ServiceWorker(service("web", a.repo.remote, { user: "ghost" }), a.deps);
+  await w.cycle("start");
+  expect(w.status().lastError).toBe('Cannot find user "ghost": no such account');
+  const b = setup();
+  await b.worker.cycle("start");
+  expect(b.worker.status().lastResult).toBe("deployed");
+});
+
+test("compose runs with a minimal explicit environment plus the service env", async () => {
+  const { worker, docker } = setup({ env: { GREETING: "hi" }, envKeys: ["GREETING"] });
+  await worker.cycle("start");
+  const up = docker.calls().find((c) => c.argv.includes(" up "))!;
+  expect(up.env.filter((e) => !["PWD", "SHLVL", "_", "OLDPWD"].includes(e)).sort())
+    .toEqual(["DOCKER_CONFIG", "GREETING", "HOME", "LC_ALL", "LOGNAME", "PATH", "USER"]);
+});
+
+test("the loop polls every interval plus up to half of it in jitter", async () => {
+  const { worker, clock, docker, deps } = setup();
+  deps.random = () => 0.999;
+  worker.start();
+  await waitFor(() => clock.waiting === 1, 10_000, "first cycle");
+  const next = worker.status().nextPollAt!;
+  expect(next - clock.now()).toBe(60_000 + 29_970);
+  docker.clear();
+  clock.advance(60_000);
+  await Bun.sleep(50);
+  expect(docker.calls()).toEqual([]);
+  clock.advance(29_970);
+  await waitFor(() => worker.status().lastPollAt === clock.now(), 10_000, "second cycle");
+  await worker.stop();
+});
+
+test("triggers during a cycle coalesce into one follow-up cycle", async () => {
+  const { worker, clock } = setup();
+  let cycles = 0;
+  const orig = worker.cycle.bind(worker);
+  worker.cycle = async (t) => {
+    cycles++;
+    await orig(t);
+  };
+  worker.start();
+  worker.trigger("pgoctl");
+  worker.trigger("pgoctl");
+  worker.trigger("webhook");
+  await waitFor(() => cycles === 2 && clock.waiting === 1, 10_000, "two cycles");
+  await Bun.sleep(50);
+  expect(cycles).toBe(2);
+  await worker.stop();
+});
