@@ -21,12 +21,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1
 fi
 # The prometheus and docker-registry packages start nothing here (systemd is not PID 1), but
 # make sure no stray daemon of theirs holds a port we use.
 
-# Bun, pinned by package.json's engines.bun.
+# Bun, pinned by package.json's engines.bun; it ships inside the npm package.
+if ! command -v npm >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
 if ! command -v bun >/dev/null || [ "$(bun --version)" != "$BUN_VERSION" ]; then
   log "installing bun $BUN_VERSION"
   npm install -g --silent "bun@$BUN_VERSION" >/dev/null
