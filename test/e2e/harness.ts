@@ -132,9 +132,15 @@ export async function waitRunning(project: string, o: WaitOptions = {}): Promise
 }
 
 /** `docker inspect` of one container, parsed. */
-export async function inspect(id: string): Promise<{ Config: { Env: string[] | null }; State: { Running: boolean } }> {
+export async function inspect(id: string): Promise<Inspected> {
   const r = await run(["docker", "inspect", "--type", "container", id]);
-  return (JSON.parse(r.stdout) as Array<{ Config: { Env: string[] | null }; State: { Running: boolean } }>)[0]!;
+  return (JSON.parse(r.stdout) as Inspected[])[0]!;
+}
+
+/** The parts of `docker inspect` the tests read. */
+export interface Inspected {
+  Config: { Env: string[] | null; Labels: Record<string, string> | null };
+  State: { Running: boolean };
 }
 
 /** Brings a compose project down by its labels (no compose file needed) and removes what is left. */
@@ -274,18 +280,20 @@ export class Pgod {
     }
   }
 
-  /** Lines of the log matching `re`. */
-  lines(re: RegExp): string[] {
-    return this.log().split("\n").filter((l) => re.test(l));
+  /** Lines of the log matching `re`, from character `since` of the log on. */
+  lines(re: RegExp, since = 0): string[] {
+    return this.log().slice(since).split("\n").filter((l) => re.test(l));
   }
 
-  /** Waits until at least `count` log lines match `re`; returns them. */
-  async waitForLog(re: RegExp, count = 1, o: WaitOptions = {}): Promise<string[]> {
+  /** Waits until at least `count` log lines (after character `since`) match `re`; returns them. */
+  async waitForLog(re: RegExp, o: WaitOptions & { count?: number; since?: number } = {}): Promise<string[]> {
+    const count = o.count ?? 1;
     return waitFor(
       `${count} log line(s) matching ${re} in ${this.logFile}`,
       () => {
-        if (this.exitCode !== null) throw new Error(`pgod exited with ${this.exitCode}`);
-        return this.lines(re);
+        const ls = this.lines(re, o.since);
+        if (ls.length < count && this.exitCode !== null) throw new Error(`pgod exited with ${this.exitCode}`);
+        return ls;
       },
       (ls) => ls.length >= count,
       o,
@@ -361,11 +369,16 @@ export class Env {
     return { name, uid, gid };
   }
 
-  /** Paths of one pgod instance: `dir`, `datadir`, config and log file. */
+  /** `--dir` of every pgod of this environment (a restarted pgod finds its checkouts again). */
+  get dir(): string {
+    return join(this.root, "dir");
+  }
+
+  /** Paths of one pgod instance: `dir` and `datadir` (shared), its config and log file. */
   paths(tag = "pgod"): { dir: string; datadir: string; config: string; logFile: string } {
     return {
-      dir: join(this.root, `${tag}-dir`),
-      datadir: join(this.root, `${tag}-data`),
+      dir: this.dir,
+      datadir: join(this.root, "data"),
       config: join(this.root, `${tag}.toml`),
       logFile: join(this.root, `${tag}.log`),
     };

@@ -1,0 +1,47 @@
+import { expect, test } from "bun:test";
+import { composeDependencies, findComposeFile, subcommandOf } from "../src/compose.ts";
+
+const files = (m: Record<string, string>) => async (p: string) => m[p] ?? null;
+
+test("composeDependencies() follows include, env_file and extends, and adds .env", async () => {
+  const deps = await composeDependencies(files({
+    "compose.yaml": "include:\n  - inc/a.yaml\n  - path: [inc/b.yaml]\n    env_file: inc/b.env\nservices:\n  web:\n    env_file: [web.env, {path: opt.env, required: false}]\n    extends:\n      file: base.yaml\n      service: x\n",
+    "inc/a.yaml": "services:\n  a:\n    env_file: a.env\n",
+    "base.yaml": "services: {}\n",
+  }), "compose.yaml");
+  expect(deps !== "all" && [...deps].sort()).toEqual([
+    ".env", "a.env", "base.yaml", "compose.yaml", "inc/a.yaml", "inc/b.env", "inc/b.yaml", "opt.env", "web.env",
+  ]);
+});
+
+test("composeDependencies() gives up to \"all\" when a path needs interpolation", async () => {
+  expect(await composeDependencies(files({ "compose.yaml": "include: [\"${DIR}/x.yaml\"]\n" }), "compose.yaml")).toBe("all");
+});
+
+test("composeDependencies() ignores paths outside the repository and survives bad YAML", async () => {
+  const deps = await composeDependencies(files({ "c.yaml": "services:\n  w:\n    env_file: ../../etc/x\n" , "d.yaml": "{{{" }), "c.yaml");
+  expect(deps !== "all" && [...deps].sort()).toEqual([".env", "c.yaml"]);
+  expect(await composeDependencies(files({ "d.yaml": ": : :\n\t{{" }), "d.yaml")).not.toBe("all");
+});
+
+test("composeDependencies() is not fooled by an alias bomb", async () => {
+  const bomb = 'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n';
+  const started = performance.now();
+  const deps = await composeDependencies(files({ "compose.yaml": bomb }), "compose.yaml");
+  expect(performance.now() - started).toBeLessThan(2000);
+  expect(deps !== "all" && [...deps].sort()).toEqual([".env", "compose.yaml"]);
+});
+
+test("findComposeFile() prefers compose.yaml, then compose.yml, docker-compose.yml, docker-compose.yaml", () => {
+  expect(findComposeFile((f) => ["docker-compose.yaml", "compose.yml"].includes(f))).toBe("compose.yml");
+  expect(findComposeFile((f) => f === "docker-compose.yaml")).toBe("docker-compose.yaml");
+  expect(findComposeFile(() => false)).toBeNull();
+  expect(findComposeFile((f) => f === "x/app.yaml", "x/app.yaml")).toBe("x/app.yaml");
+  expect(findComposeFile((f) => f === "compose.yaml", "x/app.yaml")).toBeNull();
+});
+
+test("subcommandOf() gives bounded metric labels, never raw arguments", () => {
+  expect(subcommandOf(["up", "--detach"])).toBe("up");
+  expect(subcommandOf(["--verbose", "logs", "web"])).toBe("logs");
+  expect(subcommandOf(["rm -rf /"])).toBe("other");
+});
