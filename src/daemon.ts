@@ -3,40 +3,29 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { chmod, lstat, mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
-import { loadConfig, parseConfig } from "./config.ts";
+import { hostname } from "node:os";
+import { dispatch } from "./commands.ts";
+import type { RouterDeps } from "./commands.ts";
+import { parseConfig } from "./config.ts";
 import type { Config } from "./config.ts";
 import { makeDockerContainers } from "./containers.ts";
 import type { Containers } from "./containers.ts";
 import { ConfigError, errorMessage, formatProblem } from "./errors.ts";
 import { makeRunner } from "./exec.ts";
-import type { CommandObserver, Runner } from "./exec.ts";
+import type { Runner } from "./exec.ts";
+import { keysEqual } from "./keys.ts";
+import { Metrics, startMetricsServer } from "./metrics.ts";
+import { startSshServer } from "./ssh_server.ts";
+import type { SshServer } from "./ssh_server.ts";
 import type { PgodFlags } from "./flags.ts";
 import type { Logger } from "./log.ts";
 import { downProject, ServiceWorker } from "./reconcile.ts";
-import type { DeployResult } from "./reconcile.ts";
 import { realClock, Semaphore } from "./scheduler.ts";
 import type { Clock } from "./scheduler.ts";
 import { CHILD_PATH, makeUsers } from "./users.ts";
 
 /** Exit codes of pgod. */
 export const EXIT = { ok: 0, fatal: 1, restart: 2 } as const;
-
-/** Hooks the SSH server and metrics attach to (the next layer up). */
-export interface DaemonHooks {
-  observe?: CommandObserver;
-  onDeploy?: (service: string, result: DeployResult) => void;
-  /** Called once the loops run; returns a function that closes what it started. */
-  started?: (d: RunningDaemon) => Promise<() => Promise<void>>;
-}
-
-/** What a running pgod exposes to its servers. */
-export interface RunningDaemon {
-  config: Config;
-  workers: Map<string, ServiceWorker>;
-  flags: PgodFlags;
-  logger: Logger;
-  runner: Runner;
-}
 
 export interface DaemonDeps {
   logger: Logger;
@@ -48,7 +37,7 @@ export interface DaemonDeps {
   watchMs?: number;
   /** Resolves when a signal asks pgod to stop; default: real process signals. */
   signals?: (handler: (sig: "SIGHUP" | "SIGINT" | "SIGTERM") => void) => () => void;
-  hooks?: DaemonHooks;
+  metrics?: Metrics;
   /** Concurrent clones and deploys across services (default 4). */
   maxParallel?: number;
 }
@@ -83,7 +72,8 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
     log.error("cannot prepare directories", { error: errorMessage(e) });
     return EXIT.fatal;
   }
-  const runner = deps.runner ?? makeRunner({ logger: log, ...(deps.hooks?.observe ? { observe: deps.hooks.observe } : {}) });
+  const metrics = deps.metrics ?? new Metrics();
+  const runner = deps.runner ?? makeRunner({ logger: log, observe: metrics.observe });
   const containers = deps.containers ?? makeDockerContainers();
   const clock = deps.clock ?? realClock;
   await cleanupStale(config, dir, { runner, containers, logger: log });
@@ -95,7 +85,7 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
     workers.set(svc.name, new ServiceWorker(svc, {
       runner, users, containers, logger: log, clock, random: deps.random ?? Math.random, slots,
       dir, datadir: flags.datadir, intervalMs: flags.durationMs,
-      ...(deps.hooks?.onDeploy ? { onDeploy: deps.hooks.onDeploy } : {}),
+      onDeploy: metrics.deployed,
     }));
   }
   log.info("starting", { services: workers.size, config: configFile, dir, interval_ms: flags.durationMs });
@@ -107,8 +97,9 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
     finish(sig === "SIGHUP" ? EXIT.restart : EXIT.ok);
   });
   let close: (() => Promise<void>) | null = null;
+  let stopping = false;
   try {
-    close = (await deps.hooks?.started?.({ config, workers, flags, logger: log, runner })) ?? null;
+    close = await startServers({ config, workers, flags, logger: log, runner, dir, metrics, healthy: () => !stopping });
   } catch (e) {
     log.error("cannot start servers", { error: errorMessage(e) });
     unsubscribe();
@@ -122,6 +113,7 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
       .then((changed) => changed && finish(EXIT.restart));
   }
   const code = await done;
+  stopping = true;
   watcher.abort();
   unsubscribe();
   log.info("stopping: waiting for running commands", { code });
@@ -239,5 +231,37 @@ function processSignals(handler: (sig: "SIGHUP" | "SIGINT" | "SIGTERM") => void)
   return () => sigs.forEach((s, i) => process.off(s, fns[i]!));
 }
 
-/** Loads the config for tools (re-exported for the entry point). */
-export { loadConfig };
+/** Starts the SSH and metrics servers; returns a function that closes both. */
+async function startServers(d: {
+  config: Config; workers: Map<string, ServiceWorker>; flags: PgodFlags; logger: Logger; runner: Runner; dir: string;
+  metrics: Metrics; healthy: () => boolean;
+}): Promise<() => Promise<void>> {
+  const m = startMetricsServer(d.flags.metrics, d.metrics, d.healthy, d.logger);
+  const deps: RouterDeps = {
+    services: d.workers,
+    keysOf: async (name) => (await d.workers.get(name)?.keys()) ?? [],
+    hostname: hostname(),
+    logger: d.logger,
+    count: (command, result) => d.metrics.sshRequests.inc({ command, result }),
+  };
+  let ssh: SshServer;
+  try {
+    ssh = await startSshServer({
+      listen: d.flags.ssh,
+      hostKeyPath: join(d.dir, "ssh_host_ed25519_key"),
+      isKnownKey: async (key) => {
+        for (const w of d.workers.values()) if ((await w.keys()).some((k) => keysEqual(k, key))) return true;
+        return false;
+      },
+      handle: (key, command, io) => dispatch(key, command, io, deps),
+      logger: d.logger,
+    });
+  } catch (e) {
+    await m.close();
+    throw e;
+  }
+  return async () => {
+    await ssh.close();
+    await m.close();
+  };
+}

@@ -4,8 +4,9 @@
  * Each service runs independently; an error in one is caught here and never reaches another.
  */
 import { existsSync } from "node:fs";
-import { chmod, chown, lstat, mkdir, rename, rm, stat } from "node:fs/promises";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
+import { chmod, chown, lstat, mkdir, rename, rm, stat, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import type { ServiceConfig } from "./config.ts";
 import { composeDependencies, COMPOSE_FILES, findComposeFile, makeCompose } from "./compose.ts";
 import type { Compose } from "./compose.ts";
@@ -15,6 +16,8 @@ import { errorMessage } from "./errors.ts";
 import type { Runner } from "./exec.ts";
 import { makeGit } from "./git.ts";
 import type { Git } from "./git.ts";
+import { readServiceKeys } from "./keys.ts";
+import type { PublicKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { jitter, Mutex } from "./scheduler.ts";
 import type { Clock, Semaphore } from "./scheduler.ts";
@@ -38,6 +41,18 @@ export interface ServiceStatus {
   stopFile: boolean;
   nextPollAt: number | null;
   lastPollAt: number | null;
+  /** Set by `down`/`stop` through pgoctl: nothing brings the service back until `up`/`start`/`restart`. */
+  hold: Hold | null;
+}
+
+/** Why a service is held down. */
+export type Hold = "down" | "stop";
+
+/** Where `deployNow` sends compose's output. */
+export interface DeployIO {
+  onStdout?: (chunk: Uint8Array) => Promise<void> | void;
+  onStderr?: (chunk: Uint8Array) => Promise<void> | void;
+  signal?: AbortSignal;
 }
 
 /** Everything with side effects that a loop uses. */
@@ -75,6 +90,7 @@ export class ServiceWorker {
   private readonly abort = new AbortController();
   private loop: Promise<void> | null = null;
   private st: ServiceStatus;
+  private keyCache: { commit: string; keys: PublicKey[] } | null = null;
 
   constructor(readonly svc: ServiceConfig, private readonly d: ReconcileDeps) {
     this.log = d.logger.with({ service: svc.name });
@@ -82,7 +98,7 @@ export class ServiceWorker {
     this.stopFile = join(d.dir, `${svc.name}.stop`);
     this.st = {
       name: svc.name, commit: null, deployedAt: null, lastResult: null, lastError: null,
-      stopFile: false, nextPollAt: null, lastPollAt: null,
+      stopFile: false, nextPollAt: null, lastPollAt: null, hold: readHold(this.holdFile),
     };
   }
 
@@ -117,6 +133,73 @@ export class ServiceWorker {
   /** The checkout directory. */
   get dir(): string {
     return this.checkout;
+  }
+
+  /** The keys in the checkout's `ssh/` folder, read again whenever the commit changes. */
+  async keys(): Promise<PublicKey[]> {
+    const commit = this.st.commit;
+    if (commit === null) return [];
+    if (this.keyCache?.commit !== commit) {
+      const keys = await readServiceKeys(this.checkout, { warn: (m) => this.log.warn(m) });
+      this.keyCache = { commit, keys };
+    }
+    return this.keyCache.keys;
+  }
+
+  /** The compose file's verdict: null when docker compose accepts it, else why not. */
+  async check(): Promise<string | null> {
+    try {
+      const c = await this.composeFor();
+      const r = await c.run(["config", "--quiet"], { timeoutMs: 60_000 });
+      return r.exitCode === 0 ? null : `docker compose rejects the compose file: ${tail(r.stderr)}`;
+    } catch (e) {
+      return errorMessage(e);
+    }
+  }
+
+  private get holdFile(): string {
+    return join(this.d.dir, ".state", this.svc.name, "hold");
+  }
+
+  /** Sets or clears the pgoctl hold; it is kept on disk so that it survives a restart. */
+  async setHold(hold: Hold | null): Promise<void> {
+    if (hold === this.st.hold) return;
+    if (hold === null) await rm(this.holdFile, { force: true });
+    else await writeFileAtomic(this.holdFile, `${hold}\n`);
+    this.st.hold = hold;
+    this.log.info(hold ? "held down through pgoctl" : "hold released", { hold: hold ?? "none" });
+  }
+
+  /**
+   * Pulls and brings the project up now, streaming compose's output; call it inside `exclusive`.
+   * Returns compose's exit status. `services` limits it to those compose services.
+   */
+  async deployNow(trigger: Trigger, io: DeployIO = {}, services: string[] = []): Promise<number> {
+    const a = await this.d.users.lookup(this.svc.user);
+    const c = this.compose(a, this.composeFile());
+    const started = this.d.clock.now();
+    const code = await this.d.slots.run(async () => {
+      const pull = await c.run(["pull", "--quiet", "--ignore-buildable", ...services], io);
+      if (pull.exitCode !== 0) this.log.warn("pull failed, trying up with the images present", { error: tail(pull.stderr) });
+      const up = await c.run(["up", "--detach", "--remove-orphans", "--quiet-pull", ...services], io);
+      if (up.exitCode === 0) this.expected = await c.services();
+      return up.exitCode;
+    });
+    this.recordDeploy(code === 0, trigger, started, code === 0 ? null : `docker compose up exited with status ${code}`);
+    return code;
+  }
+
+  private recordDeploy(ok: boolean, trigger: Trigger, started: number, error: string | null): void {
+    this.st.lastResult = ok ? "deployed" : "failed";
+    this.d.onDeploy?.(this.svc.name, this.st.lastResult);
+    if (!ok) {
+      this.st.lastError = error;
+      return;
+    }
+    this.deployedOnce = true;
+    this.st.deployedAt = this.d.clock.now();
+    this.st.lastError = null;
+    this.log.info("deployed", { commit: this.head?.slice(0, 12), trigger, ms: this.d.clock.now() - started });
   }
 
   private async run(): Promise<void> {
@@ -190,14 +273,14 @@ export class ServiceWorker {
         this.log.warn("cannot follow the remote, keeping what runs", { error: errorMessage(e) });
         return errorMessage(e);
       });
-      if (!deploy) {
+      if (!deploy && this.st.hold === null) {
         const running = allRunning(this.expected, await this.d.containers.ofProject(this.svc.name));
         if (!running) {
           this.log.warn("containers missing or not running, bringing them up");
           deploy = true;
         }
       }
-      if (deploy) await this.deploy(account, trigger);
+      if (deploy && this.st.hold === null) await this.deploy(trigger);
       this.st.lastError = followError;
     } catch (e) {
       this.st.lastError = errorMessage(e);
@@ -216,6 +299,9 @@ export class ServiceWorker {
       // It may be an NFS mount that root cannot chown; the service can still run.
       this.log.warn("cannot prepare data directory", { dir: data, error: errorMessage(e) });
     }
+    // The shared parent must be traversable (not listable) by every service user: a recursive
+    // mkdir with mode 0700 would make it root's alone and hide each user's own directory.
+    await sharedParent(dirname(this.dockerConfig));
     await privateDir(this.dockerConfig, a);
   }
 
@@ -312,26 +398,13 @@ export class ServiceWorker {
     return this.compose(a, this.composeFile());
   }
 
-  private async deploy(a: Account, trigger: Trigger): Promise<void> {
-    const started = this.d.clock.now();
-    try {
-      const c = this.compose(a, this.composeFile());
-      await this.d.slots.run(async () => {
-        const pull = await c.run(["pull", "--quiet", "--ignore-buildable"]);
-        if (pull.exitCode !== 0) this.log.warn("pull failed, trying up with the images present", { error: tail(pull.stderr) });
-        await c.must(["up", "--detach", "--remove-orphans", "--quiet-pull"]);
-        this.expected = await c.services();
-      });
-      this.deployedOnce = true;
-      this.st.deployedAt = this.d.clock.now();
-      this.st.lastResult = "deployed";
-      this.st.lastError = null;
-      this.log.info("deployed", { commit: this.head?.slice(0, 12), trigger, ms: this.d.clock.now() - started });
-      this.d.onDeploy?.(this.svc.name, "deployed");
-    } catch (e) {
-      this.st.lastResult = "failed";
-      this.d.onDeploy?.(this.svc.name, "failed");
-      throw e;
+  private async deploy(trigger: Trigger): Promise<void> {
+    const errors: Uint8Array[] = [];
+    const code = await this.deployNow(trigger, { onStderr: (c) => void (errors.length < 64 && errors.push(c)) });
+    if (code !== 0) {
+      const msg = `docker compose up exited with status ${code}: ${tail(Buffer.concat(errors).toString("utf8"))}`;
+      this.st.lastError = msg;
+      throw new Error(msg);
     }
   }
 
@@ -358,6 +431,11 @@ export async function downProject(runner: Runner, project: string, env: Record<s
   });
 }
 
+async function sharedParent(path: string): Promise<void> {
+  await mkdir(path, { recursive: true });
+  await chmod(path, 0o711);
+}
+
 async function privateDir(path: string, a: Account): Promise<void> {
   await mkdir(path, { recursive: true, mode: 0o700 });
   await chown(path, a.uid, a.gid);
@@ -376,4 +454,21 @@ async function exists(path: string): Promise<boolean> {
 
 function tail(s: string): string {
   return s.trim().split("\n").slice(-3).join(" | ");
+}
+
+function readHold(file: string): Hold | null {
+  try {
+    const h = readFileSync(file, "utf8").trim();
+    return h === "down" || h === "stop" ? h : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Writes a file through a temp file and a rename, so a crash never leaves half of it. */
+export async function writeFileAtomic(path: string, content: string, mode = 0o600): Promise<void> {
+  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+  const tmp = `${path}.tmp-${process.pid}`;
+  await writeFile(tmp, content, { mode });
+  await rename(tmp, path);
 }

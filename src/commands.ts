@@ -1,0 +1,225 @@
+/**
+ * The SSH command router: `dispatch(key, request, io) -> exit status`, a plain function with
+ * injected dependencies (Hono-style), so tests call it without a network. ssh_server.ts only
+ * adapts ssh2 events to it.
+ */
+import type { Compose } from "./compose.ts";
+import { errorMessage, RequestError } from "./errors.ts";
+import type { PublicKey } from "./keys.ts";
+import { keysEqual } from "./keys.ts";
+import type { Logger } from "./log.ts";
+import type { Hold, ServiceStatus } from "./reconcile.ts";
+import type { ClientKey, SessionIO } from "./ssh_server.ts";
+import { parseRequest } from "./target.ts";
+
+/** sysexits(3) statuses for errors of the request itself. */
+export const EX = { usage: 64, unavailable: 69, software: 70, noperm: 77 } as const;
+
+/** What the router needs of one service (a ServiceWorker provides it). */
+export interface ServiceHandle {
+  status(): ServiceStatus;
+  exclusive<T>(fn: () => Promise<T>): Promise<T>;
+  composeFor(): Promise<Compose>;
+  deployNow(trigger: "pgoctl", io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }, services?: string[]): Promise<number>;
+  setHold(hold: Hold | null): Promise<void>;
+  /** The compose file's verdict: null when it may be deployed, else the reason. */
+  check(): Promise<string | null>;
+}
+
+export interface RouterDeps {
+  services: ReadonlyMap<string, ServiceHandle>;
+  /** The keys committed in a service's `ssh/` folder. */
+  keysOf(service: string): Promise<PublicKey[]>;
+  hostname: string;
+  logger: Logger;
+  now?: () => number;
+  /** Counts a request by command and result. */
+  count?: (command: string, result: string) => void;
+}
+
+/** The commands pgoctl can run. `load` is the original's name for `check`. */
+export const COMMANDS = [
+  "up", "down", "stop", "start", "restart", "pull", "ps", "logs", "exec", "ping", "status", "check", "load",
+] as const;
+type Command = (typeof COMMANDS)[number];
+
+/** Options each command accepts (everything else is refused), and which of them take a value. */
+const OPTIONS: Record<string, { flags: string[]; valued: string[]; services: boolean }> = {
+  up: { flags: [], valued: [], services: true },
+  down: { flags: ["-v", "--volumes"], valued: ["-t", "--timeout"], services: false },
+  stop: { flags: [], valued: ["-t", "--timeout"], services: true },
+  start: { flags: [], valued: [], services: true },
+  restart: { flags: [], valued: ["-t", "--timeout"], services: true },
+  pull: { flags: ["-q", "--quiet"], valued: [], services: true },
+  ps: { flags: ["-a", "--all", "-q", "--quiet", "--services"], valued: ["--format", "--status", "--filter"], services: true },
+  logs: {
+    flags: ["-f", "--follow", "-t", "--timestamps", "--no-color", "--no-log-prefix"],
+    valued: ["-n", "--tail", "--since", "--until"],
+    services: true,
+  },
+};
+
+const SERVICE_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+const NO_TIMEOUT_MS = 7 * 24 * 3_600_000;
+
+/** The same reply for an unknown service and a key that is not allowed, so names do not leak. */
+function denied(service: string): RequestError {
+  return new RequestError(EX.noperm, `Permission denied: this key may not use service "${service}"`);
+}
+
+/** Checks a command's arguments against OPTIONS; returns them as docker compose gets them. */
+export function checkArgs(command: string, args: readonly string[]): string[] {
+  const spec = OPTIONS[command];
+  if (!spec) {
+    if (args.length > 0) throw new RequestError(EX.usage, `Command "${command}" takes no arguments`);
+    return [];
+  }
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const eq = a.indexOf("=");
+    const name = a.startsWith("--") && eq > 0 ? a.slice(0, eq) : a;
+    if (spec.flags.includes(a)) out.push(a);
+    else if (spec.valued.includes(name)) {
+      if (name !== a) out.push(a);
+      else {
+        const v = args[++i];
+        if (v === undefined) throw new RequestError(EX.usage, `Option "${a}" of "${command}" needs a value`);
+        out.push(a, v);
+      }
+    } else if (a.startsWith("-")) {
+      throw new RequestError(EX.usage, `Option "${a}" is not allowed for "${command}"`);
+    } else if (spec.services && SERVICE_NAME.test(a)) out.push(a);
+    else throw new RequestError(EX.usage, `Invalid argument "${a}" for "${command}": expected a compose service name`);
+  }
+  return out;
+}
+
+/** Runs one request and returns its exit status; the reason for a failure goes to stderr. */
+export async function dispatch(key: ClientKey, request: string, io: SessionIO, d: RouterDeps): Promise<number> {
+  const now = d.now ?? Date.now;
+  const started = now();
+  let command = "malformed";
+  let service = "";
+  let status: number;
+  let result: string;
+  try {
+    const req = (() => {
+      try {
+        return parseRequest(request);
+      } catch (e) {
+        throw new RequestError(EX.usage, `Malformed request: ${errorMessage(e)}; expected "service//command [args...]"`);
+      }
+    })();
+    service = req.service;
+    command = (COMMANDS as readonly string[]).includes(req.command) ? req.command : "unknown";
+    const handle = d.services.get(req.service);
+    if (!handle || !(await d.keysOf(req.service)).some((k) => keysEqual(k, key))) throw denied(req.service);
+    if (command === "unknown") {
+      throw new RequestError(EX.usage, `Unknown command "${req.command}": expected one of ${COMMANDS.filter((c) => c !== "load").join(", ")}`);
+    }
+    status = await run(req.command as Command, req.args, handle, io, d);
+    result = status === 0 ? "ok" : "error";
+  } catch (e) {
+    if (e instanceof RequestError) {
+      status = e.status;
+      result = e.status === EX.noperm ? "denied" : e.status === EX.usage ? "malformed" : e.status === EX.unavailable ? "unavailable" : "error";
+      await io.stderr.write(`${e.message}\n`).catch(() => {});
+    } else {
+      status = EX.software;
+      result = "error";
+      d.logger.error("request failed", { service, command, error: errorMessage(e) });
+      await io.stderr.write(`Internal error: ${errorMessage(e)}\n`).catch(() => {});
+    }
+  }
+  d.count?.(command, result);
+  d.logger.debug("request routed", { service, command, result, ms: now() - started });
+  return status;
+}
+
+async function run(cmd: Command, args: string[], h: ServiceHandle, io: SessionIO, d: RouterDeps): Promise<number> {
+  const out = { onStdout: (c: Uint8Array) => io.stdout.write(c), onStderr: (c: Uint8Array) => io.stderr.write(c), signal: io.signal };
+  switch (cmd) {
+    case "ping":
+      checkArgs(cmd, args);
+      await io.stdout.write(`pong ${d.hostname}\n`);
+      return 0;
+    case "status":
+      checkArgs(cmd, args);
+      await io.stdout.write(formatStatus(h.status(), d.now ?? Date.now));
+      return 0;
+    case "check":
+    case "load": {
+      checkArgs(cmd, args);
+      ready(h);
+      const verdict = await h.check();
+      if (verdict === null) {
+        await io.stdout.write("ok: the compose file may be deployed\n");
+        return 0;
+      }
+      await io.stdout.write(`refused: ${verdict}\n`);
+      return 1;
+    }
+    case "exec": {
+      const [container, ...rest] = args;
+      if (container === undefined || rest.length === 0) throw new RequestError(EX.usage, 'Usage: "exec <container> <command> [args...]"');
+      if (!SERVICE_NAME.test(container)) throw new RequestError(EX.usage, `Invalid container "${container}": expected a compose service name`);
+      ready(h);
+      const c = await h.composeFor();
+      return (await c.run(["exec", "-T", container, ...rest], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
+    }
+    case "ps":
+    case "logs": {
+      const a = checkArgs(cmd, args);
+      ready(h);
+      const c = await h.composeFor();
+      return (await c.run([cmd, ...a], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
+    }
+    case "up": {
+      const a = checkArgs(cmd, args);
+      ready(h);
+      return h.exclusive(async () => {
+        await h.setHold(null);
+        return h.deployNow("pgoctl", out, a);
+      });
+    }
+    case "down":
+    case "stop":
+    case "start":
+    case "restart":
+    case "pull": {
+      const a = checkArgs(cmd, args);
+      ready(h);
+      return h.exclusive(async () => {
+        if (cmd === "down" || cmd === "stop") await h.setHold(cmd);
+        const c = await h.composeFor();
+        const extra = cmd === "down" ? ["--remove-orphans"] : cmd === "pull" ? ["--ignore-buildable"] : [];
+        const code = (await c.run([cmd, ...extra, ...a], out)).exitCode;
+        if (code === 0 && (cmd === "start" || cmd === "restart")) await h.setHold(null);
+        return code;
+      });
+    }
+  }
+}
+
+/** 69 until the service has a checkout. */
+function ready(h: ServiceHandle): void {
+  if (h.status().commit === null) throw new RequestError(EX.unavailable, "Service not ready: its repository is not cloned yet");
+}
+
+/** The text `status` prints. */
+export function formatStatus(s: ServiceStatus, now: () => number): string {
+  const t = (ms: number | null): string => (ms === null ? "never" : new Date(ms).toISOString());
+  const lines = [
+    `service:     ${s.name}`,
+    `commit:      ${s.commit ?? "none (not cloned yet)"}`,
+    `deployed:    ${t(s.deployedAt)}`,
+    `last result: ${s.lastResult ?? "none"}`,
+    `hold:        ${s.hold ? `${s.hold} (through pgoctl; "up", "start" or "restart" releases it)` : "none"}`,
+    `stop file:   ${s.stopFile ? "present (the service is kept down)" : "absent"}`,
+    `last poll:   ${t(s.lastPollAt)}`,
+    `next poll:   ${s.nextPollAt === null ? "now" : `${t(s.nextPollAt)} (in ${Math.max(0, Math.round((s.nextPollAt - now()) / 1000))}s)`}`,
+    `last error:  ${s.lastError ?? "none"}`,
+  ];
+  return lines.join("\n") + "\n";
+}

@@ -1,0 +1,83 @@
+/** Prometheus metrics and the HTTP server for /metrics and /healthz. */
+import { collectDefaultMetrics, Counter, Gauge, Registry } from "prom-client";
+import type { Tag } from "./exec.ts";
+import type { Logger } from "./log.ts";
+import type { DeployResult } from "./reconcile.ts";
+import { parseListenAddress } from "./ssh_server.ts";
+
+/** pgod's metrics; one instance per daemon, injected where counted. */
+export class Metrics {
+  readonly registry = new Registry();
+  // Names kept from the original without `_total` (DECISIONS.md #1): dashboards depend on them.
+  readonly commands = new Counter({
+    name: "pgo_command_count", help: "Counter for the number of commands executed.",
+    labelNames: ["service", "cmd", "subcmd"], registers: [this.registry],
+  });
+  readonly commandErrors = new Counter({
+    name: "pgo_command_error_count", help: "Counter for the number of commands executed that resulted in an error.",
+    labelNames: ["service", "cmd", "subcmd"], registers: [this.registry],
+  });
+  readonly sshRequests = new Counter({
+    name: "pgo_ssh_requests_total", help: "SSH requests by command and result (ok, error, denied, malformed, unavailable).",
+    labelNames: ["command", "result"], registers: [this.registry],
+  });
+  readonly deploys = new Counter({
+    name: "pgo_deploys_total", help: "Deploy attempts by service and result.",
+    labelNames: ["service", "result"], registers: [this.registry],
+  });
+  readonly up = new Gauge({
+    name: "pgo_service_up", help: "1 while the service's last deploy succeeded and it is not stopped, else 0.",
+    labelNames: ["service"], registers: [this.registry],
+  });
+  readonly lastDeploy = new Gauge({
+    name: "pgo_service_last_deploy_timestamp_seconds", help: "Unix time of the service's last successful deploy.",
+    labelNames: ["service"], registers: [this.registry],
+  });
+
+  constructor(processMetrics = true) {
+    if (processMetrics) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Counts a finished child process (the runner's observer). */
+  observe = (tag: Tag, ok: boolean): void => {
+    this.commands.inc({ ...tag });
+    if (!ok) this.commandErrors.inc({ ...tag });
+  };
+
+  /** Records a deploy outcome. */
+  deployed = (service: string, result: DeployResult): void => {
+    this.deploys.inc({ service, result });
+    this.up.set({ service }, result === "deployed" ? 1 : 0);
+    if (result === "deployed") this.lastDeploy.set({ service }, Math.floor(Date.now() / 1000));
+  };
+}
+
+export interface MetricsServer {
+  port: number;
+  close(): Promise<void>;
+}
+
+/** Serves GET /metrics and GET /healthz (200 while `healthy()` holds, else 503). */
+export function startMetricsServer(
+  listen: string,
+  metrics: Metrics,
+  healthy: () => boolean,
+  logger: Logger,
+): MetricsServer {
+  const addr = parseListenAddress(listen);
+  const server = Bun.serve({
+    port: addr.port,
+    ...(addr.host ? { hostname: addr.host } : {}),
+    async fetch(req) {
+      const path = new URL(req.url).pathname;
+      if (req.method !== "GET" && req.method !== "HEAD") return new Response("Method not allowed\n", { status: 405 });
+      if (path === "/metrics") {
+        return new Response(await metrics.registry.metrics(), { headers: { "content-type": metrics.registry.contentType } });
+      }
+      if (path === "/healthz") return healthy() ? new Response("ok\n") : new Response("unhealthy\n", { status: 503 });
+      return new Response("Not found\n", { status: 404 });
+    },
+  });
+  logger.info("metrics server listening", { address: `${server.hostname}:${server.port}` });
+  return { port: server.port ?? 0, close: async () => void (await server.stop(true)) };
+}

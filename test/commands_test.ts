@@ -1,0 +1,195 @@
+import { expect, test } from "bun:test";
+import { checkArgs, dispatch, EX } from "../src/commands.ts";
+import type { RouterDeps, ServiceHandle } from "../src/commands.ts";
+import type { Compose } from "../src/compose.ts";
+import type { RunResult } from "../src/exec.ts";
+import { memoryLogger } from "../src/log.ts";
+import type { Hold, ServiceStatus } from "../src/reconcile.ts";
+import type { ClientKey, SessionIO } from "../src/ssh_server.ts";
+
+const KEY_A: ClientKey = { algo: "ssh-ed25519", blob: Buffer.from("key-a"), fingerprint: "SHA256:a" };
+const KEY_B: ClientKey = { algo: "ssh-ed25519", blob: Buffer.from("key-b"), fingerprint: "SHA256:b" };
+
+function fakeService(opts: { cloned?: boolean; exitCode?: number } = {}) {
+  const calls: string[] = [];
+  let hold: Hold | null = null;
+  let locked = 0;
+  const status = (): ServiceStatus => ({
+    name: "web", commit: opts.cloned === false ? null : "abc", deployedAt: null, lastResult: null, lastError: null,
+    stopFile: false, nextPollAt: null, lastPollAt: null, hold,
+  });
+  const result = (stdout: string): RunResult => ({ exitCode: opts.exitCode ?? 0, signal: null, stdout, stderr: "", durationMs: 1, timedOut: false });
+  const compose: Compose = {
+    async run(args, io) {
+      calls.push(`${locked ? "locked " : ""}${args.join(" ")}`);
+      await io?.onStdout?.(new TextEncoder().encode(`ran ${args[0]}\n`));
+      return result("");
+    },
+    async must(args) {
+      calls.push(args.join(" "));
+      return result("");
+    },
+    async services() {
+      return ["web"];
+    },
+  };
+  const handle: ServiceHandle = {
+    status,
+    async exclusive(fn) {
+      locked++;
+      try {
+        return await fn();
+      } finally {
+        locked--;
+      }
+    },
+    async composeFor() {
+      return compose;
+    },
+    async deployNow(_t, io, services = []) {
+      calls.push(`${locked ? "locked " : ""}deploy ${services.join(" ")}`.trim());
+      await io.onStdout?.(new TextEncoder().encode("deployed\n"));
+      return opts.exitCode ?? 0;
+    },
+    async setHold(h) {
+      hold = h;
+    },
+    async check() {
+      return null;
+    },
+  };
+  return { handle, calls, hold: () => hold };
+}
+
+function harness(svc = fakeService()) {
+  const counted: string[] = [];
+  const deps: RouterDeps = {
+    services: new Map([["web", svc.handle]]),
+    keysOf: async (name) => (name === "web" ? [{ algo: KEY_A.algo, blob: KEY_A.blob, comment: "" }] : []),
+    hostname: "box",
+    logger: memoryLogger(),
+    count: (c, r) => counted.push(`${c} ${r}`),
+  };
+  const call = async (request: string, key = KEY_A) => {
+    let stdout = "";
+    let stderr = "";
+    const io: SessionIO = {
+      stdout: { write: async (c) => void (stdout += typeof c === "string" ? c : new TextDecoder().decode(c)) },
+      stderr: { write: async (c) => void (stderr += typeof c === "string" ? c : new TextDecoder().decode(c)) },
+      signal: new AbortController().signal,
+    };
+    const status = await dispatch(key, request, io, deps);
+    return { status, stdout, stderr };
+  };
+  return { call, counted, svc };
+}
+
+test("dispatch() answers ping with pong and the host name", async () => {
+  const { call } = harness();
+  expect(await call("web//ping")).toEqual({ status: 0, stdout: "pong box\n", stderr: "" });
+});
+
+test("dispatch() gives an unknown service and a foreign key the same answer", async () => {
+  const { call, counted } = harness();
+  const unknown = await call("nosuch//ps");
+  const foreign = await call("web//ps", KEY_B);
+  expect(unknown.status).toBe(EX.noperm);
+  expect(foreign.status).toBe(EX.noperm);
+  expect(unknown.stderr.replace("nosuch", "X")).toBe(foreign.stderr.replace("web", "X"));
+  expect(counted).toEqual(["ps denied", "ps denied"]);
+});
+
+test("dispatch() refuses a malformed request and an unknown command with 64", async () => {
+  const { call } = harness();
+  expect((await call("no-slashes")).status).toBe(EX.usage);
+  expect((await call("web//ps; touch /tmp/x")).status).toBe(EX.usage);
+  const r = await call("web//frobnicate");
+  expect(r.status).toBe(EX.usage);
+  expect(r.stderr).toContain('Unknown command "frobnicate"');
+  expect((await call("web//ps 'unterminated")).status).toBe(EX.usage);
+});
+
+test("dispatch() checks the key before it says a command is unknown", async () => {
+  const { call } = harness();
+  expect((await call("web//frobnicate", KEY_B)).status).toBe(EX.noperm);
+});
+
+test("dispatch() passes the compose exit status through", async () => {
+  const { call } = harness(fakeService({ exitCode: 42 }));
+  expect((await call("web//exec web sh -c 'exit 42'")).status).toBe(42);
+});
+
+test("dispatch() runs exec as docker compose exec -T with the argv intact", async () => {
+  const svc = fakeService();
+  const { call } = harness(svc);
+  await call(`web//exec web sh -c "echo 'a b'; ls"`);
+  expect(svc.calls).toEqual(["exec -T web sh -c echo 'a b'; ls"]);
+});
+
+test("dispatch() refuses exec options such as --privileged", async () => {
+  const { call, svc } = harness();
+  const r = await call("web//exec --privileged web sh");
+  expect(r.status).toBe(EX.usage);
+  expect(svc.calls).toEqual([]);
+});
+
+test("dispatch() lets logs take --tail and -f but not other options", async () => {
+  const { call, svc } = harness();
+  expect((await call("web//logs --tail 5 -f web")).status).toBe(0);
+  expect(svc.calls).toEqual(["logs --tail 5 -f web"]);
+  expect((await call("web//logs --project-directory /")).status).toBe(EX.usage);
+});
+
+test("dispatch() runs up, down, stop, start, restart and pull under the service lock; ps, logs and exec without it", async () => {
+  const { call, svc } = harness();
+  for (const c of ["up", "down", "stop", "start", "restart", "pull", "ps", "logs", "exec web true"]) await call(`web//${c}`);
+  expect(svc.calls).toEqual([
+    "locked deploy", "locked down --remove-orphans", "locked stop", "locked start", "locked restart",
+    "locked pull --ignore-buildable", "ps", "logs", "exec -T web true",
+  ]);
+});
+
+test("dispatch() makes down and stop hold the service, and up, start or restart release it", async () => {
+  const { call, svc } = harness();
+  await call("web//down");
+  expect(svc.hold()).toBe("down");
+  await call("web//up");
+  expect(svc.hold()).toBeNull();
+  await call("web//stop");
+  expect(svc.hold()).toBe("stop");
+  await call("web//restart");
+  expect(svc.hold()).toBeNull();
+});
+
+test("dispatch() answers 69 while the service is not cloned yet", async () => {
+  const { call } = harness(fakeService({ cloned: false }));
+  const r = await call("web//ps");
+  expect(r.status).toBe(EX.unavailable);
+  expect(r.stderr).toContain("not cloned yet");
+  expect((await call("web//ping")).status).toBe(0);
+});
+
+test("dispatch() shows status with hold and stop file", async () => {
+  const { call } = harness();
+  await call("web//stop");
+  const r = await call("web//status");
+  expect(r.stdout).toContain("service:     web");
+  expect(r.stdout).toContain("hold:        stop");
+  expect(r.stdout).toContain("stop file:   absent");
+});
+
+test("dispatch() accepts load as the original's name for check", async () => {
+  const { call } = harness();
+  expect(await call("web//load")).toMatchObject({ status: 0, stdout: "ok: the compose file may be deployed\n" });
+  expect((await call("web//check")).status).toBe(0);
+});
+
+test("checkArgs() allows only documented options and service names", () => {
+  expect(checkArgs("down", ["-v"])).toEqual(["-v"]);
+  expect(checkArgs("ps", ["--format", "json"])).toEqual(["--format", "json"]);
+  expect(checkArgs("logs", ["--tail=3"])).toEqual(["--tail=3"]);
+  expect(() => checkArgs("up", ["--build"])).toThrow('Option "--build" is not allowed for "up"');
+  expect(() => checkArgs("down", ["web"])).toThrow('Invalid argument "web" for "down"');
+  expect(() => checkArgs("ping", ["x"])).toThrow('Command "ping" takes no arguments');
+  expect(() => checkArgs("logs", ["--tail"])).toThrow('Option "--tail" of "logs" needs a value');
+});
