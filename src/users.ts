@@ -50,6 +50,9 @@ export function makeUsers(o: UsersOptions): Users {
     let home = f[5] ?? "";
     if (!(await usableHome(home))) {
       home = join(o.homeRoot, name);
+      // Every user must traverse the shared parent to reach its own home (0711: not listable).
+      await mkdir(o.homeRoot, { recursive: true });
+      await chmod(o.homeRoot, 0o711);
       await mkdir(home, { recursive: true, mode: 0o700 });
       await chown(home, uid, gid);
       await chmod(home, 0o700);
