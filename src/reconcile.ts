@@ -301,10 +301,8 @@ export class ServiceWorker {
     }
     // The shared parent must be traversable (not listable) by every service user: a recursive
     // mkdir with mode 0700 would make it root's alone and hide each user's own directory.
+    // Each service's registry credentials then sit in a directory only its user can read.
     await sharedParent(dirname(this.dockerConfig));
-    // Each service's registry credentials sit in a directory only its user can read.
-    await mkdir(dirname(this.dockerConfig), { recursive: true });
-    await chmod(dirname(this.dockerConfig), 0o711);
     await privateDir(this.dockerConfig, a);
   }
 

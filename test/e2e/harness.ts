@@ -7,8 +7,8 @@ import { chmod, chown, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
-/** The executable under test (`bash scripts/build.sh` makes it). */
-export const PGOD: string = resolve(import.meta.dir, "../../dist/pgod");
+/** The executable under test: `PGOD_BIN`, else the one `bash scripts/build.sh` makes. */
+export const PGOD: string = process.env["PGOD_BIN"] || resolve(import.meta.dir, "../../dist/pgod");
 
 /** The local test image; compose files name it with `pull_policy: never`. */
 export const IMAGE = "pgo-busybox:1";
@@ -102,18 +102,27 @@ export interface Container {
   service: string;
 }
 
-/** Every container (all states) of compose project `project`, from `docker ps -a`. */
+/**
+ * Every container (all states) of compose project `project`, as `docker ps --all --filter
+ * label=com.docker.compose.project=NAME` lists them. This asks the engine's API on its socket
+ * rather than starting a `docker` process: the tests poll it several times a second each, and on
+ * two cores that many CLI processes would slow pgod down more than anything it does itself.
+ */
 export async function containersOf(project: string): Promise<Container[]> {
-  const r = await run([
-    "docker", "ps", "--all", "--no-trunc",
-    "--filter", `label=com.docker.compose.project=${project}`,
-    "--format", '{{.ID}} {{.State}} {{.Label "com.docker.compose.service"}}',
-  ]);
-  return r.stdout.split("\n").filter(Boolean).map((l) => {
-    const [id = "", state = "", service = ""] = l.split(" ");
-    return { id, state, service };
-  });
+  const filters = encodeURIComponent(JSON.stringify({ label: [`com.docker.compose.project=${project}`] }));
+  const res = await fetch(`http://docker/containers/json?all=1&filters=${filters}`, {
+    unix: DOCKER_SOCKET,
+    signal: AbortSignal.timeout(10_000),
+  } as RequestInit);
+  if (!res.ok) throw new Error(`Cannot list containers: the engine answered ${res.status}: ${await res.text()}`);
+  const body = (await res.json()) as Array<{ Id: string; State: string; Labels: Record<string, string> | null }>;
+  return body.map((c) => ({ id: c.Id, state: c.State, service: c.Labels?.["com.docker.compose.service"] ?? "" }));
 }
+
+/** The engine's socket. */
+export const DOCKER_SOCKET: string = process.env["DOCKER_HOST"]?.startsWith("unix://")
+  ? process.env["DOCKER_HOST"].slice("unix://".length)
+  : "/var/run/docker.sock";
 
 /** The running containers of `project`. */
 export async function runningOf(project: string): Promise<Container[]> {
@@ -163,8 +172,12 @@ export async function sweepRun(): Promise<void> {
   await Promise.all([...projects].map((p) => removeProject(p)));
 }
 
-/** A compose file with one service `web` running busybox httpd; `env` becomes its `environment`. */
-export function composeFile(o: { env?: Record<string, string>; command?: string[] } = {}): string {
+/**
+ * A compose file with one service `web` running busybox httpd; `env` becomes its `environment`.
+ * Without `network`, the service has `network_mode: none`: a bridge network per project costs
+ * the engine seconds of iptables work when a dozen tests start projects at once.
+ */
+export function composeFile(o: { env?: Record<string, string>; command?: string[]; network?: boolean } = {}): string {
   const command = o.command ?? ["/bin/httpd", "-f", "-p", "8080"];
   let y = `services:
   web:
@@ -174,6 +187,7 @@ export function composeFile(o: { env?: Record<string, string>; command?: string[
     stop_signal: SIGKILL
     command: ${JSON.stringify(command)}
 `;
+  if (!o.network) y += "    network_mode: none\n";
   const env = Object.entries(o.env ?? {});
   if (env.length > 0) {
     y += "    environment:\n";
