@@ -11,10 +11,9 @@ import { addHostKey, checkHostKey, hostKeyName, type HostKey } from "./known_hos
 import { quoteShellWord } from "./shell_words.ts";
 import { sshAlgorithms } from "./ssh_server.ts";
 import { parseTarget, type Target } from "./target.ts";
+import { VERSION } from "./version.ts";
 
-declare const PGO_VERSION: string | undefined;
-/** The version baked in by scripts/build.sh; "dev" when run from source. */
-export const VERSION: string = typeof PGO_VERSION === "string" ? PGO_VERSION : "dev";
+export { VERSION };
 
 /** Exit status for a bad command line (sysexits EX_USAGE, as pgod uses for a malformed request). */
 export const EXIT_USAGE = 64;
@@ -243,6 +242,7 @@ async function runRemote(r: Remote, io: PgoctlIO): Promise<number> {
   const conn = new Client();
   let hostKeyProblem: string | undefined;
   let loggedIn = false;
+  let relaying = false;
 
   const verifyHost = async (blob: Buffer): Promise<boolean> => {
     const key: HostKey = { host: r.host, port: r.port, algo: blobType(blob), blob };
@@ -293,11 +293,15 @@ async function runRemote(r: Remote, io: PgoctlIO): Promise<number> {
       if (!loggedIn) return finish(EXIT_SSH, `Cannot connect to "${where}": ${err.message}`);
       finish(EXIT_SSH, `Connection to "${where}" failed: ${err.message}`);
     });
-    conn.on("close", () => finish(EXIT_SSH, `Connection to "${where}" closed before the command finished`));
+    conn.on("close", () => {
+      // With a command running, its channel closes too and relay() reports how it ended.
+      if (!relaying) finish(EXIT_SSH, `Connection to "${where}" closed before the command finished`);
+    });
     conn.on("ready", () => {
       loggedIn = true;
       conn.exec(r.request, (err, channel) => {
         if (err) return finish(EXIT_SSH, `Cannot run the command on "${where}": ${err.message}`);
+        relaying = true;
         relay(channel, io).then(
           (out) => {
             if (out.broken) return finish(EXIT_PIPE);

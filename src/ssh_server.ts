@@ -100,7 +100,7 @@ export interface SshLimits {
 }
 
 /** Default limits. The login grace leaves a person time to type the passphrase of an OpenSSH key. */
-export const DEFAULT_LIMITS: SshLimits = {
+export const DEFAULT_LIMITS: Readonly<SshLimits> = {
   maxUnauthenticated: 64,
   maxAuthenticated: 128,
   loginGraceMs: 30_000,
@@ -170,6 +170,8 @@ interface Conn {
   user: string;
   key?: ClientKey;
   authenticated: boolean;
+  /** Being closed by the server: further requests are ignored. */
+  ending: boolean;
   failures: number;
   sessions: number;
   graceTimer?: ReturnType<typeof setTimeout>;
@@ -208,6 +210,7 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
       addr: socket.remoteAddress ?? "",
       user: "",
       authenticated: false,
+      ending: false,
       failures: 0,
       sessions: 0,
       gone: new AbortController(),
@@ -216,6 +219,8 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
       socket.destroy();
       return;
     }
+    // Replies are small (a status, a line of output): send them now, not after the peer's delayed ACK.
+    socket.setNoDelay(true);
     unauthenticated.add(conn);
     byPeer.set(peer, conn);
     conn.graceTimer = setTimeout(() => {
@@ -267,6 +272,7 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
   }
 
   function end(conn: Conn): void {
+    conn.ending = true;
     conn.client?.end();
     setTimeout(() => conn.socket.destroy(), LINGER_MS).unref();
   }
@@ -290,6 +296,7 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
     conn.client = client;
     client.on("error", (e) => log.debug("SSH connection error", { conn: conn.id, error: errorMessage(e) }));
     client.on("authentication", (ctx) => {
+      if (conn.ending) return; // the disconnect is on its way; a pipelined attempt gets no answer
       authenticate(conn, ctx).catch((e) => {
         log.error("SSH login check failed", { conn: conn.id, error: errorMessage(e) });
         ctx.reject(["publickey"]);
@@ -301,7 +308,7 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
   });
 
   async function authenticate(conn: Conn, ctx: AuthContext): Promise<void> {
-    conn.user = ctx.username.slice(0, 64);
+    conn.user = printable(ctx.username.slice(0, 64));
     if (ctx.method !== "publickey") {
       // "none" is how clients ask which methods exist; it is not a failed attempt.
       if (ctx.method === "none") ctx.reject(["publickey"]);
@@ -370,7 +377,7 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
   }
 
   function onSession(conn: Conn, accept: () => Session, reject: () => void): void {
-    if (closing || conn.sessions >= limits.maxSessions) {
+    if (closing || conn.ending || conn.sessions >= limits.maxSessions) {
       reject();
       return;
     }
@@ -478,7 +485,12 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
 
 /** The first word of a request (`service//command`), for logs; arguments may hold secrets. */
 function requestName(command: string): string {
-  return (command.trimStart().split(/\s/, 1)[0] ?? "").slice(0, 100);
+  return printable((command.trimStart().split(/\s/, 1)[0] ?? "").slice(0, 100));
+}
+
+/** Replaces control characters in client-chosen text before it reaches a log line. */
+function printable(s: string): string {
+  return s.replace(/[\x00-\x1f\x7f-\x9f]/g, "?");
 }
 
 function peerKey(addr: string | undefined, port: number | undefined): string {

@@ -1,0 +1,410 @@
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
+import { connect as tcpConnect, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Client, type ClientChannel, type ConnectConfig } from "ssh2";
+import { fingerprint, keysEqual, parseAuthorizedKeys, type PublicKey } from "../src/keys.ts";
+import { memoryLogger } from "../src/log.ts";
+import {
+  clampStatus,
+  parseListenAddress,
+  sshAlgorithms,
+  startSshServer,
+  type ClientKey,
+  type SessionIO,
+  type SshLimits,
+  type SshServer,
+} from "../src/ssh_server.ts";
+
+type Handle = (key: ClientKey, command: string, io: SessionIO) => Promise<number>;
+
+let dir: string;
+let goodKey: string; // private key text of the allowed key
+let badKey: string; // private key text of a key no service has
+let allowed: PublicKey[];
+const servers: SshServer[] = [];
+const clients: Client[] = [];
+const sockets: Socket[] = [];
+
+function sh(argv: string[]): void {
+  const p = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe" });
+  if (p.exitCode !== 0) throw new Error(`${argv.join(" ")}: ${p.stderr.toString()}`);
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "pgo-sshd-"));
+  for (const n of ["good", "bad", "bad2", "bad3"]) sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", join(dir, n)]);
+  goodKey = await readFile(join(dir, "good"), "utf8");
+  badKey = await readFile(join(dir, "bad"), "utf8");
+  allowed = parseAuthorizedKeys(await readFile(join(dir, "good.pub"), "utf8"));
+});
+
+afterEach(async () => {
+  for (const s of sockets.splice(0)) s.destroy();
+  for (const c of clients.splice(0)) c.end();
+  await Promise.all(servers.splice(0).map((s) => s.close()));
+});
+
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function start(handle: Handle, opts: { limits?: Partial<SshLimits>; hostKeyPath?: string; known?: (k: ClientKey) => boolean } = {}) {
+  const log = memoryLogger();
+  const srv = await startSshServer({
+    listen: "127.0.0.1:0",
+    hostKeyPath: opts.hostKeyPath ?? join(dir, "host_key"),
+    isKnownKey: opts.known ?? ((k) => allowed.some((a) => keysEqual(a, k))),
+    handle,
+    logger: log,
+    limits: opts.limits ?? {},
+  });
+  servers.push(srv);
+  return { srv, log };
+}
+
+function connect(port: number, auth: string | Pick<ConnectConfig, "authHandler">): Promise<Client> {
+  return new Promise((resolve, reject) => {
+    const c = new Client();
+    clients.push(c);
+    c.on("ready", () => resolve(c)).on("error", reject);
+    c.on("close", () => reject(new Error("Connection closed before login")));
+    const cfg: ConnectConfig = { host: "127.0.0.1", port, username: "tester", algorithms: sshAlgorithms(), readyTimeout: 5000 };
+    c.connect(typeof auth === "string" ? { ...cfg, privateKey: auth } : { ...cfg, ...auth });
+  });
+}
+
+function exec(c: Client, command: string, opts: { pty?: boolean } = {}): Promise<ClientChannel> {
+  return new Promise((resolve, reject) => c.exec(command, opts, (err, ch) => (err ? reject(err) : resolve(ch))));
+}
+
+async function run(c: Client, command: string): Promise<{ stdout: string; stderr: string; code: number | null }> {
+  const ch = await exec(c, command);
+  let stdout = "";
+  let stderr = "";
+  ch.on("data", (d: Buffer) => (stdout += d.toString()));
+  ch.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  // The close event carries the exit status; an 'exit' listener added after exec() resolves may be too late.
+  const code = await new Promise<number | null>((r) => ch.on("close", (c: number | null) => r(c)));
+  return { stdout, stderr, code };
+}
+
+async function waitFor(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Waits until `value()` has not changed for `quietMs` (for measuring how far a blocked writer got). */
+async function waitQuiet(value: () => number, quietMs: number, ms = 10_000): Promise<number> {
+  const deadline = Date.now() + ms;
+  let last = value();
+  let since = Date.now();
+  while (Date.now() - since < quietMs) {
+    if (Date.now() > deadline) throw new Error("Value never settled");
+    await new Promise((r) => setTimeout(r, 10));
+    const v = value();
+    if (v !== last) [last, since] = [v, Date.now()];
+  }
+  return last;
+}
+
+const echo: Handle = async (_key, command, io) => {
+  await io.stdout.write(`out:${command}\n`);
+  await io.stderr.write("err:some\n");
+  return 42;
+};
+
+describe("startSshServer()", () => {
+  test("a client with an allowed key gets stdout, stderr and the exit status from handle", async () => {
+    let seen: ClientKey | undefined;
+    const { srv, log } = await start(async (key, command, io) => {
+      seen = key;
+      return echo(key, command, io);
+    });
+    const c = await connect(srv.port, goodKey);
+    expect(await run(c, "web//ps -a 'x y'")).toEqual({ stdout: "out:web//ps -a 'x y'\n", stderr: "err:some\n", code: 42 });
+    expect(seen?.algo).toBe("ssh-ed25519");
+    expect(seen?.fingerprint).toBe(fingerprint(allowed[0]!.blob));
+    const line = log.lines.find((l) => l.includes('msg="SSH request"'));
+    expect(line).toContain("request=web//ps");
+    expect(line).toContain("status=42");
+    expect(line).not.toContain("x y"); // arguments are not logged
+  });
+
+  test("a key that is in no service is refused at login and handle never runs", async () => {
+    let calls = 0;
+    const { srv } = await start(async () => (calls++, 0));
+    const err = await connect(srv.port, badKey).then(
+      () => undefined,
+      (e: Error & { level?: string }) => e,
+    );
+    expect(err?.level).toBe("client-authentication");
+    expect(calls).toBe(0);
+  });
+
+  test("the host key is made with mode 0600 on first start and reused on the next", async () => {
+    const keyDir = await mkdtemp(join(dir, "hk-"));
+    const path = join(keyDir, "ssh_host_ed25519_key");
+    const { srv: a, log } = await start(echo, { hostKeyPath: path });
+    expect((await stat(path)).mode & 0o777).toBe(0o600);
+    expect(await readdir(keyDir)).toEqual(["ssh_host_ed25519_key"]); // no temp file left behind
+    expect(log.lines.some((l) => l.includes(`host_key=${a.fingerprint}`))).toBe(true);
+    await a.close();
+    const { srv: b } = await start(echo, { hostKeyPath: path });
+    expect(b.fingerprint).toBe(a.fingerprint);
+    expect(a.fingerprint).toMatch(/^SHA256:[A-Za-z0-9+/]{43}$/);
+  });
+
+  test("a request longer than the limit gets exit status 64 without reaching handle", async () => {
+    let calls = 0;
+    const { srv } = await start(async () => (calls++, 0));
+    const c = await connect(srv.port, goodKey);
+    const r = await run(c, `web//ps ${"x".repeat(5000)}`);
+    expect(r.code).toBe(64);
+    expect(r.stderr).toContain("Request too long");
+    expect(calls).toBe(0);
+    expect((await run(c, `web//ps ${"x".repeat(4000)}`)).code).toBe(0);
+    expect(calls).toBe(1);
+  });
+
+  test("shell, pty, subsystem and forwarding requests are refused", async () => {
+    const { srv } = await start(echo);
+    const c = await connect(srv.port, goodKey);
+    const shellErr = await new Promise<Error | undefined>((r) => c.shell(false, (e) => r(e)));
+    expect(shellErr?.message).toMatch(/Unable to open shell/i);
+    await expect(exec(c, "web//ps", { pty: true })).rejects.toThrow(/pseudo-terminal|pty/i);
+    const sftpErr = await new Promise<Error | undefined>((r) => c.sftp((e) => r(e)));
+    expect(sftpErr).toBeInstanceOf(Error);
+    const fwdErr = await new Promise<Error | undefined>((r) => c.forwardOut("127.0.0.1", 1, "127.0.0.1", 22, (e) => r(e)));
+    expect(fwdErr).toBeInstanceOf(Error);
+    const listenErr = await new Promise<Error | undefined>((r) => c.forwardIn("127.0.0.1", 0, (e) => r(e)));
+    expect(listenErr).toBeInstanceOf(Error);
+    // The connection still serves exec requests.
+    expect((await run(c, "web//ps")).code).toBe(42);
+  });
+
+  test("exit statuses are clamped to 0..255 and a throwing handle gives 70 with Internal error", async () => {
+    expect([clampStatus(401), clampStatus(-3), clampStatus(7.9), clampStatus(NaN), clampStatus("1")]).toEqual([255, 0, 7, 70, 70]);
+    const { srv, log } = await start(async (_k, command) => {
+      if (command === "web//boom") throw new Error("secret detail");
+      return 401;
+    });
+    const c = await connect(srv.port, goodKey);
+    expect((await run(c, "web//ps")).code).toBe(255);
+    const boom = await run(c, "web//boom");
+    expect(boom).toEqual({ stdout: "", stderr: "Internal error\n", code: 70 });
+    expect(log.lines.some((l) => l.includes("secret detail"))).toBe(true); // in the log, not to the client
+  });
+
+  test("a slow reader does not make the server buffer without bound", async () => {
+    const total = 20 * 1024 * 1024;
+    let written = 0;
+    const { srv } = await start(async (_k, _c, io) => {
+      const chunk = new Uint8Array(64 * 1024).fill(120);
+      while (written < total && !io.signal.aborted) {
+        await io.stdout.write(chunk);
+        written += chunk.length;
+      }
+      return 0;
+    });
+    const c = await connect(srv.port, goodKey);
+    const ch = await exec(c, "web//logs"); // not read yet
+    await waitFor(() => written > 0, "the first write");
+    // Blocked, the writer gets about 4 MiB ahead: the client's window plus the channel's buffer.
+    const stalled = await waitQuiet(() => written, 250);
+    expect(stalled).toBeLessThan(10 * 1024 * 1024);
+
+    let got = 0;
+    ch.on("data", (d: Buffer) => (got += d.length));
+    const code = await new Promise<number | null>((r) => ch.on("close", (c: number | null) => r(c)));
+    expect(got).toBe(total);
+    expect(code).toBe(0);
+  });
+
+  test("a client that disconnects mid-command aborts io.signal", async () => {
+    let aborted = false;
+    const { srv, log } = await start(async (_k, _c, io) => {
+      await io.stdout.write("started\n");
+      await new Promise<void>((r) => (io.signal.aborted ? r() : io.signal.addEventListener("abort", () => r())));
+      aborted = true;
+      await io.stdout.write("after the client left\n"); // must not throw or hang
+      return 0;
+    });
+    const c = await connect(srv.port, goodKey);
+    const ch = await exec(c, "web//logs -f");
+    await new Promise((r) => ch.once("data", r));
+    expect(aborted).toBe(false);
+    c.end();
+    await waitFor(() => aborted, "io.signal to abort");
+    await waitFor(() => log.lines.some((l) => l.includes("client_gone=true")), "the request log line");
+  });
+
+  test("a client that closes the channel but stays connected aborts io.signal", async () => {
+    let aborted = 0;
+    const { srv } = await start(async (_k, command, io) => {
+      if (command === "web//ping") return 0;
+      await io.stdout.write("started\n");
+      await new Promise<void>((r) => io.signal.addEventListener("abort", () => r()));
+      aborted++;
+      return 0;
+    });
+    const c = await connect(srv.port, goodKey);
+    const ch = await exec(c, "web//logs -f");
+    await new Promise((r) => ch.once("data", r));
+    ch.close();
+    await waitFor(() => aborted === 1, "io.signal to abort");
+    expect((await run(c, "web//ping")).code).toBe(0);
+  });
+
+  test("many unauthenticated connections held open do not stop a client with a valid key", async () => {
+    const { srv, log } = await start(echo, { limits: { maxUnauthenticated: 8 } });
+    let closed = 0;
+    for (let i = 0; i < 40; i++) {
+      const s = tcpConnect(srv.port, "127.0.0.1");
+      s.on("error", () => {});
+      s.on("close", () => closed++);
+      s.resume();
+      // Half of them get past the version exchange, the rest send nothing.
+      if (i % 2 === 0) s.write("SSH-2.0-hostile\r\n");
+      sockets.push(s);
+    }
+    await waitFor(() => closed >= 32, "the server to drop the oldest hostile connections");
+    const c = await connect(srv.port, goodKey);
+    expect((await run(c, "web//ps")).code).toBe(42);
+    expect(40 - closed).toBeLessThanOrEqual(8);
+    expect(log.lines.some((l) => l.includes("dropping the oldest"))).toBe(true);
+  });
+
+  test("random bytes after the banner do not crash the server", async () => {
+    const { srv } = await start(echo);
+    const s = tcpConnect(srv.port, "127.0.0.1");
+    sockets.push(s);
+    s.on("error", () => {});
+    s.resume();
+    let closed = false;
+    s.on("close", () => (closed = true));
+    s.write("SSH-2.0-fuzz\r\n");
+    s.write(crypto.getRandomValues(new Uint8Array(8192)));
+    await waitFor(() => closed, "the server to drop the garbage connection");
+    const c = await connect(srv.port, goodKey);
+    expect((await run(c, "web//ps")).code).toBe(42);
+  });
+
+  test("a connection that does not log in within the grace time is dropped", async () => {
+    const { srv } = await start(echo, { limits: { loginGraceMs: 100 } });
+    const s = tcpConnect(srv.port, "127.0.0.1");
+    sockets.push(s);
+    s.on("error", () => {});
+    s.resume();
+    let closed = false;
+    s.on("close", () => (closed = true));
+    s.write("SSH-2.0-slow\r\n");
+    await waitFor(() => closed, "the grace timer");
+  });
+
+  test("a connection is closed after too many failed logins", async () => {
+    let checks = 0;
+    const { srv } = await start(echo, {
+      limits: { maxAuthTries: 2 },
+      known: (k) => (checks++, allowed.some((a) => keysEqual(a, k))),
+    });
+    const keys = await Promise.all(["bad", "bad2", "bad3"].map((n) => readFile(join(dir, n), "utf8")));
+    const err = await connect(srv.port, {
+      authHandler: [
+        ...keys.map((key) => ({ type: "publickey" as const, username: "tester", key })),
+        { type: "publickey" as const, username: "tester", key: goodKey },
+      ],
+    }).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(Error);
+    expect(checks).toBe(2); // the third bad key and the good key were never looked at
+  });
+
+  test("a logged-in connection with no open channel is closed after the idle timeout", async () => {
+    const { srv } = await start(echo, { limits: { idleTimeoutMs: 150 } });
+    const c = await connect(srv.port, goodKey);
+    let closed = false;
+    c.on("close", () => (closed = true));
+    expect((await run(c, "web//ps")).code).toBe(42);
+    await waitFor(() => closed, "the idle timeout");
+  });
+
+  test("channels past the per-connection cap are refused while the open ones keep working", async () => {
+    const { srv } = await start(
+      async (_k, command, io) => {
+        if (command !== "web//logs") return 0;
+        await io.stdout.write("started\n");
+        await new Promise<void>((r) => io.signal.addEventListener("abort", () => r()));
+        return 0;
+      },
+      { limits: { maxSessions: 1 } },
+    );
+    const c = await connect(srv.port, goodKey);
+    const held = await exec(c, "web//logs");
+    await new Promise((r) => held.once("data", r));
+    await expect(exec(c, "web//ps")).rejects.toThrow();
+    // The server counts the channel as closed before it answers the client's close.
+    held.resume();
+    const heldClosed = new Promise((r) => held.once("close", r));
+    held.close();
+    await heldClosed;
+    expect((await run(c, "web//ps")).code).toBe(0);
+  });
+
+  test("logins past the cap on logged-in connections are refused", async () => {
+    const { srv } = await start(echo, { limits: { maxAuthenticated: 1 } });
+    const first = await connect(srv.port, goodKey);
+    await expect(connect(srv.port, goodKey)).rejects.toThrow();
+    expect((await run(first, "web//ps")).code).toBe(42);
+  });
+
+  test("OpenSSH's ssh gets the output and the exit status", async () => {
+    const { srv } = await start(echo);
+    const p = Bun.spawn(
+      [
+        "ssh", "-F", "/dev/null", "-p", String(srv.port), "-i", join(dir, "good"),
+        "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+        "127.0.0.1", "svc//ps",
+      ],
+      { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
+    );
+    const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+    expect({ stdout, stderr, code }).toEqual({ stdout: "out:svc//ps\n", stderr: "err:some\n", code: 42 });
+  });
+
+  test("OpenSSH's ssh with an unknown key is refused with exit status 255", async () => {
+    const { srv } = await start(echo);
+    const p = Bun.spawn(
+      [
+        "ssh", "-F", "/dev/null", "-p", String(srv.port), "-i", join(dir, "bad"),
+        "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+        "127.0.0.1", "svc//ps",
+      ],
+      { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
+    );
+    const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+    expect(code).toBe(255);
+    expect(stdout).toBe("");
+    expect(stderr).toContain("Permission denied (publickey)");
+  });
+});
+
+describe("parseListenAddress()", () => {
+  test("reads :port, host:port and [ipv6]:port and rejects the rest", () => {
+    expect(parseListenAddress(":2222")).toEqual({ port: 2222 });
+    expect(parseListenAddress("127.0.0.1:0")).toEqual({ host: "127.0.0.1", port: 0 });
+    expect(parseListenAddress("[::1]:2222")).toEqual({ host: "::1", port: 2222 });
+    expect(parseListenAddress("localhost:22")).toEqual({ host: "localhost", port: 22 });
+    for (const bad of ["2222", "::1:2222", "host:", "host:99999", "[::1]"]) {
+      expect(() => parseListenAddress(bad)).toThrow(/Invalid listen address/);
+    }
+  });
+});
