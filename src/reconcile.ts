@@ -5,7 +5,7 @@
  */
 import { existsSync } from "node:fs";
 import { readFileSync } from "node:fs";
-import { chmod, chown, lstat, mkdir, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, chown, lstat, mkdir, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { ServiceConfig } from "./config.ts";
 import { composeDependencies, COMPOSE_FILES, findComposeFile, makeCompose } from "./compose.ts";
@@ -16,6 +16,7 @@ import { errorMessage } from "./errors.ts";
 import type { Runner } from "./exec.ts";
 import { makeGit } from "./git.ts";
 import type { Git } from "./git.ts";
+import { writeFileAtomic } from "./files.ts";
 import { readServiceKeys } from "./keys.ts";
 import type { PublicKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
@@ -464,12 +465,4 @@ function readHold(file: string): Hold | null {
   } catch {
     return null;
   }
-}
-
-/** Writes a file through a temp file and a rename, so a crash never leaves half of it. */
-export async function writeFileAtomic(path: string, content: string, mode = 0o600): Promise<void> {
-  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-  const tmp = `${path}.tmp-${process.pid}`;
-  await writeFile(tmp, content, { mode });
-  await rename(tmp, path);
 }

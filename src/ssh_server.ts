@@ -4,10 +4,8 @@
  * exec only, limits, backpressure) and no business logic.
  */
 
-import { randomBytes } from "node:crypto";
-import { chmod, mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
+import { chmod, readFile, stat } from "node:fs/promises";
 import { createServer, type AddressInfo, type Socket } from "node:net";
-import { dirname } from "node:path";
 import type { Writable } from "node:stream";
 import {
   Server,
@@ -25,6 +23,7 @@ import {
   type Session,
 } from "ssh2";
 import { errorMessage } from "./errors.ts";
+import { writeFileAtomic } from "./files.ts";
 import { blobType, fingerprint } from "./keys.ts";
 import type { Logger } from "./log.ts";
 
@@ -553,6 +552,18 @@ function until(stream: Writable, event: string, signal: AbortSignal): Promise<vo
   });
 }
 
+/**
+ * A new ed25519 host key in OpenSSH format. Under Bun, about 1 in 200 keys that ssh2 generates
+ * fail its own parser ("Malformed OpenSSH private key"), so a key is only kept once it parses.
+ */
+function newHostKey(): string {
+  for (let i = 0; i < 50; i++) {
+    const text = utils.generateKeyPairSync("ed25519").private;
+    if (!(utils.parseKey(text) instanceof Error)) return text;
+  }
+  throw new Error("Cannot make an SSH host key that ssh2 can read");
+}
+
 /** Reads the host key, or makes one (atomically, mode 0600) when there is none. */
 async function loadHostKey(path: string, log: Logger): Promise<{ text: string; blob: Buffer }> {
   let text: string | undefined;
@@ -562,8 +573,10 @@ async function loadHostKey(path: string, log: Logger): Promise<{ text: string; b
     if ((e as { code?: unknown }).code !== "ENOENT") throw new Error(`Cannot read SSH host key "${path}": ${errorMessage(e)}`);
   }
   if (text === undefined) {
-    text = utils.generateKeyPairSync("ed25519").private;
-    await writeFileAtomic(path, text);
+    text = newHostKey();
+    await writeFileAtomic(path, text).catch((e: unknown) => {
+      throw new Error(`Cannot write SSH host key: ${errorMessage(e)}`);
+    });
     log.info("Created SSH host key", { file: path });
   } else {
     const st = await stat(path);
@@ -581,27 +594,3 @@ async function loadHostKey(path: string, log: Logger): Promise<{ text: string; b
   return { text, blob: k.getPublicSSH() };
 }
 
-/** Writes a new file so that it is either absent or complete, never half written. */
-async function writeFileAtomic(path: string, text: string): Promise<void> {
-  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
-  try {
-    const fh = await open(tmp, "wx", 0o600);
-    try {
-      await fh.writeFile(text);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
-  } catch (e) {
-    await rm(tmp, { force: true });
-    throw new Error(`Cannot write SSH host key "${path}": ${errorMessage(e)}`);
-  }
-  try {
-    const dir = await open(dirname(path), "r");
-    await dir.sync().finally(() => dir.close());
-  } catch {
-    // Syncing a directory is not possible everywhere; the rename itself is still atomic.
-  }
-}

@@ -408,3 +408,23 @@ describe("parseListenAddress()", () => {
     }
   });
 });
+
+test("a new host key is always one that ssh2 can read back (regression: 1 in 200 failed)", async () => {
+  const { mkdtempSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const { memoryLogger } = await import("../src/log.ts");
+  const { startSshServer } = await import("../src/ssh_server.ts");
+  const dir = mkdtempSync(join(tmpdir(), "pgo-hostkey-"));
+  try {
+    for (let i = 0; i < 400; i++) {
+      const s = await startSshServer({
+        listen: "127.0.0.1:0", hostKeyPath: join(dir, `k${i}`), isKnownKey: () => false,
+        handle: async () => 0, logger: memoryLogger(false),
+      });
+      await s.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}, 60_000);
