@@ -21,6 +21,7 @@ export interface ServiceHandle {
   exclusive<T>(fn: () => Promise<T>): Promise<T>;
   composeFor(): Promise<Compose>;
   deployNow(trigger: "pgoctl", io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }, services?: string[]): Promise<number>;
+  pullNow(io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }, services?: string[]): Promise<number>;
   setHold(hold: Hold | null): Promise<void>;
   /** The compose file's verdict: null when it may be deployed, else the reason. */
   check(): Promise<string | null>;
@@ -183,17 +184,21 @@ async function run(cmd: Command, args: string[], h: ServiceHandle, io: SessionIO
         return h.deployNow("pgoctl", out, a);
       });
     }
+    case "pull": {
+      const a = checkArgs(cmd, args).filter((x) => x !== "-q" && x !== "--quiet");
+      ready(h);
+      return h.exclusive(() => h.pullNow(out, a));
+    }
     case "down":
     case "stop":
     case "start":
-    case "restart":
-    case "pull": {
+    case "restart": {
       const a = checkArgs(cmd, args);
       ready(h);
       return h.exclusive(async () => {
         if (cmd === "down" || cmd === "stop") await h.setHold(cmd);
         const c = await h.composeFor();
-        const extra = cmd === "down" ? ["--remove-orphans"] : cmd === "pull" ? ["--ignore-buildable"] : [];
+        const extra = cmd === "down" ? ["--remove-orphans"] : [];
         const code = (await c.run([cmd, ...extra, ...a], out)).exitCode;
         if (code === 0 && (cmd === "start" || cmd === "restart")) await h.setHold(null);
         return code;

@@ -1,6 +1,8 @@
 /** The docker compose CLI for one service, and what a compose file depends on. */
 import { posix } from "node:path";
 import { parse as parseYaml } from "yaml";
+import type { Registry } from "./config.ts";
+import { CommandError, errorMessage } from "./errors.ts";
 import type { RunResult, Runner, Tag } from "./exec.ts";
 import type { Account } from "./users.ts";
 import { baseEnv } from "./users.ts";
@@ -37,6 +39,11 @@ export interface Compose {
   must(args: string[], timeoutMs?: number): Promise<RunResult>;
   /** The names of the services that `up` starts (`config --services`). */
   services(): Promise<string[]>;
+  /**
+   * Logs in to each registry (token on stdin, never in argv), runs `fn`, and logs out of exactly
+   * those registries, whatever `fn` did. Credentials land in the service's own DOCKER_CONFIG.
+   */
+  withRegistries<T>(registries: readonly Registry[], fn: () => Promise<T>): Promise<T>;
 }
 
 /** The environment of every docker compose child of a service. */
@@ -65,9 +72,31 @@ export function makeCompose(runner: Runner, t: ComposeTarget): Compose {
     });
   const must: Compose["must"] = (args, timeoutMs = COMPOSE_TIMEOUT_MS) =>
     runner([...base, ...args], { cwd: t.dir, env, as: t.account, timeoutMs, tag: tag(args) });
+  const docker = (args: string[], subcmd: string, stdin?: string) =>
+    runner(["docker", ...args], {
+      cwd: t.dir, env, as: t.account, timeoutMs: QUICK_TIMEOUT_MS, tag: { service: t.project, cmd: "docker", subcmd },
+      ...(stdin !== undefined ? { stdin } : {}),
+    });
   return {
     run,
     must,
+    async withRegistries(registries, fn) {
+      const done: Registry[] = [];
+      try {
+        for (const r of registries) {
+          try {
+            await docker(["login", "--username", r.user, "--password-stdin", r.host], "login", r.token);
+          } catch (e) {
+            const why = e instanceof CommandError ? e.stderrTail.trim().split("\n").pop() ?? "" : errorMessage(e);
+            throw new Error(`Cannot log in to registry "${r.host}" as "${r.user}": ${why}`);
+          }
+          done.push(r);
+        }
+        return await fn();
+      } finally {
+        for (const r of done) await docker(["logout", r.host], "logout").catch(() => {});
+      }
+    },
     async services() {
       const r = await must(["config", "--services"], QUICK_TIMEOUT_MS);
       return r.stdout.split("\n").map((s) => s.trim()).filter(Boolean).sort();

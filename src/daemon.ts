@@ -8,7 +8,9 @@ import { dispatch } from "./commands.ts";
 import type { RouterDeps } from "./commands.ts";
 import { parseConfig } from "./config.ts";
 import type { Config } from "./config.ts";
+import { caddyImport } from "./caddy.ts";
 import { makeDockerContainers } from "./containers.ts";
+import { unmountStale } from "./mount.ts";
 import type { Containers } from "./containers.ts";
 import { ConfigError, errorMessage, formatProblem } from "./errors.ts";
 import { makeRunner } from "./exec.ts";
@@ -77,6 +79,14 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
   const containers = deps.containers ?? makeDockerContainers();
   const clock = deps.clock ?? realClock;
   await cleanupStale(config, dir, { runner, containers, logger: log });
+  try {
+    for (const p of await unmountStale(resolve(flags.datadir), new Set(config.services.map((s) => s.name)), { runner })) {
+      log.info("unmounted the data share of a service that is no longer configured", { dir: p });
+    }
+  } catch (e) {
+    log.warn("cannot unmount stale data shares", { error: errorMessage(e) });
+  }
+  const importText = caddyImport(config.services);
 
   const users = makeUsers({ runner, homeRoot: join(dir, ".home") });
   const slots = new Semaphore(deps.maxParallel ?? 4);
@@ -84,7 +94,7 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
   for (const svc of config.services) {
     workers.set(svc.name, new ServiceWorker(svc, {
       runner, users, containers, logger: log, clock, random: deps.random ?? Math.random, slots,
-      dir, datadir: flags.datadir, intervalMs: flags.durationMs,
+      dir, datadir: resolve(flags.datadir), intervalMs: flags.durationMs, importText,
       onDeploy: metrics.deployed,
     }));
   }

@@ -16,7 +16,9 @@ import { errorMessage } from "./errors.ts";
 import type { Runner } from "./exec.ts";
 import { makeGit } from "./git.ts";
 import type { Git } from "./git.ts";
+import { writeImportFile } from "./caddy.ts";
 import { writeFileAtomic } from "./files.ts";
+import { ensureMounted } from "./mount.ts";
 import { readServiceKeys } from "./keys.ts";
 import type { PublicKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
@@ -72,6 +74,10 @@ export interface ReconcileDeps {
   datadir: string;
   intervalMs: number;
   makeGit?: (runner: Runner, account: Account, service: string) => Git;
+  /** The Caddy import file's text, for the service that sets `import`. */
+  importText?: string;
+  /** Where mounts are read from (default /proc/self/mountinfo). */
+  mountinfo?: string;
   onDeploy?: (service: string, result: DeployResult) => void;
 }
 
@@ -92,6 +98,7 @@ export class ServiceWorker {
   private loop: Promise<void> | null = null;
   private st: ServiceStatus;
   private keyCache: { commit: string; keys: PublicKey[] } | null = null;
+  private reloadDue = false;
 
   constructor(readonly svc: ServiceConfig, private readonly d: ReconcileDeps) {
     this.log = d.logger.with({ service: svc.name });
@@ -179,16 +186,82 @@ export class ServiceWorker {
     const a = await this.d.users.lookup(this.svc.user);
     const c = this.compose(a, this.composeFile());
     const started = this.d.clock.now();
-    const code = await this.d.slots.run(async () => {
-      const pull = await c.run(["pull", "--quiet", "--ignore-buildable", ...services], io);
-      if (pull.exitCode !== 0) this.log.warn("pull failed, trying up with the images present", { error: tail(pull.stderr) });
-      const up = await c.run(["up", "--detach", "--remove-orphans", "--quiet-pull", ...services], io);
-      if (up.exitCode === 0) this.expected = await c.services();
-      return up.exitCode;
-    });
+    let code: number;
+    try {
+      await this.ensureData(a);
+      code = await this.d.slots.run(() =>
+        c.withRegistries(this.svc.registries, async () => {
+          const pull = await c.run(["pull", "--quiet", "--ignore-buildable", ...services], io);
+          if (pull.exitCode !== 0) this.log.warn("pull failed, trying up with the images present", { error: tail(pull.stderr) });
+          const up = await c.run(["up", "--detach", "--remove-orphans", "--quiet-pull", ...services], io);
+          if (up.exitCode === 0) this.expected = await c.services();
+          return up.exitCode;
+        })
+      );
+    } catch (e) {
+      // A failed registry login or mount: compose never ran. Say why on the caller's stderr.
+      await io.onStderr?.(new TextEncoder().encode(`${errorMessage(e)}\n`));
+      this.recordDeploy(false, trigger, started, errorMessage(e));
+      return 1;
+    }
     this.recordDeploy(code === 0, trigger, started, code === 0 ? null : `docker compose up exited with status ${code}`);
+    if (code === 0) await this.reloadProxy(a);
     return code;
   }
+
+  /** Pulls images now (with registry logins), streaming compose's output; call it inside `exclusive`. */
+  async pullNow(io: DeployIO = {}, services: string[] = []): Promise<number> {
+    const a = await this.d.users.lookup(this.svc.user);
+    const c = this.compose(a, this.composeFile());
+    try {
+      return await c.withRegistries(this.svc.registries, async () =>
+        (await c.run(["pull", "--ignore-buildable", ...services], io)).exitCode
+      );
+    } catch (e) {
+      await io.onStderr?.(new TextEncoder().encode(`${errorMessage(e)}\n`));
+      return 1;
+    }
+  }
+
+  /** Mounts the NFS share on the data directory when it is configured and not mounted yet. */
+  private async ensureData(a: Account): Promise<void> {
+    if (!this.svc.mount) return;
+    const target = join(this.d.datadir, this.svc.name);
+    try {
+      if (await ensureMounted(this.svc.name, this.svc.mount, target, { runner: this.d.runner, ...(this.d.mountinfo ? { mountinfo: this.d.mountinfo } : {}) })) {
+        this.log.info("mounted the data share", { dir: target });
+      }
+    } catch (e) {
+      throw new Error(`Cannot mount the data share on "${target}": ${errorMessage(e)}`);
+    }
+    void a;
+  }
+
+  /**
+   * Writes the Caddy import file into this service's checkout when its content differs, and
+   * marks a reload as due. Only the service that sets `import` does this.
+   */
+  private async writeImport(a: Account): Promise<void> {
+    if (this.svc.import === undefined || this.d.importText === undefined) return;
+    if (await writeImportFile(this.checkout, this.svc.import, this.d.importText, a)) {
+      this.log.info("wrote the Caddy import file", { file: this.svc.import });
+      this.reloadDue = true;
+    }
+  }
+
+  /** Runs the `reload` command when the import file changed; a failure is retried next cycle. */
+  private async reloadProxy(a: Account): Promise<void> {
+    if (!this.reloadDue || !this.svc.reload) return;
+    const c = this.compose(a, this.composeFile());
+    const r = await c.run(["exec", "-T", this.svc.reload.container, ...this.svc.reload.argv], { timeoutMs: 120_000 });
+    if (r.exitCode === 0) {
+      this.reloadDue = false;
+      this.log.info("reloaded the proxy", { container: this.svc.reload.container });
+    } else {
+      this.log.warn("proxy reload failed, retrying next cycle", { container: this.svc.reload.container, status: r.exitCode, error: tail(r.stderr) });
+    }
+  }
+
 
   private recordDeploy(ok: boolean, trigger: Trigger, started: number, error: string | null): void {
     this.st.lastResult = ok ? "deployed" : "failed";
@@ -281,7 +354,9 @@ export class ServiceWorker {
           deploy = true;
         }
       }
+      await this.writeImport(account);
       if (deploy && this.st.hold === null) await this.deploy(trigger);
+      else if (this.st.hold === null) await this.reloadProxy(account);
       this.st.lastError = followError;
     } catch (e) {
       this.st.lastError = errorMessage(e);

@@ -32,6 +32,7 @@ function fakeService(opts: { cloned?: boolean; exitCode?: number } = {}) {
     async services() {
       return ["web"];
     },
+    withRegistries: (_r, fn) => fn(),
   };
   const handle: ServiceHandle = {
     status,
@@ -50,6 +51,11 @@ function fakeService(opts: { cloned?: boolean; exitCode?: number } = {}) {
       calls.push(`${locked ? "locked " : ""}deploy ${services.join(" ")}`.trim());
       await io.onStdout?.(new TextEncoder().encode("deployed\n"));
       return opts.exitCode ?? 0;
+    },
+    async pullNow(io, services = []) {
+      calls.push(`${locked ? "locked " : ""}pull ${services.join(" ")}`.trim());
+      await io.onStdout?.(new TextEncoder().encode("pulled\n"));
+      return 0;
     },
     async setHold(h) {
       hold = h;
@@ -145,7 +151,7 @@ test("dispatch() runs up, down, stop, start, restart and pull under the service 
   for (const c of ["up", "down", "stop", "start", "restart", "pull", "ps", "logs", "exec web true"]) await call(`web//${c}`);
   expect(svc.calls).toEqual([
     "locked deploy", "locked down --remove-orphans", "locked stop", "locked start", "locked restart",
-    "locked pull --ignore-buildable", "ps", "logs", "exec -T web true",
+    "locked pull", "ps", "logs", "exec -T web true",
   ]);
 });
 

@@ -275,3 +275,74 @@ test("triggers during a cycle coalesce into one follow-up cycle", async () => {
   expect(cycles).toBe(2);
   await worker.stop();
 });
+
+test("registries are logged in with the token on stdin before pull and up, and logged out after", async () => {
+  const { worker, docker } = setup({ registries: [{ user: "bob", token: "s3cret-token", host: "127.0.0.1:5000" }, { user: "root", token: "t2", host: "reg.example" }] });
+  await worker.cycle("start");
+  const argv = docker.calls().map((c) => c.argv);
+  expect(argv.join("\n")).not.toContain("s3cret-token");
+  expect(argv.filter((a) => !a.startsWith("compose"))).toEqual([
+    "login --username bob --password-stdin 127.0.0.1:5000",
+    "login --username root --password-stdin reg.example",
+    "logout 127.0.0.1:5000",
+    "logout reg.example",
+  ]);
+  const loginAt = argv.indexOf("login --username root --password-stdin reg.example");
+  const logoutAt = argv.indexOf("logout 127.0.0.1:5000");
+  expect(argv.findIndex((a) => a.includes(" pull "))).toBeGreaterThan(loginAt);
+  expect(argv.findIndex((a) => a.includes(" up "))).toBeLessThan(logoutAt);
+  expect(readFileSync(join(docker.bin, "login.stdin"), "utf8")).toBe("s3cret-token\nt2\n");
+});
+
+test("a failed registry login stops the deploy with a clear error and never shows the token", async () => {
+  const { worker, docker } = setup({ registries: [{ user: "bob", token: "s3cret-token", host: "127.0.0.1:5000" }] });
+  docker.fail("login");
+  await worker.cycle("start");
+  expect(worker.status().lastResult).toBe("failed");
+  expect(worker.status().lastError).toContain('Cannot log in to registry "127.0.0.1:5000" as "bob"');
+  expect(worker.status().lastError).not.toContain("s3cret");
+  expect(docker.composeCalls().some((c) => c.startsWith("up"))).toBe(false);
+});
+
+test("the importing service writes the Caddy import file and runs its reload after a change only", async () => {
+  const { worker, docker, deps, checkout } = setup({ import: "caddy/import", reload: { container: "caddy", argv: ["caddy", "reload"] } });
+  deps.importText = "a.example.org {\n\treverse_proxy a:80\n}\n";
+  await worker.cycle("start");
+  expect(readFileSync(join(checkout, "caddy/import"), "utf8")).toBe(deps.importText);
+  expect(docker.composeCalls().filter((c) => c.startsWith("exec"))).toEqual(["exec -T caddy caddy reload"]);
+  docker.clear();
+  await worker.cycle("poll");
+  expect(docker.composeCalls()).toEqual([]);
+});
+
+test("a failed proxy reload is retried at the next cycle", async () => {
+  const { worker, docker, deps } = setup({ import: "import", reload: { container: "caddy", argv: ["caddy", "reload"] } });
+  deps.importText = "x {\n}\n";
+  docker.fail("exec");
+  await worker.cycle("start");
+  expect(worker.status().lastResult).toBe("deployed");
+  docker.heal("exec");
+  docker.clear();
+  await worker.cycle("poll");
+  expect(docker.composeCalls()).toEqual(["exec -T caddy caddy reload"]);
+});
+
+test("a failed mount keeps the service from starting", async () => {
+  const { worker, docker, deps } = setup({ mount: { host: "nfs.example.org", path: "/share" } });
+  deps.mountinfo = join(docker.bin, "mountinfo");
+  writeFileSync(deps.mountinfo, "");
+  writeFileSync(join(docker.bin, "fail.mount"), "");
+  await worker.cycle("start");
+  expect(worker.status().lastError).toContain("Cannot mount the data share");
+  expect(docker.composeCalls().some((c) => c.startsWith("up"))).toBe(false);
+  rmSync(join(docker.bin, "fail.mount"));
+  await worker.cycle("poll");
+  expect(worker.status().lastResult).toBe("deployed");
+  expect(readFileSync(join(docker.bin, "mount.log"), "utf8")).toContain(`nfs.example.org:/share ${join(deps.datadir, "web")}`);
+});
+
+test("the data directory is made for the service with mode 0750", async () => {
+  const { worker, deps } = setup();
+  await worker.cycle("start");
+  expect(statSync(join(deps.datadir, "web")).mode & 0o777).toBe(0o750);
+});
