@@ -73,4 +73,25 @@ if ! docker image inspect pgo-busybox:1 >/dev/null 2>&1; then
   tar -C "$r" -c . | docker import -c 'CMD ["/bin/sh"]' - pgo-busybox:1 >/dev/null
   rm -rf "$r"
 fi
+# A local Caddy image made from Debian's caddy binary, the libraries ldd lists and the loader.
+# /data and /config are Caddy's XDG data and config directories (certificates, autosave.json).
+if ! docker image inspect pgo-caddy:1 >/dev/null 2>&1; then
+  log "building image pgo-caddy:1"
+  r=$(mktemp -d)
+  mkdir -p "$r/usr/bin" "$r/etc/caddy" "$r/data" "$r/config" "$r/root" "$r/tmp"
+  chmod 1777 "$r/tmp"
+  cp /usr/bin/caddy "$r/usr/bin/caddy"
+  for lib in $(ldd /usr/bin/caddy | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+    mkdir -p "$r$(dirname "$lib")"
+    cp -L "$lib" "$r$lib"
+  done
+  echo 'root:x:0:0:root:/root:/usr/sbin/nologin' > "$r/etc/passwd"
+  echo 'root:x:0:' > "$r/etc/group"
+  printf ':80 {\n\trespond "pgo-caddy"\n}\n' > "$r/etc/caddy/Caddyfile"
+  tar -C "$r" -c . | docker import \
+    -c 'ENV PATH=/usr/bin:/bin HOME=/root XDG_DATA_HOME=/data XDG_CONFIG_HOME=/config' \
+    -c 'CMD ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]' \
+    - pgo-caddy:1 >/dev/null
+  rm -rf "$r"
+fi
 log "ready: bun $(bun --version), $(docker compose version | head -n 1)"

@@ -479,11 +479,15 @@ export class ServiceWorker {
     const errors: Uint8Array[] = [];
     const code = await this.deployNow(trigger, { onStderr: (c) => void (errors.length < 64 && errors.push(c)) });
     if (code !== 0) {
-      const msg = `docker compose up exited with status ${code}: ${tail(Buffer.concat(errors).toString("utf8"))}`;
+      // deployNow recorded why (a failed login or mount never reached compose); add compose's words.
+      const said = tail(Buffer.concat(errors).toString("utf8"));
+      const why = this.st.lastError ?? `docker compose up exited with status ${code}`;
+      const msg = said && !why.includes(said) ? `${why}: ${said}` : why;
       this.st.lastError = msg;
       throw new Error(msg);
     }
   }
+
 
   private async down(a: Account): Promise<void> {
     let file: string | null = null;
