@@ -35,7 +35,14 @@ export class Metrics {
   });
 
   constructor(processMetrics = true) {
-    if (processMetrics) collectDefaultMetrics({ register: this.registry });
+    if (processMetrics) {
+      collectDefaultMetrics({ register: this.registry });
+      // prom-client names these gauges `_total`, which `promtool check metrics` reports; the
+      // gauges of the same name without `_total` (by type) carry the same counts.
+      for (const name of ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"]) {
+        this.registry.removeSingleMetric(name);
+      }
+    }
   }
 
   /** Counts a finished child process (the runner's observer). */

@@ -3,9 +3,9 @@
  * with real git repositories in temp dirs, and check the outcome with `docker` itself.
  */
 import { closeSync, openSync, readFileSync } from "node:fs";
-import { chmod, chown, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 
 /** The executable under test: `PGOD_BIN`, else the one `bash scripts/build.sh` makes. */
 export const PGOD: string = process.env["PGOD_BIN"] || resolve(import.meta.dir, "../../dist/pgod");
@@ -214,11 +214,14 @@ export class Repo {
     return repo;
   }
 
-  /** Writes `files` (null deletes one), commits, pushes to main; returns the new commit id. */
+  /** Writes `files` (null deletes one; missing folders are made), commits, pushes to main; returns the new commit id. */
   async commit(files: Record<string, string | null>, message: string): Promise<string> {
     for (const [path, text] of Object.entries(files)) {
       if (text === null) await rm(join(this.work, path), { force: true });
-      else await writeFile(join(this.work, path), text);
+      else {
+        await mkdir(dirname(join(this.work, path)), { recursive: true });
+        await writeFile(join(this.work, path), text);
+      }
     }
     await run(["git", "-C", this.work, "add", "--all"]);
     await run(["git", ...GIT_ID, "-C", this.work, "commit", "--quiet", "-m", message]);
