@@ -11,6 +11,7 @@ import type { Config } from "./config.ts";
 import { caddyImport } from "./caddy.ts";
 import { makeDockerContainers } from "./containers.ts";
 import { unmountStale } from "./mount.ts";
+import { makeMemoryCgroup, removeMemoryCgroup } from "./policy.ts";
 import type { Containers } from "./containers.ts";
 import { ConfigError, errorMessage, formatProblem } from "./errors.ts";
 import { makeRunner } from "./exec.ts";
@@ -87,6 +88,9 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
     log.warn("cannot unmount stale data shares", { error: errorMessage(e) });
   }
   const importText = caddyImport(config.services);
+  // docker compose has no limit on YAML aliases (DECISIONS.md #10): its config runs get 1 GiB.
+  const composeCgroup = await makeMemoryCgroup(`compose-${process.pid}`, 1024 * 1024 * 1024).catch(() => null);
+  if (composeCgroup === null) log.warn("no memory cgroup for docker compose config: relying on its timeout alone");
 
   const users = makeUsers({ runner, homeRoot: join(dir, ".home") });
   const slots = new Semaphore(deps.maxParallel ?? 4);
@@ -95,6 +99,7 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
     workers.set(svc.name, new ServiceWorker(svc, {
       runner, users, containers, logger: log, clock, random: deps.random ?? Math.random, slots,
       dir, datadir: resolve(flags.datadir), intervalMs: flags.durationMs, importText,
+      ...(composeCgroup ? { composeCgroup } : {}),
       onDeploy: metrics.deployed,
     }));
   }
@@ -129,6 +134,7 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
   log.info("stopping: waiting for running commands", { code });
   await Promise.all([...workers.values()].map((w) => w.stop()));
   await close?.();
+  if (composeCgroup) await removeMemoryCgroup(composeCgroup).catch(() => false);
   log.info("stopped", { code });
   return code;
 }

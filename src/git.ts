@@ -22,6 +22,10 @@ export interface Git {
   show(dir: string, commit: string, path: string): Promise<string | null>;
   /** Moves the checkout to `commit` on `branch`, discarding local edits and untracked files. */
   checkout(dir: string, branch: string, commit: string): Promise<void>;
+  /** Checks `commit` out into the empty directory `path`, as a detached worktree of `dir`. */
+  addWorktree(dir: string, path: string, commit: string): Promise<void>;
+  /** Removes a worktree made by addWorktree (and its directory). */
+  removeWorktree(dir: string, path: string): Promise<void>;
   /** The configured remote URL. */
   remoteUrl(dir: string): Promise<string | null>;
   setRemoteUrl(dir: string, url: string): Promise<void>;
@@ -74,6 +78,14 @@ export function makeGit(runner: Runner, account: Account, service: string): Git 
     async checkout(dir, branch, commit) {
       await git(dir, ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--force", "-B", branch, commit], "checkout");
       await git(dir, ["clean", "--quiet", "-d", "--force"], "clean");
+    },
+    async addWorktree(dir, path, commit) {
+      await git(dir, ["worktree", "prune"], "worktree");
+      await git(dir, ["-c", "advice.detachedHead=false", "worktree", "add", "--quiet", "--detach", "--force", path, commit], "worktree");
+    },
+    async removeWorktree(dir, path) {
+      await git(dir, ["worktree", "remove", "--force", path], "worktree", LOCAL_TIMEOUT_MS, false);
+      await git(dir, ["worktree", "prune"], "worktree", LOCAL_TIMEOUT_MS, false);
     },
     async remoteUrl(dir) {
       const r = await git(dir, ["config", "--get", "remote.origin.url"], "config", LOCAL_TIMEOUT_MS, false);

@@ -22,7 +22,7 @@ export class Metrics {
     labelNames: ["command", "result"], registers: [this.registry],
   });
   readonly deploys = new Counter({
-    name: "pgo_deploys_total", help: "Deploy attempts by service and result.",
+    name: "pgo_deploys_total", help: "Deploy attempts by service and result (deployed, failed, stopped, refused by the compose policy).",
     labelNames: ["service", "result"], registers: [this.registry],
   });
   readonly up = new Gauge({
@@ -54,7 +54,8 @@ export class Metrics {
   /** Records a deploy outcome. */
   deployed = (service: string, result: DeployResult): void => {
     this.deploys.inc({ service, result });
-    this.up.set({ service }, result === "deployed" ? 1 : 0);
+    // A refused compose file changes nothing that runs.
+    if (result !== "refused") this.up.set({ service }, result === "deployed" ? 1 : 0);
     if (result === "deployed") this.lastDeploy.set({ service }, Math.floor(Date.now() / 1000));
   };
 }

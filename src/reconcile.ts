@@ -18,7 +18,10 @@ import { makeGit } from "./git.ts";
 import type { Git } from "./git.ts";
 import { writeImportFile } from "./caddy.ts";
 import { writeFileAtomic } from "./files.ts";
+import { appendHistory } from "./history.ts";
+import type { HistoryEntry } from "./history.ts";
 import { ensureMounted } from "./mount.ts";
+import { composeModel, evaluatePolicy, formatViolations, screenComposeTree } from "./policy.ts";
 import { readServiceKeys } from "./keys.ts";
 import type { PublicKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
@@ -31,7 +34,7 @@ import { baseEnv } from "./users.ts";
 export type Trigger = "start" | "poll" | "pgoctl" | "webhook";
 
 /** Outcome of the last deploy attempt. */
-export type DeployResult = "deployed" | "failed" | "stopped";
+export type DeployResult = "deployed" | "failed" | "stopped" | "refused";
 
 /** What `status` shows for a service. */
 export interface ServiceStatus {
@@ -76,6 +79,8 @@ export interface ReconcileDeps {
   makeGit?: (runner: Runner, account: Account, service: string) => Git;
   /** The Caddy import file's text, for the service that sets `import`. */
   importText?: string;
+  /** A memory-limited cgroup for `docker compose config` (DECISIONS.md #10), when cgroups work. */
+  composeCgroup?: string;
   /** Where mounts are read from (default /proc/self/mountinfo). */
   mountinfo?: string;
   onDeploy?: (service: string, result: DeployResult) => void;
@@ -99,6 +104,9 @@ export class ServiceWorker {
   private st: ServiceStatus;
   private keyCache: { commit: string; keys: PublicKey[] } | null = null;
   private reloadDue = false;
+  /** A commit refused by the policy; not evaluated again until a newer one arrives. */
+  private refused: string | null = null;
+  private refusal: string | null = null;
 
   constructor(readonly svc: ServiceConfig, private readonly d: ReconcileDeps) {
     this.log = d.logger.with({ service: svc.name });
@@ -154,16 +162,12 @@ export class ServiceWorker {
     return this.keyCache.keys;
   }
 
-  /** The compose file's verdict: null when docker compose accepts it, else why not. */
+  /** The policy verdict on the checkout: null when it may be deployed, else why not. */
   async check(): Promise<string | null> {
-    try {
-      const c = await this.composeFor();
-      const r = await c.run(["config", "--quiet"], { timeoutMs: 60_000 });
-      return r.exitCode === 0 ? null : `docker compose rejects the compose file: ${tail(r.stderr)}`;
-    } catch (e) {
-      return errorMessage(e);
-    }
+    const a = await this.d.users.lookup(this.svc.user);
+    return this.evaluate(a, this.checkout);
   }
+
 
   private get holdFile(): string {
     return join(this.d.dir, ".state", this.svc.name, "hold");
@@ -187,6 +191,12 @@ export class ServiceWorker {
     const c = this.compose(a, this.composeFile());
     const started = this.d.clock.now();
     let code: number;
+    const verdict = await this.evaluate(a, this.checkout);
+    if (verdict !== null) {
+      await io.onStderr?.(new TextEncoder().encode(`Refused: ${verdict}\n`));
+      await this.refuse(this.head ?? "unknown", trigger, verdict);
+      return 65;
+    }
     try {
       await this.ensureData(a);
       code = await this.d.slots.run(() =>
@@ -201,10 +211,10 @@ export class ServiceWorker {
     } catch (e) {
       // A failed registry login or mount: compose never ran. Say why on the caller's stderr.
       await io.onStderr?.(new TextEncoder().encode(`${errorMessage(e)}\n`));
-      this.recordDeploy(false, trigger, started, errorMessage(e));
+      await this.recordDeploy(false, trigger, started, errorMessage(e));
       return 1;
     }
-    this.recordDeploy(code === 0, trigger, started, code === 0 ? null : `docker compose up exited with status ${code}`);
+    await this.recordDeploy(code === 0, trigger, started, code === 0 ? null : `docker compose up exited with status ${code}`);
     if (code === 0) await this.reloadProxy(a);
     return code;
   }
@@ -263,7 +273,11 @@ export class ServiceWorker {
   }
 
 
-  private recordDeploy(ok: boolean, trigger: Trigger, started: number, error: string | null): void {
+  private async recordDeploy(ok: boolean, trigger: Trigger, started: number, error: string | null): Promise<void> {
+    await this.record({
+      commit: this.head ?? "unknown", time: started, trigger, result: ok ? "deployed" : "failed",
+      durationMs: this.d.clock.now() - started, ...(error ? { detail: error } : {}),
+    });
     this.st.lastResult = ok ? "deployed" : "failed";
     this.d.onDeploy?.(this.svc.name, this.st.lastResult);
     if (!ok) {
@@ -271,6 +285,7 @@ export class ServiceWorker {
       return;
     }
     this.deployedOnce = true;
+    this.refusal = null;
     this.st.deployedAt = this.d.clock.now();
     this.st.lastError = null;
     this.log.info("deployed", { commit: this.head?.slice(0, 12), trigger, ms: this.d.clock.now() - started });
@@ -339,7 +354,7 @@ export class ServiceWorker {
         this.stoppedByFile = false;
         deploy = true;
       }
-      const followError = await this.follow(git).then((changed) => {
+      const followError = await this.follow(git, account).then((changed) => {
         if (changed) deploy = true;
         return null;
       }, (e: unknown) => {
@@ -357,7 +372,7 @@ export class ServiceWorker {
       await this.writeImport(account);
       if (deploy && this.st.hold === null) await this.deploy(trigger);
       else if (this.st.hold === null) await this.reloadProxy(account);
-      this.st.lastError = followError;
+      this.st.lastError = followError ?? this.refusal;
     } catch (e) {
       this.st.lastError = errorMessage(e);
       this.log.error("cycle failed", { trigger, error: errorMessage(e) });
@@ -424,18 +439,91 @@ export class ServiceWorker {
   }
 
   /** Follows the remote branch. Returns whether the compose model's files changed. */
-  private async follow(git: Git): Promise<boolean> {
+  private async follow(git: Git, a: Account): Promise<boolean> {
     const remote = await git.remoteHead(this.checkout, this.svc.branch);
     const head = this.head!;
-    if (remote === head) return false;
+    if (remote === head || remote === this.refused) return false;
     const fetched = await git.fetch(this.checkout, this.svc.branch);
+    if (fetched === head || fetched === this.refused) return false;
     const relevant = await this.relevantChange(git, head, fetched);
+    if (relevant) {
+      // DECISIONS.md #2: a new compose model is evaluated before the checkout moves to it.
+      const verdict = await this.evaluateCommit(git, a, fetched);
+      if (verdict !== null) {
+        this.refused = fetched;
+        await this.refuse(fetched, "poll", verdict);
+        return false;
+      }
+    }
     await git.checkout(this.checkout, this.svc.branch, fetched);
     this.head = fetched;
     this.st.commit = fetched;
+    this.refused = null;
+    this.refusal = null;
     this.log.info("new commit", { from: head.slice(0, 12), to: fetched.slice(0, 12), redeploy: relevant });
     return relevant;
   }
+
+  /** Evaluates `commit` in a worktree beside the checkout (same depth, so relative symlinks resolve alike). */
+  private async evaluateCommit(git: Git, a: Account, commit: string): Promise<string | null> {
+    const stage = join(this.d.dir, `.stage-${this.svc.name}`);
+    await rm(stage, { recursive: true, force: true });
+    await privateDir(stage, a);
+    try {
+      await git.addWorktree(this.checkout, stage, commit);
+      return await this.evaluate(a, stage);
+    } finally {
+      await git.removeWorktree(this.checkout, stage).catch(() => {});
+      await rm(stage, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * The policy verdict on the compose files in `dir`: null when they may be deployed, else why
+   * not. Every file is screened (size, aliases, symlinks out of the repository) before docker
+   * compose reads it; for a service that does not run as root the model docker compose resolves
+   * is then checked against the sandbox rules.
+   */
+  async evaluate(a: Account, dir: string): Promise<string | null> {
+    const file = findComposeFile((f) => existsSync(join(dir, f)), this.svc.compose);
+    if (file === null) return `Cannot find a compose file: looked for ${this.svc.compose !== undefined ? `"${this.svc.compose}"` : COMPOSE_FILES.map((f) => `"${f}"`).join(", ")}`;
+    try {
+      if (this.svc.user === "root") {
+        await screenComposeTree(dir, file);
+        return null;
+      }
+      const model = await composeModel(this.d.runner, {
+        project: this.svc.name, dir, file, account: a, env: this.svc.env, dockerConfig: this.dockerConfig,
+      }, this.d.composeCgroup ? { cgroupDir: this.d.composeCgroup } : {});
+      const v = evaluatePolicy(model, {
+        project: this.svc.name, repoDir: dir, dataDir: join(this.d.datadir, this.svc.name),
+        ...(this.svc.networks ? { networks: this.svc.networks } : {}),
+      });
+      return v.length === 0 ? null : formatViolations(file, v);
+    } catch (e) {
+      return errorMessage(e);
+    }
+  }
+
+  /** Records a refused compose file: log, status, metric and history; what runs keeps running. */
+  private async refuse(commit: string, trigger: Trigger, why: string): Promise<void> {
+    this.refusal = `Refused commit ${commit.slice(0, 12)}: ${why}`;
+    this.st.lastError = this.refusal;
+    this.st.lastResult = "refused";
+    this.log.error("compose file refused, keeping what runs", { commit: commit.slice(0, 12), trigger, reason: why });
+    this.d.onDeploy?.(this.svc.name, "refused");
+    await this.record({ commit, time: this.d.clock.now(), trigger, result: "refused by policy", durationMs: 0, detail: why });
+  }
+
+  /** Appends to the durable history; a full disk is logged, never fatal. */
+  private async record(e: HistoryEntry): Promise<void> {
+    await appendHistory(this.historyFile, e).catch((err: unknown) => this.log.warn("cannot write history", { error: errorMessage(err) }));
+  }
+
+  get historyFile(): string {
+    return join(this.d.dir, ".state", this.svc.name, "history");
+  }
+
 
   private async relevantChange(git: Git, from: string, to: string): Promise<boolean> {
     const changed = await git.changedFiles(this.checkout, from, to);

@@ -346,3 +346,45 @@ test("the data directory is made for the service with mode 0750", async () => {
   await worker.cycle("start");
   expect(statSync(join(deps.datadir, "web")).mode & 0o777).toBe(0o750);
 });
+
+test("a commit the policy refuses is not checked out or deployed, and what runs keeps running", async () => {
+  const { worker, docker, repo, checkout } = setup({ user: "app" });
+  await worker.cycle("start");
+  const good = git(checkout, "rev-parse", "HEAD");
+  writeFileSync(join(docker.bin, "model.json"), JSON.stringify({ name: "web", services: { web: { image: "x", privileged: true } } }));
+  const bad = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8") + "    privileged: true\n" });
+  docker.clear();
+  await worker.cycle("poll");
+  expect(git(checkout, "rev-parse", "HEAD")).toBe(good);
+  expect(docker.composeCalls().filter((c) => !c.startsWith("--profile * config") && !c.startsWith("config"))).toEqual([]);
+  expect(worker.status().lastResult).toBe("refused");
+  expect(worker.status().lastError).toContain(`Refused commit ${bad.slice(0, 12)}`);
+  expect(worker.status().lastError).toContain('"privileged" is refused');
+  docker.clear();
+  await worker.cycle("poll");
+  expect(docker.composeCalls()).toEqual([]); // the same refused commit is not evaluated again
+  rmSync(join(docker.bin, "model.json"));
+  const fixed = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8").replace("    privileged: true\n", "    environment: [A=1]\n") });
+  await worker.cycle("poll");
+  expect(git(checkout, "rev-parse", "HEAD")).toBe(fixed);
+  expect(worker.status()).toMatchObject({ lastResult: "deployed", lastError: null });
+});
+
+test("a root service bypasses the compose policy", async () => {
+  const { worker, docker } = setup({ user: "root" });
+  writeFileSync(join(docker.bin, "model.json"), JSON.stringify({ name: "web", services: { web: { image: "x", privileged: true } } }));
+  await worker.cycle("start");
+  expect(worker.status().lastResult).toBe("deployed");
+});
+
+test("the deploy history records each attempt durably", async () => {
+  const { worker, docker, repo } = setup();
+  await worker.cycle("start");
+  docker.fail("up");
+  repo.commit({ "compose.yaml": "services:\n  web:\n    image: y\n" });
+  await worker.cycle("poll");
+  const { readHistory } = await import("../src/history.ts");
+  const h = await readHistory(worker.historyFile);
+  expect(h.map((e) => `${e.trigger} ${e.result}`)).toEqual(["start deployed", "poll failed"]);
+  expect(h[1]!.detail).toContain("exited with status 1");
+});
