@@ -24,6 +24,6 @@ run() {
 }
 # shellcheck disable=SC2046
 run "unit and integration tests" --timeout 60000 --parallel=2 $(ls test/*_test.ts)
-run "end-to-end tests (real Docker engine)" --timeout 300000 --parallel=3 test/e2e/
+run "end-to-end tests (real Docker engine)" --timeout 300000 --parallel=2 test/e2e/
 echo "tests: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -78,7 +78,7 @@ export async function waitFor<T>(
   ok: (v: T) => boolean,
   o: WaitOptions = {},
 ): Promise<T> {
-  const deadline = Date.now() + (o.timeoutMs ?? 60_000);
+  const deadline = Date.now() + (o.timeoutMs ?? 120_000);
   let last = "nothing yet";
   for (;;) {
     try {
@@ -89,7 +89,7 @@ export async function waitFor<T>(
       last = `error: ${e instanceof Error ? e.message : String(e)}`;
     }
     if (Date.now() > deadline) {
-      throw new Error(`Timed out after ${o.timeoutMs ?? 60_000} ms waiting for ${what}; last seen: ${last.slice(-2000)}`);
+      throw new Error(`Timed out after ${o.timeoutMs ?? 120_000} ms waiting for ${what}; last seen: ${last.slice(-2000)}`);
     }
     await Bun.sleep(o.intervalMs ?? 200);
   }
