@@ -8,19 +8,9 @@ import { existsSync, statSync } from "node:fs";
 import { rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
-  chownTree, composeFile, containersOf, headOf, IMAGE, inspect, PGOD, run, runningOf, scenario, sweepRun,
+  chownTree, composeExec, composeFile, lsRemote, containersOf, headOf, IMAGE, inspect, PGOD, run, runningOf, scenario, sweepRun,
   uniqueName, waitFor, waitRunning,
 } from "./harness.ts";
-
-/** A log line of an exec of `docker compose ... <sub>` for project `name` (pgod runs with --debug). */
-function composeExec(name: string, sub: string): RegExp {
-  return new RegExp(`msg=exec argv="docker compose --project-name ${name} .*\\b${sub}\\b`);
-}
-
-/** A log line of an exec of `git ls-remote` in the checkout of `name`: one per cycle that follows the remote. */
-function lsRemote(dir: string, name: string): RegExp {
-  return new RegExp(`msg=exec argv="git ls-remote [^"]*" cwd=${join(dir, name)} `);
-}
 
 beforeAll(async () => {
   if (!existsSync(PGOD)) throw new Error(`Cannot find "${PGOD}": run "bash scripts/build.sh" first`);

@@ -8,92 +8,16 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, statSync } from "node:fs";
 import { readdir, readFile, writeFile } from "node:fs/promises";
 import { hostname, userInfo } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import {
-  composeFile, configText, containersOf, Env, headOf, IMAGE, Pgod, PGOD, randomId, Repo, run, runningOf, scenario, sweepRun,
-  uniqueName, waitFor, waitRunning,
+  composeExec, composeFile, configText, containersOf, Env, fingerprintOf, headOf, IMAGE, lsRemote, makeKey, metricsAddress,
+  openssh, Pgod, PGOD, PGOCTL, pgoctl, randomId, Repo, run, runningOf, scenario, sshListening, sweepRun, uniqueName, waitFor,
+  waitRunning,
 } from "./harness.ts";
-import type { Ran } from "./harness.ts";
-
-/** The client under test: `PGOCTL_BIN`, else the one `bash scripts/build.sh` makes. */
-const PGOCTL: string = process.env["PGOCTL_BIN"] || resolve(import.meta.dir, "../../dist/pgoctl");
+import type { Client, Key, Ran } from "./harness.ts";
 
 /** Poll interval for a pgod whose test needs no cycle after the first one. */
 const QUIET_INTERVAL = "10m";
-
-/** A client key pair made by ssh-keygen. */
-interface Key {
-  /** The private key file. */
-  file: string;
-  /** The public key line (authorized_keys format). */
-  pub: string;
-  fingerprint: string;
-}
-
-/** Makes an unencrypted ed25519 key pair in `dir`. */
-async function makeKey(dir: string, name: string): Promise<Key> {
-  const file = join(dir, name);
-  await run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", `${name}@e2e`, "-f", file]);
-  const pub = await readFile(`${file}.pub`, "utf8");
-  return { file, pub, fingerprint: await fingerprintOf(file) };
-}
-
-/** The SHA256 fingerprint of a key file (private or public), as ssh-keygen computes it. */
-async function fingerprintOf(file: string): Promise<string> {
-  const r = await run(["ssh-keygen", "-l", "-E", "sha256", "-f", file]);
-  const fp = /\b(SHA256:\S+)/.exec(r.stdout)?.[1];
-  if (fp === undefined) throw new Error(`Cannot read the fingerprint of "${file}": ${r.stdout}`);
-  return fp;
-}
-
-/** Where one pgod's SSH server listens and which host key it shows, from its log. */
-async function sshListening(pg: Pgod): Promise<{ port: number; hostKey: string }> {
-  const [line] = await pg.waitForLog(/msg="SSH server listening" .*port=\d+ host_key=SHA256:/, { timeoutMs: 30_000 });
-  const m = /port=(\d+) host_key=(SHA256:\S+)/.exec(line!)!;
-  return { port: Number(m[1]), hostKey: m[2]! };
-}
-
-/** `host:port` of one pgod's metrics server, from its log. */
-async function metricsAddress(pg: Pgod): Promise<string> {
-  const [line] = await pg.waitForLog(/msg="metrics server listening" address=\S+/, { timeoutMs: 30_000 });
-  return /address=(\S+)/.exec(line!)![1]!;
-}
-
-/** How a client reaches one pgod as one key. */
-interface Client {
-  port: number;
-  key: Key;
-  knownHosts: string;
-}
-
-/** Runs `dist/pgoctl -i KEY -p PORT --known-hosts FILE 127.0.0.1:<target> args...` to completion. */
-function pgoctl(c: Client, target: string, ...args: string[]): Promise<Ran> {
-  return run([PGOCTL, "-i", c.key.file, "-p", String(c.port), "--known-hosts", c.knownHosts, `127.0.0.1:${target}`, ...args], {
-    check: false,
-  });
-}
-
-/** Sends `request` as one string with OpenSSH's ssh (no config file, no agent, no host key checks). */
-function openssh(c: Client, request: string): Promise<Ran> {
-  return run(
-    [
-      "ssh", "-F", "/dev/null", "-p", String(c.port), "-i", c.key.file, "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
-      "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-      "127.0.0.1", request,
-    ],
-    { check: false },
-  );
-}
-
-/** A log line of an exec of `docker compose ... <sub>` for project `name` (pgod runs with --debug). */
-function composeExec(name: string, sub: string): RegExp {
-  return new RegExp(`msg=exec argv="docker compose --project-name ${name} .*\\b${sub}\\b`);
-}
-
-/** A log line of an exec of `git ls-remote` in the checkout of `name`: one per cycle that follows the remote. */
-function lsRemote(dir: string, name: string): RegExp {
-  return new RegExp(`msg=exec argv="git ls-remote [^"]*" cwd=${join(dir, name)} `);
-}
 
 /** Processes whose argv holds every one of `words` as a whole argument, as `pid: argv`. */
 async function processesWith(words: string[]): Promise<string[]> {
