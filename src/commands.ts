@@ -6,6 +6,7 @@
 import type { Compose } from "./compose.ts";
 import { errorMessage, RequestError } from "./errors.ts";
 import type { PublicKey } from "./keys.ts";
+import { formatHistory, readHistory } from "./history.ts";
 import { keysEqual } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import type { Hold, ServiceStatus } from "./reconcile.ts";
@@ -25,6 +26,10 @@ export interface ServiceHandle {
   setHold(hold: Hold | null): Promise<void>;
   /** The compose file's verdict: null when it may be deployed, else the reason. */
   check(): Promise<string | null>;
+  rollbackTo(rev: string | null, io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }): Promise<number>;
+  unpin(): Promise<void>;
+  syncNow(): Promise<ServiceStatus>;
+  readonly historyFile: string;
 }
 
 export interface RouterDeps {
@@ -41,6 +46,7 @@ export interface RouterDeps {
 /** The commands pgoctl can run. `load` is the original's name for `check`. */
 export const COMMANDS = [
   "up", "down", "stop", "start", "restart", "pull", "ps", "logs", "exec", "ping", "status", "check", "load",
+  "history", "rollback", "unpin", "sync",
 ] as const;
 type Command = (typeof COMMANDS)[number];
 
@@ -176,6 +182,44 @@ async function run(cmd: Command, args: string[], h: ServiceHandle, io: SessionIO
       const c = await h.composeFor();
       return (await c.run([cmd, ...a], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
     }
+    case "history": {
+      if (args.length > 1 || (args[0] !== undefined && !/^[1-9][0-9]{0,3}$/.test(args[0]))) {
+        throw new RequestError(EX.usage, 'Usage: "history [N]" with N from 1 to 9999');
+      }
+      await io.stdout.write(formatHistory(await readHistory(h.historyFile), Number(args[0] ?? 20)) || "no deploys yet\n");
+      return 0;
+    }
+    case "rollback": {
+      if (args.length > 1 || (args[0] !== undefined && !/^[0-9a-f]{4,64}$/.test(args[0]))) {
+        throw new RequestError(EX.usage, 'Usage: "rollback [commit]" with a commit id (or a prefix of at least 4 hex digits)');
+      }
+      ready(h);
+      return h.exclusive(async () => {
+        try {
+          return await h.rollbackTo(args[0] ?? null, out);
+        } catch (e) {
+          throw new RequestError(EX.usage, errorMessage(e));
+        }
+      });
+    }
+    case "unpin":
+      checkArgs(cmd, args);
+      ready(h);
+      await h.unpin();
+      await io.stdout.write("unpinned: new commits are pulled again\n");
+      return 0;
+    case "sync": {
+      checkArgs(cmd, args);
+      ready(h);
+      const s = await h.syncNow();
+      if (s.pinned) {
+        await io.stdout.write(`pinned at ${s.pinned.slice(0, 12)}: "unpin" first to pull new commits\n`);
+        return 0;
+      }
+      await io.stdout.write(`at ${s.commit?.slice(0, 12) ?? "nothing"}: ${s.lastResult ?? "not deployed"}\n`);
+      if (s.lastError) await io.stderr.write(`${s.lastError}\n`);
+      return s.lastError ? 1 : 0;
+    }
     case "up": {
       const a = checkArgs(cmd, args);
       ready(h);
@@ -221,6 +265,9 @@ export function formatStatus(s: ServiceStatus, now: () => number): string {
     `deployed:    ${t(s.deployedAt)}`,
     `last result: ${s.lastResult ?? "none"}`,
     `hold:        ${s.hold ? `${s.hold} (through pgoctl; "up", "start" or "restart" releases it)` : "none"}`,
+    `pinned:      ${s.pinned ? `${s.pinned} (no new commits are pulled; "unpin" releases it)` : "no"}`,
+    `last good:   ${s.good ?? "none"}`,
+    `rolled back: ${s.bad ? `${s.bad} (not tried again until a newer commit arrives)` : "none"}`,
     `stop file:   ${s.stopFile ? "present (the service is kept down)" : "absent"}`,
     `last poll:   ${t(s.lastPollAt)}`,
     `next poll:   ${s.nextPollAt === null ? "now" : `${t(s.nextPollAt)} (in ${Math.max(0, Math.round((s.nextPollAt - now()) / 1000))}s)`}`,

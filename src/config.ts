@@ -2,6 +2,7 @@
 
 import { parse, TomlError } from "smol-toml";
 import { ConfigError, errorMessage, type ConfigProblem } from "./errors.ts";
+import { parseDuration } from "./duration.ts";
 import { splitShellWords } from "./shell_words.ts";
 import { parseTarget } from "./target.ts";
 
@@ -47,6 +48,10 @@ export interface ServiceConfig {
   import?: string;
   reload?: Reload;
   mount?: Mount;
+  /** How long after `up` the containers may take to be running (and healthy), in ms. */
+  healthTimeoutMs: number;
+  /** Secret that push webhooks for this service are verified with. */
+  webhookSecret?: string;
   /** Line of this service's `[[services]]` header. */
   line: number;
 }
@@ -60,8 +65,11 @@ export interface Config {
 /** Every key a `[[services]]` table accepts. */
 export const SERVICE_KEYS: readonly string[] = [
   "name", "user", "repository", "branch", "compose", "registries",
-  "env", "urls", "networks", "import", "reload", "mount",
+  "env", "urls", "networks", "import", "reload", "mount", "health_timeout", "webhook_secret",
 ];
+
+/** Default of `health_timeout`: how long a deploy may take to become running and healthy. */
+export const DEFAULT_HEALTH_TIMEOUT_MS = 120_000;
 
 const NAME = /^[a-z0-9][a-z0-9_-]*$/;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -201,8 +209,27 @@ function checkService(
     env: Object.create(null) as Record<string, string>, // no prototype: "__proto__" is a valid variable name
     envKeys: [],
     urls: [],
+    healthTimeoutMs: DEFAULT_HEALTH_TIMEOUT_MS,
     line: lineOf(),
   };
+
+  const health = str("health_timeout");
+  if (health !== undefined) {
+    let ms = NaN;
+    try {
+      ms = parseDuration(health);
+    } catch {
+      // reported below
+    }
+    if (!(ms >= 1000 && ms <= 3_600_000)) invalid("health_timeout", health, `expected a Go duration from 1s to 1h, such as "90s"`);
+    else svc.healthTimeoutMs = ms;
+  }
+  // A secret: never quoted in messages.
+  const secret = str("webhook_secret");
+  if (secret !== undefined) {
+    if (secret.length < 16 || CONTROL.test(secret)) report("webhook_secret", `Invalid value for "webhook_secret": expected at least 16 characters without control characters`);
+    else svc.webhookSecret = secret;
+  }
 
   for (const key of ["compose", "import"] as const) {
     const p = str(key);

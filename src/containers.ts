@@ -11,6 +11,8 @@ export interface ContainerInfo {
   service: string;
   /** created, running, paused, restarting, removing, exited, dead */
   state: string;
+  /** From the healthcheck: "healthy", "unhealthy", "starting", or "" when there is none. */
+  health: string;
   workingDir: string;
 }
 
@@ -31,6 +33,7 @@ export function dockerSocket(env: Record<string, string | undefined> = process.e
 interface ApiContainer {
   Id: string;
   State: string;
+  Status?: string;
   Labels: Record<string, string> | null;
 }
 
@@ -47,6 +50,7 @@ export function makeDockerContainers(socket = dockerSocket(), timeoutMs = 10_000
     return body.map((c) => ({
       id: c.Id,
       state: c.State,
+      health: healthOf(c.Status ?? ""),
       project: c.Labels?.["com.docker.compose.project"] ?? "",
       service: c.Labels?.["com.docker.compose.service"] ?? "",
       workingDir: c.Labels?.["com.docker.compose.project.working_dir"] ?? "",
@@ -67,4 +71,27 @@ export function allRunning(expected: readonly string[], containers: readonly Con
 function isUp(state: string): boolean {
   // A restarting container is being handled by the engine's restart policy: leave it alone.
   return state === "running" || state === "restarting";
+}
+
+/** The health in a container's status text, such as "Up 5 seconds (health: starting)". */
+export function healthOf(status: string): string {
+  const m = /\((healthy|unhealthy|health: starting)\)/.exec(status);
+  return m ? (m[1] === "health: starting" ? "starting" : m[1]!) : "";
+}
+
+/** The verdict on a project's containers after `up`: ready, not yet, or failed (and why). */
+export function readiness(expected: readonly string[], containers: readonly ContainerInfo[]): { state: "ready" | "waiting" | "failed"; why: string } {
+  for (const c of containers) {
+    if (c.state === "exited" || c.state === "dead") return { state: "failed", why: `container of "${c.service}" ${c.state}` };
+    if (c.health === "unhealthy") return { state: "failed", why: `container of "${c.service}" is unhealthy` };
+  }
+  for (const s of expected) {
+    const mine = containers.filter((c) => c.service === s);
+    if (mine.length === 0) return { state: "waiting", why: `no container of "${s}" yet` };
+    for (const c of mine) {
+      if (c.state !== "running") return { state: "waiting", why: `container of "${s}" is ${c.state}` };
+      if (c.health === "starting") return { state: "waiting", why: `container of "${s}" is starting its healthcheck` };
+    }
+  }
+  return { state: "ready", why: "" };
 }

@@ -26,6 +26,8 @@ export interface Git {
   addWorktree(dir: string, path: string, commit: string): Promise<void>;
   /** Removes a worktree made by addWorktree (and its directory). */
   removeWorktree(dir: string, path: string): Promise<void>;
+  /** The full id of a commit named by `rev` (an id or a prefix of one), or null. */
+  resolveCommit(dir: string, rev: string): Promise<string | null>;
   /** The configured remote URL. */
   remoteUrl(dir: string): Promise<string | null>;
   setRemoteUrl(dir: string, url: string): Promise<void>;
@@ -86,6 +88,12 @@ export function makeGit(runner: Runner, account: Account, service: string): Git 
     async removeWorktree(dir, path) {
       await git(dir, ["worktree", "remove", "--force", path], "worktree", LOCAL_TIMEOUT_MS, false);
       await git(dir, ["worktree", "prune"], "worktree", LOCAL_TIMEOUT_MS, false);
+    },
+    async resolveCommit(dir, rev) {
+      if (!/^[0-9a-f]{4,64}$/.test(rev)) return null;
+      const r = await git(dir, ["rev-parse", "--verify", "--quiet", `${rev}^{commit}`], "rev-parse", LOCAL_TIMEOUT_MS, false);
+      const id = r.stdout.trim();
+      return r.exitCode === 0 && /^[0-9a-f]{40,64}$/.test(id) ? id : null;
     },
     async remoteUrl(dir) {
       const r = await git(dir, ["config", "--get", "remote.origin.url"], "config", LOCAL_TIMEOUT_MS, false);

@@ -3,6 +3,7 @@
  * change, bring containers back when they are gone, keep them down while a stop file exists.
  * Each service runs independently; an error in one is caught here and never reaches another.
  */
+import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readFileSync } from "node:fs";
 import { chmod, chown, lstat, mkdir, rename, rm, stat } from "node:fs/promises";
@@ -10,7 +11,7 @@ import { dirname, join } from "node:path";
 import type { ServiceConfig } from "./config.ts";
 import { composeDependencies, COMPOSE_FILES, findComposeFile, makeCompose } from "./compose.ts";
 import type { Compose } from "./compose.ts";
-import { allRunning } from "./containers.ts";
+import { allRunning, readiness } from "./containers.ts";
 import type { Containers } from "./containers.ts";
 import { errorMessage } from "./errors.ts";
 import type { Runner } from "./exec.ts";
@@ -18,9 +19,11 @@ import { makeGit } from "./git.ts";
 import type { Git } from "./git.ts";
 import { writeImportFile } from "./caddy.ts";
 import { writeFileAtomic } from "./files.ts";
-import { appendHistory } from "./history.ts";
+import { appendHistory, readHistory } from "./history.ts";
 import type { HistoryEntry } from "./history.ts";
 import { ensureMounted } from "./mount.ts";
+import { readState, writeState } from "./state.ts";
+import type { ServiceState } from "./state.ts";
 import { composeModel, evaluatePolicy, formatViolations, screenComposeTree } from "./policy.ts";
 import { readServiceKeys } from "./keys.ts";
 import type { PublicKey } from "./keys.ts";
@@ -31,10 +34,10 @@ import type { Account, Users } from "./users.ts";
 import { baseEnv } from "./users.ts";
 
 /** What started a cycle. */
-export type Trigger = "start" | "poll" | "pgoctl" | "webhook";
+export type Trigger = "start" | "poll" | "pgoctl" | "webhook" | "rollback";
 
 /** Outcome of the last deploy attempt. */
-export type DeployResult = "deployed" | "failed" | "stopped" | "refused";
+export type DeployResult = "deployed" | "failed" | "stopped" | "refused" | "rolled back";
 
 /** What `status` shows for a service. */
 export interface ServiceStatus {
@@ -49,6 +52,12 @@ export interface ServiceStatus {
   lastPollAt: number | null;
   /** Set by `down`/`stop` through pgoctl: nothing brings the service back until `up`/`start`/`restart`. */
   hold: Hold | null;
+  /** Set by `pgoctl rollback`: this commit is kept and no new commits are pulled until `unpin`. */
+  pinned: string | null;
+  /** The last commit that deployed well (what a rollback goes back to). */
+  good: string | null;
+  /** A commit that was rolled back; it is not tried again until a newer one arrives. */
+  bad: string | null;
 }
 
 /** Why a service is held down. */
@@ -81,6 +90,10 @@ export interface ReconcileDeps {
   importText?: string;
   /** A memory-limited cgroup for `docker compose config` (DECISIONS.md #10), when cgroups work. */
   composeCgroup?: string;
+  /** How long containers must stay ready after `up` before a deploy counts as good (default 2 s). */
+  settleMs?: number;
+  /** How often readiness is polled after `up` (default 500 ms). */
+  pollMs?: number;
   /** Where mounts are read from (default /proc/self/mountinfo). */
   mountinfo?: string;
   onDeploy?: (service: string, result: DeployResult) => void;
@@ -107,6 +120,7 @@ export class ServiceWorker {
   /** A commit refused by the policy; not evaluated again until a newer one arrives. */
   private refused: string | null = null;
   private refusal: string | null = null;
+  private state: ServiceState;
 
   constructor(readonly svc: ServiceConfig, private readonly d: ReconcileDeps) {
     this.log = d.logger.with({ service: svc.name });
@@ -115,7 +129,33 @@ export class ServiceWorker {
     this.st = {
       name: svc.name, commit: null, deployedAt: null, lastResult: null, lastError: null,
       stopFile: false, nextPollAt: null, lastPollAt: null, hold: readHold(this.holdFile),
+      pinned: null, good: null, bad: null,
     };
+    const saved = readState(this.stateFile);
+    this.state = saved;
+    if (saved.pin && saved.pin.config !== configHash(svc)) {
+      // A config change releases a pin (the pin is written again without it on the next save).
+      this.log.info("config changed: releasing the pin", { commit: saved.pin.commit.slice(0, 12) });
+      delete this.state.pin;
+    }
+    this.syncState();
+  }
+
+  private get stateFile(): string {
+    return join(this.d.dir, ".state", this.svc.name, "state.json");
+  }
+
+  private syncState(): void {
+    this.st.pinned = this.state.pin?.commit ?? null;
+    this.st.good = this.state.good ?? null;
+    this.st.bad = this.state.bad ?? null;
+  }
+
+  private async saveState(patch: Partial<ServiceState>, drop: (keyof ServiceState)[] = []): Promise<void> {
+    this.state = { ...this.state, ...patch };
+    for (const k of drop) delete this.state[k];
+    this.syncState();
+    await writeState(this.stateFile, this.state).catch((e: unknown) => this.log.warn("cannot save state", { error: errorMessage(e) }));
   }
 
   /** Starts the loop: a cycle now, then one every interval plus jitter. */
@@ -186,20 +226,103 @@ export class ServiceWorker {
    * Pulls and brings the project up now, streaming compose's output; call it inside `exclusive`.
    * Returns compose's exit status. `services` limits it to those compose services.
    */
-  async deployNow(trigger: Trigger, io: DeployIO = {}, services: string[] = []): Promise<number> {
+  async deployNow(trigger: Trigger, io: DeployIO = {}, services: string[] = [], autoRollback = true): Promise<number> {
     const a = await this.d.users.lookup(this.svc.user);
-    const c = this.compose(a, this.composeFile());
     const started = this.d.clock.now();
-    let code: number;
+    const say = (text: string): unknown => io.onStderr?.(new TextEncoder().encode(`${text}\n`));
     const verdict = await this.evaluate(a, this.checkout);
     if (verdict !== null) {
-      await io.onStderr?.(new TextEncoder().encode(`Refused: ${verdict}\n`));
+      await say(`Refused: ${verdict}`);
       await this.refuse(this.head ?? "unknown", trigger, verdict);
       return 65;
     }
+    const attempt = await this.bringUp(a, io, services);
+    if (attempt.code === 0) {
+      await this.recordDeploy(true, trigger, started, null);
+      // A newer commit that deploys well ends the wait for a fix; the rollback itself does not.
+      if (this.head) await this.saveState({ good: this.head }, trigger === "rollback" ? [] : ["bad"]);
+      await this.reloadProxy(a);
+      return 0;
+    }
+    await say(attempt.why);
+    const bad = this.head;
+    const good = this.state.good;
+    if (bad === null || good === undefined || good === bad || !autoRollback) {
+      await this.recordDeploy(false, trigger, started, attempt.why);
+      return attempt.code;
+    }
+    // Roll back: the last commit that deployed well goes back up, and the bad one is not retried
+    // until a newer commit arrives.
+    await say(`Rolling back to ${good.slice(0, 12)}`);
+    this.log.error("deploy failed, rolling back", { commit: bad.slice(0, 12), to: good.slice(0, 12), reason: attempt.why });
+    await this.saveState({ bad });
+    await this.record({ commit: bad, time: started, trigger, result: "rolled back", durationMs: this.d.clock.now() - started, detail: attempt.why });
+    this.d.onDeploy?.(this.svc.name, "rolled back");
+    const git = (this.d.makeGit ?? makeGit)(this.d.runner, a, this.svc.name);
+    await git.checkout(this.checkout, this.svc.branch, good);
+    this.head = good;
+    this.st.commit = good;
+    const code = await this.deployNow("rollback", io, services, false);
+    this.st.lastResult = "rolled back";
+    this.st.lastError = `Commit ${bad.slice(0, 12)} failed (${attempt.why}); rolled back to ${good.slice(0, 12)}`;
+    this.refusal = this.st.lastError;
+    return code === 0 ? 1 : code;
+  }
+
+  /** Pins `commit`: no new commits are pulled until `unpin` or a config change. */
+  async pin(commit: string): Promise<void> {
+    await this.saveState({ pin: { commit, config: configHash(this.svc) } });
+    this.log.info("pinned", { commit: commit.slice(0, 12) });
+  }
+
+  /** Releases the pin and asks for a cycle, which pulls what is new. */
+  async unpin(): Promise<void> {
+    await this.saveState({}, ["pin"]);
+    this.log.info("unpinned");
+    this.trigger("pgoctl");
+  }
+
+  /**
+   * Deploys an earlier commit (by default the last one that deployed well before the current
+   * one) and pins it; call it inside `exclusive`. Returns compose's status, or 65 when the policy
+   * refuses it; throws when the commit is unknown.
+   */
+  async rollbackTo(rev: string | null, io: DeployIO = {}): Promise<number> {
+    const a = await this.d.users.lookup(this.svc.user);
+    const git = (this.d.makeGit ?? makeGit)(this.d.runner, a, this.svc.name);
+    let target: string | null = null;
+    if (rev !== null) {
+      target = await git.resolveCommit(this.checkout, rev);
+      if (target === null) throw new Error(`Cannot find commit "${rev}" in the checkout`);
+    } else {
+      const earlier = (await readHistory(this.historyFile)).filter((e) => e.result === "deployed" && e.commit !== this.head);
+      target = earlier.at(-1)?.commit ?? null;
+      if (target === null) throw new Error("Cannot roll back: no earlier commit deployed well");
+    }
+    const verdict = await this.evaluateCommit(git, a, target);
+    if (verdict !== null) {
+      await io.onStderr?.(new TextEncoder().encode(`Refused: ${verdict}\n`));
+      return 65;
+    }
+    await git.checkout(this.checkout, this.svc.branch, target);
+    this.head = target;
+    this.st.commit = target;
+    await this.pin(target);
+    return this.deployNow("pgoctl", io, [], false);
+  }
+
+  /** Fetches now and deploys if something changed (one cycle, in turn with the loop). */
+  async syncNow(): Promise<ServiceStatus> {
+    await this.lock.run(() => this.cycle("pgoctl"));
+    return this.status();
+  }
+
+  /** Pull and up (with registry logins), then wait until the containers run and are healthy. */
+  private async bringUp(a: Account, io: DeployIO, services: string[]): Promise<{ code: number; why: string }> {
+    const c = this.compose(a, this.composeFile());
     try {
       await this.ensureData(a);
-      code = await this.d.slots.run(() =>
+      const code = await this.d.slots.run(() =>
         c.withRegistries(this.svc.registries, async () => {
           const pull = await c.run(["pull", "--quiet", "--ignore-buildable", ...services], io);
           if (pull.exitCode !== 0) this.log.warn("pull failed, trying up with the images present", { error: tail(pull.stderr) });
@@ -208,15 +331,36 @@ export class ServiceWorker {
           return up.exitCode;
         })
       );
+      if (code !== 0) return { code, why: `docker compose up exited with status ${code}` };
     } catch (e) {
-      // A failed registry login or mount: compose never ran. Say why on the caller's stderr.
-      await io.onStderr?.(new TextEncoder().encode(`${errorMessage(e)}\n`));
-      await this.recordDeploy(false, trigger, started, errorMessage(e));
-      return 1;
+      // A failed registry login or mount: compose never ran.
+      return { code: 1, why: errorMessage(e) };
     }
-    await this.recordDeploy(code === 0, trigger, started, code === 0 ? null : `docker compose up exited with status ${code}`);
-    if (code === 0) await this.reloadProxy(a);
-    return code;
+    const why = await this.waitReady(services.length > 0 ? services : this.expected);
+    return why === null ? { code: 0, why: "" } : { code: 1, why };
+  }
+
+  /** Polls the project's containers until they run (and are healthy); null, or why not in time. */
+  private async waitReady(expected: string[]): Promise<string | null> {
+    const deadline = this.d.clock.now() + this.svc.healthTimeoutMs;
+    const settle = this.d.settleMs ?? 2000;
+    let readySince: number | null = null;
+    let why = "";
+    for (;;) {
+      const r = readiness(expected, await this.d.containers.ofProject(this.svc.name));
+      if (r.state === "failed") return r.why;
+      const now = this.d.clock.now();
+      if (r.state === "ready") {
+        readySince ??= now;
+        // Ready for a moment is not enough: a container that exits at once must be seen exiting.
+        if (now - readySince >= settle) return null;
+      } else {
+        readySince = null;
+        why = r.why;
+      }
+      if (now >= deadline) return `not running and healthy after ${Math.round(this.svc.healthTimeoutMs / 1000)}s: ${why || "unstable"}`;
+      await this.d.clock.sleep(Math.min(this.d.pollMs ?? 500, Math.max(1, deadline - now)));
+    }
   }
 
   /** Pulls images now (with registry logins), streaming compose's output; call it inside `exclusive`. */
@@ -440,11 +584,13 @@ export class ServiceWorker {
 
   /** Follows the remote branch. Returns whether the compose model's files changed. */
   private async follow(git: Git, a: Account): Promise<boolean> {
+    if (this.state.pin) return false; // pinned by `pgoctl rollback`: no automatic pulls
     const remote = await git.remoteHead(this.checkout, this.svc.branch);
     const head = this.head!;
-    if (remote === head || remote === this.refused) return false;
+    const skip = (c: string): boolean => c === head || c === this.refused || c === this.state.bad;
+    if (skip(remote)) return false;
     const fetched = await git.fetch(this.checkout, this.svc.branch);
-    if (fetched === head || fetched === this.refused) return false;
+    if (skip(fetched)) return false;
     const relevant = await this.relevantChange(git, head, fetched);
     if (relevant) {
       // DECISIONS.md #2: a new compose model is evaluated before the checkout moves to it.
@@ -632,4 +778,15 @@ function readHold(file: string): Hold | null {
   } catch {
     return null;
   }
+}
+
+/** A hash of a service's config, to notice that it changed across restarts. */
+export function configHash(svc: ServiceConfig): string {
+  const canonical = (v: unknown): unknown =>
+    Array.isArray(v) ? v.map(canonical)
+    : typeof v === "object" && v !== null
+    ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, canonical((v as Record<string, unknown>)[k])]))
+    : v;
+  const { line: _line, ...rest } = svc;
+  return createHash("sha256").update(JSON.stringify(canonical(rest))).digest("hex").slice(0, 16);
 }

@@ -14,7 +14,7 @@ function dir(): string {
   return d;
 }
 function svc(name: string, urls: [string, string][]): ServiceConfig {
-  return { name, user: "root", repository: "/x", branch: "main", registries: [], env: {}, envKeys: [], urls: urls.map(([site, target]) => ({ site, target })), line: 1 };
+  return { name, user: "root", repository: "/x", branch: "main", registries: [], env: {}, envKeys: [], urls: urls.map(([site, target]) => ({ site, target })), healthTimeoutMs: 120_000, line: 1 };
 }
 const ME = { uid: process.getuid!(), gid: process.getgid!() };
 

@@ -16,7 +16,7 @@ function fakeService(opts: { cloned?: boolean; exitCode?: number } = {}) {
   let locked = 0;
   const status = (): ServiceStatus => ({
     name: "web", commit: opts.cloned === false ? null : "abc", deployedAt: null, lastResult: null, lastError: null,
-    stopFile: false, nextPollAt: null, lastPollAt: null, hold,
+    stopFile: false, nextPollAt: null, lastPollAt: null, hold, pinned: null, good: null, bad: null,
   });
   const result = (stdout: string): RunResult => ({ exitCode: opts.exitCode ?? 0, signal: null, stdout, stderr: "", durationMs: 1, timedOut: false });
   const compose: Compose = {
@@ -63,6 +63,18 @@ function fakeService(opts: { cloned?: boolean; exitCode?: number } = {}) {
     async check() {
       return null;
     },
+    async rollbackTo(rev) {
+      calls.push(`${locked ? "locked " : ""}rollback ${rev ?? "previous"}`);
+      return 0;
+    },
+    async unpin() {
+      calls.push("unpin");
+    },
+    async syncNow() {
+      calls.push("sync");
+      return status();
+    },
+    historyFile: "/nonexistent/history",
   };
   return { handle, calls, hold: () => hold };
 }
@@ -198,4 +210,26 @@ test("checkArgs() allows only documented options and service names", () => {
   expect(() => checkArgs("down", ["web"])).toThrow('Invalid argument "web" for "down"');
   expect(() => checkArgs("ping", ["x"])).toThrow('Command "ping" takes no arguments');
   expect(() => checkArgs("logs", ["--tail"])).toThrow('Option "--tail" of "logs" needs a value');
+});
+
+test("dispatch() runs rollback under the lock and checks its argument", async () => {
+  const { call, svc } = harness();
+  expect((await call("web//rollback")).status).toBe(0);
+  expect((await call("web//rollback abc1234")).status).toBe(0);
+  expect((await call("web//rollback 'HEAD~1'")).status).toBe(EX.usage);
+  expect(svc.calls).toEqual(["locked rollback previous", "locked rollback abc1234"]);
+});
+
+test("dispatch() answers history with no deploys yet and refuses a bad count", async () => {
+  const { call } = harness();
+  expect(await call("web//history")).toEqual({ status: 0, stdout: "no deploys yet\n", stderr: "" });
+  expect((await call("web//history 0")).status).toBe(EX.usage);
+  expect((await call("web//history 5 6")).status).toBe(EX.usage);
+});
+
+test("dispatch() runs sync and unpin", async () => {
+  const { call, svc } = harness();
+  expect(await call("web//sync")).toEqual({ status: 0, stdout: "at abc: not deployed\n", stderr: "" });
+  expect((await call("web//unpin")).stdout).toBe("unpinned: new commits are pulled again\n");
+  expect(svc.calls).toEqual(["sync", "unpin"]);
 });

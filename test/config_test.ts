@@ -46,9 +46,19 @@ env = [ "MYENV=bla", "OTHER=a=b", "EMPTY=" ]
 urls = { "slashdot.org" = "pgo:8080", "http://b.example" = "[2001:db8::1]:80", "a.example" = "10.0.0.1:1" }
 networks = [ "reverseproxy" ]
 mount = "nfs://nfs.example.org:2049/share/pgo"
+health_timeout = "1m30s"
+webhook_secret = "0123456789abcdef-secret"
 `;
 
 describe("parseConfig()", () => {
+  test("rejects a bad health_timeout and a short webhook_secret without showing the secret", () => {
+    const text = service() + 'health_timeout = "forever"\nwebhook_secret = "short"\n';
+    expect(problems(text).map((p) => p.message)).toEqual([
+      'Invalid value "forever" for "health_timeout": expected a Go duration from 1s to 1h, such as "90s"',
+      'Invalid value for "webhook_secret": expected at least 16 characters without control characters',
+    ]);
+  });
+
   test("parses a config with every key", () => {
     const c = parseConfig(FULL, FILE);
     expect(c.file).toBe(FILE);
@@ -65,6 +75,7 @@ describe("parseConfig()", () => {
       urls: [],
       import: "caddy/Caddyfile-import",
       reload: { container: "caddy", argv: ["caddy", "reload", "--config", "/etc/caddy/Caddy file", "--adapter", "caddyfile"] },
+      healthTimeoutMs: 120_000,
       line: 2,
     });
     expect(pgo).toEqual({
@@ -86,6 +97,8 @@ describe("parseConfig()", () => {
       ],
       networks: ["reverseproxy"],
       mount: { host: "nfs.example.org", port: 2049, path: "/share/pgo" },
+      healthTimeoutMs: 90_000,
+      webhookSecret: "0123456789abcdef-secret",
       line: 9,
     });
   });
@@ -101,6 +114,7 @@ describe("parseConfig()", () => {
       env: {},
       envKeys: [],
       urls: [],
+      healthTimeoutMs: 120_000,
       line: 1,
     });
     expect(Object.keys(s!)).not.toContain("networks");
@@ -408,7 +422,7 @@ x = 1
 describe("SERVICE_KEYS", () => {
   test("lists every key that a full config uses", () => {
     const keys = new Set<string>();
-    for (const m of FULL.matchAll(/^"?([a-z]+)"? *=/gm)) keys.add(m[1]!);
+    for (const m of FULL.matchAll(/^"?([a-z_]+)"? *=/gm)) keys.add(m[1]!);
     expect([...keys].sort()).toEqual([...SERVICE_KEYS].sort());
   });
 });

@@ -66,9 +66,9 @@ test("cleanupStale() downs projects pgod ran from its dir that are gone from the
   mkdirSync(join(dir, ".clone-x-1"), { recursive: true });
   const docker = new FakeDocker(r);
   const containers: ContainerInfo[] = [
-    { id: "1", project: "old", service: "web", state: "running", workingDir: join(dir, "old") },
-    { id: "2", project: "a", service: "web", state: "running", workingDir: join(dir, "a") },
-    { id: "3", project: "elsewhere", service: "web", state: "running", workingDir: "/srv/elsewhere" },
+    { id: "1", project: "old", service: "web", state: "running", health: "", workingDir: join(dir, "old") },
+    { id: "2", project: "a", service: "web", state: "running", health: "", workingDir: join(dir, "a") },
+    { id: "3", project: "elsewhere", service: "web", state: "running", health: "", workingDir: "/srv/elsewhere" },
   ];
   await cleanupStale(parseConfig(VALID, "pgo.toml"), dir, {
     runner: docker.runner(),

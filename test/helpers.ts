@@ -105,8 +105,11 @@ export class FakeDocker {
   }
   /** Container state as the shim sees it. */
   containers(): Containers {
-    const list = (project: string): ContainerInfo[] =>
-      this.running().includes(project) ? [{ id: `id-${project}`, project, service: "web", state: "running", workingDir: "" }] : [];
+    const list = (project: string): ContainerInfo[] => {
+      if (!this.running().includes(project)) return [];
+      const state = readFileSync(join(this.bin, "state", project), "utf8").trim() || "running";
+      return [{ id: `id-${project}`, project, service: "web", state, health: "", workingDir: "" }];
+    };
     return {
       ofProject: async (p) => list(p),
       all: async () => this.running().flatMap(list),

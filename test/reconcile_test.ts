@@ -12,7 +12,7 @@ const cleanups: (() => void)[] = [];
 afterEach(() => cleanups.splice(0).forEach((f) => f()));
 
 function service(name: string, repo: string, extra: Partial<ServiceConfig> = {}): ServiceConfig {
-  return { name, user: "root", repository: repo, branch: "main", registries: [], env: {}, envKeys: [], urls: [], line: 1, ...extra };
+  return { name, user: "root", repository: repo, branch: "main", registries: [], env: {}, envKeys: [], urls: [], healthTimeoutMs: 120_000, line: 1, ...extra };
 }
 
 function setup(extra: Partial<ServiceConfig> = {}, files?: Record<string, string>) {
@@ -25,6 +25,7 @@ function setup(extra: Partial<ServiceConfig> = {}, files?: Record<string, string
   const deps: ReconcileDeps = {
     runner: docker.runner(), users: rootUsers(join(root, "home")), containers: docker.containers(), logger: log, clock,
     random: () => 0, slots: new Semaphore(4), dir: join(root, "dir"), datadir: join(root, "data"), intervalMs: 60_000,
+    settleMs: 0,
   };
   Bun.spawnSync(["mkdir", "-p", deps.dir, join(root, "home")]);
   const worker = new ServiceWorker(service("web", repo.remote, extra), deps);
@@ -385,6 +386,42 @@ test("the deploy history records each attempt durably", async () => {
   await worker.cycle("poll");
   const { readHistory } = await import("../src/history.ts");
   const h = await readHistory(worker.historyFile);
-  expect(h.map((e) => `${e.trigger} ${e.result}`)).toEqual(["start deployed", "poll failed"]);
+  expect(h.map((e) => `${e.trigger} ${e.result}`)).toEqual(["start deployed", "poll rolled back", "rollback failed"]);
   expect(h[1]!.detail).toContain("exited with status 1");
+});
+
+test("a commit whose containers exit at once is rolled back to the last good commit and not retried", async () => {
+  const { worker, docker, repo, checkout } = setup();
+  await worker.cycle("start");
+  const good = git(checkout, "rev-parse", "HEAD");
+  const bad = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8") + "# fake: exits\n" });
+  await worker.cycle("poll");
+  expect(git(checkout, "rev-parse", "HEAD")).toBe(good);
+  expect(docker.containers()).toBeDefined();
+  expect(worker.status()).toMatchObject({ lastResult: "rolled back", good, bad, commit: good });
+  expect(worker.status().lastError).toContain(`Commit ${bad.slice(0, 12)} failed (container of "web" exited); rolled back to ${good.slice(0, 12)}`);
+  const { readHistory } = await import("../src/history.ts");
+  expect((await readHistory(worker.historyFile)).map((e) => `${e.commit.slice(0, 7)} ${e.trigger} ${e.result}`)).toEqual([
+    `${good.slice(0, 7)} start deployed`, `${bad.slice(0, 7)} poll rolled back`, `${good.slice(0, 7)} rollback deployed`,
+  ]);
+  docker.clear();
+  await worker.cycle("poll");
+  expect(docker.composeCalls()).toEqual([]); // the bad commit is not tried again
+  const next = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8").replace("# fake: exits\n", "# fixed\n") });
+  await worker.cycle("poll");
+  expect(worker.status()).toMatchObject({ lastResult: "deployed", commit: next, good: next, bad: null });
+});
+
+test("the last good commit, the bad one and a pin survive a restart; a config change releases the pin", async () => {
+  const { worker, repo, checkout, deps } = setup();
+  await worker.cycle("start");
+  const good = git(checkout, "rev-parse", "HEAD");
+  repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8") + "# fake: exits\n" });
+  await worker.cycle("poll");
+  await worker.pin(good);
+  const again = new ServiceWorker(service("web", repo.remote), deps);
+  expect(again.status()).toMatchObject({ good, pinned: good });
+  expect(again.status().bad).not.toBeNull();
+  const changed = new ServiceWorker(service("web", repo.remote, { branch: "main", env: { A: "1" }, envKeys: ["A"] }), deps);
+  expect(changed.status().pinned).toBeNull();
 });
