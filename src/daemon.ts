@@ -19,6 +19,7 @@ import type { Runner } from "./exec.ts";
 import { keysEqual } from "./keys.ts";
 import { Metrics, startMetricsServer } from "./metrics.ts";
 import { startSshServer } from "./ssh_server.ts";
+import { startWebhookServer } from "./webhook.ts";
 import type { SshServer } from "./ssh_server.ts";
 import type { PgodFlags } from "./flags.ts";
 import type { Logger } from "./log.ts";
@@ -276,7 +277,26 @@ async function startServers(d: {
     await m.close();
     throw e;
   }
+  let hooks: { close(): Promise<void> } | null = null;
+  if (d.flags.webhook !== "") {
+    try {
+      hooks = startWebhookServer(d.flags.webhook, {
+        targets: new Map([...d.workers].map(([name, w]) => [name, {
+          branch: w.svc.branch,
+          ...(w.svc.webhookSecret ? { secret: w.svc.webhookSecret } : {}),
+          trigger: () => w.trigger("webhook"),
+        }])),
+        logger: d.logger,
+        seen: new Map(),
+      });
+    } catch (e) {
+      await ssh.close();
+      await m.close();
+      throw e;
+    }
+  }
   return async () => {
+    await hooks?.close();
     await ssh.close();
     await m.close();
   };

@@ -7,6 +7,7 @@ export interface PgodFlags {
   dir: string;
   ssh: string;
   metrics: string;
+  webhook: string;
   durationMs: number;
   datadir: string;
   debug: boolean;
@@ -30,6 +31,7 @@ export const PGOD_FLAGS: readonly FlagSpec[] = [
   { long: "dir", short: "d", kind: "string", key: "dir", def: "/var/lib/pgo", help: "directory for checkouts, stop files and state" },
   { long: "ssh", short: "s", kind: "string", key: "ssh", def: ":2222", help: "address of the SSH server" },
   { long: "metrics", short: "m", kind: "string", key: "metrics", def: ":9112", help: "address of the HTTP server for /metrics and /healthz" },
+  { long: "webhook", kind: "string", key: "webhook", def: "", help: "address of the HTTP server for push webhooks (off unless given)" },
   { long: "duration", short: "t", kind: "duration", key: "durationMs", def: "5m0s", help: "base interval between polls (Go duration, jittered up to +50%)" },
   { long: "datadir", kind: "string", key: "datadir", def: "/data", help: "root of the per-service data directories" },
   { long: "debug", kind: "bool", key: "debug", def: "false", help: "log every command run" },
@@ -42,7 +44,7 @@ export const PGOD_FLAGS: readonly FlagSpec[] = [
 export function pgodUsage(): string {
   const lines = PGOD_FLAGS.map((f) => {
     const names = `${f.short ? `-${f.short}, ` : "    "}--${f.long}${f.kind === "bool" ? "" : " VALUE"}`;
-    return `  ${names.padEnd(26)} ${f.help}${f.kind === "bool" && f.def === "false" ? "" : ` (default ${f.def})`}`;
+    return `  ${names.padEnd(26)} ${f.help}${(f.kind === "bool" && f.def === "false") || f.def === "" ? "" : ` (default ${f.def})`}`;
   });
   return `Usage: pgod [OPTION]...\nKeep docker compose projects in step with their git repositories.\n\n${lines.join("\n")}\n`;
 }
@@ -91,7 +93,7 @@ function convert(f: FlagSpec, value: string, name = `--${f.long}`): string | num
       return ms;
     }
     case "string":
-      if (value === "" && f.key !== "metrics" && f.key !== "ssh") throw new UsageError(`Invalid value "" for "${name}": must not be empty`);
+      if (value === "" && f.key !== "metrics" && f.key !== "ssh" && f.key !== "webhook") throw new UsageError(`Invalid value "" for "${name}": must not be empty`);
       return value;
   }
 }

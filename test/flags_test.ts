@@ -5,7 +5,7 @@ import { parsePgodFlags, pgodUsage, PGOD_FLAGS } from "../src/flags.ts";
 
 test("parsePgodFlags() gives the documented defaults", () => {
   expect(parsePgodFlags([])).toEqual({
-    config: "/etc/pgo.toml", dir: "/var/lib/pgo", ssh: ":2222", metrics: ":9112", durationMs: 300_000,
+    config: "/etc/pgo.toml", dir: "/var/lib/pgo", ssh: ":2222", metrics: ":9112", webhook: "", durationMs: 300_000,
     datadir: "/data", debug: false, restart: true, version: false, help: false,
   });
 });

@@ -1,0 +1,88 @@
+import { expect, test } from "bun:test";
+import { createHmac } from "node:crypto";
+import { memoryLogger } from "../src/log.ts";
+import { handleWebhook, MAX_WEBHOOK_BYTES } from "../src/webhook.ts";
+import type { WebhookDeps } from "../src/webhook.ts";
+
+const SECRET = "0123456789abcdef-secret";
+const PUSH = JSON.stringify({ ref: "refs/heads/main", after: "abc" });
+
+function setup() {
+  let triggered = 0;
+  const d: WebhookDeps = {
+    targets: new Map([["web", { branch: "main", secret: SECRET, trigger: () => void triggered++ }], ["nosecret", { branch: "main", trigger: () => void triggered++ }]]),
+    logger: memoryLogger(),
+    seen: new Map(),
+  };
+  const post = async (path: string, body: string, headers: Record<string, string>) => {
+    const r = await handleWebhook(new Request(`http://pgod${path}`, { method: "POST", body, headers }), d);
+    return { status: r.status, text: (await r.text()).trim() };
+  };
+  return { post, triggered: () => triggered };
+}
+const sig = (body: string, secret = SECRET) => createHmac("sha256", secret).update(body).digest("hex");
+
+test("handleWebhook() triggers a sync for a GitHub push signed with the service's secret", async () => {
+  const { post, triggered } = setup();
+  expect(await post("/hooks/web", PUSH, { "x-github-event": "push", "x-github-delivery": "d1", "x-hub-signature-256": `sha256=${sig(PUSH)}` }))
+    .toEqual({ status: 202, text: "sync triggered" });
+  expect(triggered()).toBe(1);
+});
+
+test("handleWebhook() accepts Gitea, Forgejo and GitLab pushes", async () => {
+  const { post, triggered } = setup();
+  const b1 = JSON.stringify({ ref: "refs/heads/main", n: 1 });
+  const b2 = JSON.stringify({ ref: "refs/heads/main", n: 2 });
+  const b3 = JSON.stringify({ ref: "refs/heads/main", n: 3 });
+  expect((await post("/hooks/web", b1, { "x-gitea-event": "push", "x-gitea-signature": sig(b1) })).status).toBe(202);
+  expect((await post("/hooks/web", b2, { "x-forgejo-event": "push", "x-forgejo-signature": sig(b2) })).status).toBe(202);
+  expect((await post("/hooks/web", b3, { "x-gitlab-event": "Push Hook", "x-gitlab-token": SECRET })).status).toBe(202);
+  expect(triggered()).toBe(3);
+});
+
+test("handleWebhook() refuses unsigned, wrongly signed and unknown-service requests alike and triggers nothing", async () => {
+  const { post, triggered } = setup();
+  const refused = { status: 401, text: "signature does not verify" };
+  expect(await post("/hooks/web", PUSH, { "x-github-event": "push" })).toEqual(refused);
+  expect(await post("/hooks/web", PUSH, { "x-github-event": "push", "x-hub-signature-256": `sha256=${sig(PUSH, "another-secret-value")}` })).toEqual(refused);
+  expect(await post("/hooks/web", PUSH, { "x-hub-signature-256": "sha256=zz" })).toEqual(refused);
+  expect(await post("/hooks/web", PUSH, { "x-gitlab-event": "Push Hook", "x-gitlab-token": "wrong" })).toEqual(refused);
+  expect(await post("/hooks/nosuch", PUSH, { "x-hub-signature-256": `sha256=${sig(PUSH)}` })).toEqual(refused);
+  expect(await post("/hooks/nosecret", PUSH, { "x-hub-signature-256": `sha256=${sig(PUSH)}` })).toEqual(refused);
+  expect(triggered()).toBe(0);
+});
+
+test("handleWebhook() refuses a replayed delivery and a replayed body", async () => {
+  const { post, triggered } = setup();
+  const h = { "x-github-event": "push", "x-github-delivery": "same", "x-hub-signature-256": `sha256=${sig(PUSH)}` };
+  expect((await post("/hooks/web", PUSH, h)).status).toBe(202);
+  expect(await post("/hooks/web", PUSH, h)).toEqual({ status: 409, text: "already delivered" });
+  expect((await post("/hooks/web", PUSH, { ...h, "x-github-delivery": "other" })).status).toBe(409);
+  expect(triggered()).toBe(1);
+});
+
+test("handleWebhook() refuses an oversized body before verifying it", async () => {
+  const { post, triggered } = setup();
+  const big = "x".repeat(MAX_WEBHOOK_BYTES + 10);
+  expect((await post("/hooks/web", big, { "x-hub-signature-256": `sha256=${sig(big)}` })).status).toBe(413);
+  expect(triggered()).toBe(0);
+});
+
+test("handleWebhook() ignores pushes to other branches and other events, and answers ping", async () => {
+  const { post, triggered } = setup();
+  const other = JSON.stringify({ ref: "refs/heads/dev" });
+  expect(await post("/hooks/web", other, { "x-github-event": "push", "x-hub-signature-256": `sha256=${sig(other)}` }))
+    .toEqual({ status: 202, text: 'ignored: not a push to "main"' });
+  const issue = JSON.stringify({ action: "opened" });
+  expect((await post("/hooks/web", issue, { "x-github-event": "issues", "x-hub-signature-256": `sha256=${sig(issue)}` })).text).toBe('ignored: event "issues"');
+  const ping = JSON.stringify({ zen: "x" });
+  expect(await post("/hooks/web", ping, { "x-github-event": "ping", "x-hub-signature-256": `sha256=${sig(ping)}` })).toEqual({ status: 200, text: "pong" });
+  expect(triggered()).toBe(0);
+});
+
+test("handleWebhook() answers 404 off /hooks/ and 405 for GET", async () => {
+  const { post } = setup();
+  expect((await post("/other", PUSH, {})).status).toBe(404);
+  const r = await handleWebhook(new Request("http://pgod/hooks/web"), { targets: new Map(), logger: memoryLogger(), seen: new Map() });
+  expect(r.status).toBe(405);
+});
