@@ -11,6 +11,7 @@ import { baseEnv } from "./users.ts";
 export const COMPOSE_FILES = ["compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml"] as const;
 
 const COMPOSE_TIMEOUT_MS = 15 * 60_000;
+const MAX_DEPENDENCY_BYTES = 1024 * 1024;
 const QUICK_TIMEOUT_MS = 60_000;
 
 export interface ComposeTarget {
@@ -157,9 +158,11 @@ export async function composeDependencies(
     deps.add(file);
     const text = await read(file);
     if (text === null) continue;
+    // Too big to read cheaply: count every change as relevant (the policy screen refuses it later).
+    if (text.length > MAX_DEPENDENCY_BYTES) return "all";
     let doc: unknown;
     try {
-      doc = parseYaml(text, { maxAliasCount: 1000 });
+      doc = parseYaml(text, { maxAliasCount: 100 });
     } catch {
       continue; // docker compose will say what is wrong with it at deploy time
     }

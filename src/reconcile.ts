@@ -121,6 +121,8 @@ export class ServiceWorker {
   private refused: string | null = null;
   private refusal: string | null = null;
   private state: ServiceState;
+  /** Cycles in a row that failed to reach the remote or to deploy. */
+  private failStreak = 0;
 
   constructor(readonly svc: ServiceConfig, private readonly d: ReconcileDeps) {
     this.log = d.logger.with({ service: svc.name });
@@ -441,7 +443,8 @@ export class ServiceWorker {
       this.st.nextPollAt = null;
       await this.lock.run(() => this.cycle(trigger));
       if (this.abort.signal.aborted) break;
-      trigger = await this.waitForTrigger(jitter(this.d.intervalMs, this.d.random));
+      // Back off while the remote or the engine keeps failing: 2x, then 4x the interval.
+      trigger = await this.waitForTrigger(jitter(this.d.intervalMs, this.d.random) * Math.min(2 ** this.failStreak, 4));
     }
   }
 
@@ -517,8 +520,10 @@ export class ServiceWorker {
       if (deploy && this.st.hold === null) await this.deploy(trigger);
       else if (this.st.hold === null) await this.reloadProxy(account);
       this.st.lastError = followError ?? this.refusal;
+      this.failStreak = followError === null ? 0 : this.failStreak + 1;
     } catch (e) {
       this.st.lastError = errorMessage(e);
+      this.failStreak++;
       this.log.error("cycle failed", { trigger, error: errorMessage(e) });
     }
   }

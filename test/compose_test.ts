@@ -45,3 +45,10 @@ test("subcommandOf() gives bounded metric labels, never raw arguments", () => {
   expect(subcommandOf(["--verbose", "logs", "web"])).toBe("logs");
   expect(subcommandOf(["rm -rf /"])).toBe("other");
 });
+
+test("composeDependencies() does not parse a file over 1 MiB and counts every change as relevant", async () => {
+  const big = "x: " + "y".repeat(2 * 1024 * 1024) + "\n";
+  const started = performance.now();
+  expect(await composeDependencies(files({ "compose.yaml": big }), "compose.yaml")).toBe("all");
+  expect(performance.now() - started).toBeLessThan(1000);
+});

@@ -425,3 +425,25 @@ test("the last good commit, the bad one and a pin survive a restart; a config ch
   const changed = new ServiceWorker(service("web", repo.remote, { branch: "main", env: { A: "1" }, envKeys: ["A"] }), deps);
   expect(changed.status().pinned).toBeNull();
 });
+
+test("the loop backs off to twice and then four times the interval while the remote fails, and not after", async () => {
+  const { worker, clock, repo } = setup();
+  worker.start();
+  await waitFor(() => clock.waiting === 1 && worker.status().nextPollAt !== null, 10_000, "first cycle");
+  expect(worker.status().nextPollAt! - clock.now()).toBe(60_000);
+  renameSync(repo.remote, repo.remote + ".gone");
+  const gaps: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const before = worker.status().lastPollAt;
+    clock.advance(worker.status().nextPollAt! - clock.now());
+    await waitFor(() => worker.status().lastPollAt !== before && clock.waiting === 1 && worker.status().nextPollAt !== null, 10_000, "a cycle");
+    gaps.push(worker.status().nextPollAt! - clock.now());
+  }
+  expect(gaps).toEqual([120_000, 240_000, 240_000]);
+  renameSync(repo.remote + ".gone", repo.remote);
+  const before = worker.status().lastPollAt;
+  clock.advance(worker.status().nextPollAt! - clock.now());
+  await waitFor(() => worker.status().lastPollAt !== before && clock.waiting === 1 && worker.status().nextPollAt !== null, 10_000, "recovery");
+  expect(worker.status().nextPollAt! - clock.now()).toBe(60_000);
+  await worker.stop();
+});
