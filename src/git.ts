@@ -1,9 +1,15 @@
 /** The git CLI, run as the service user with a fixed environment and a timeout on every call. */
+import { dirname } from "node:path";
 import type { Runner, Tag } from "./exec.ts";
 import type { Account } from "./users.ts";
 import { baseEnv } from "./users.ts";
 
-const NET_TIMEOUT_MS = 120_000;
+/**
+ * How long a network command (clone, ls-remote, fetch) may take before its process group is
+ * killed. PGO_GIT_TIMEOUT_MS, read once at start, shortens it: a knob for tests of hanging
+ * remotes, not a setting for users.
+ */
+export const NET_TIMEOUT_MS: number = netTimeout(process.env["PGO_GIT_TIMEOUT_MS"]);
 const LOCAL_TIMEOUT_MS = 30_000;
 
 /** Git operations on one service's checkout. */
@@ -46,8 +52,11 @@ export function makeGit(runner: Runner, account: Account, service: string): Git 
     GIT_HTTP_LOW_SPEED_TIME: "60",
   };
   const tag = (subcmd: string): Tag => ({ service, cmd: "git", subcmd });
+  // GIT_CEILING_DIRECTORIES: a checkout whose .git is gone must not find a repository above it.
   const git = async (dir: string, args: string[], subcmd: string, timeoutMs = LOCAL_TIMEOUT_MS, check = true) =>
-    runner(["git", ...args], { cwd: dir, env, as: account, timeoutMs, tag: tag(subcmd), check });
+    runner(["git", ...args], {
+      cwd: dir, env: { ...env, GIT_CEILING_DIRECTORIES: dirname(dir) }, as: account, timeoutMs, tag: tag(subcmd), check,
+    });
   return {
     async clone(dir, repo, branch) {
       await git(dir, ["clone", "--quiet", "--branch", branch, "--", repo, "."], "clone", NET_TIMEOUT_MS);
@@ -103,4 +112,10 @@ export function makeGit(runner: Runner, account: Account, service: string): Git 
       await git(dir, ["remote", "set-url", "origin", url], "remote");
     },
   };
+}
+
+/** The network timeout: 120 s, or a positive whole number of ms from `value`. */
+export function netTimeout(value: string | undefined): number {
+  const n = Number(value);
+  return value !== undefined && /^[1-9][0-9]*$/.test(value) && Number.isSafeInteger(n) ? n : 120_000;
 }

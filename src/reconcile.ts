@@ -241,8 +241,10 @@ export class ServiceWorker {
     const attempt = await this.bringUp(a, io, services);
     if (attempt.code === 0) {
       await this.recordDeploy(true, trigger, started, null);
-      // A newer commit that deploys well ends the wait for a fix; the rollback itself does not.
-      if (this.head) await this.saveState({ good: this.head }, trigger === "rollback" ? [] : ["bad"]);
+      // A newer commit that deploys well ends the wait for a fix; the rollback itself does not,
+      // nor does the good commit brought up again (at a restart, or after its containers went).
+      const fixed = trigger !== "rollback" && this.head !== this.state.good;
+      if (this.head) await this.saveState({ good: this.head }, fixed ? ["bad"] : []);
       await this.reloadProxy(a);
       return 0;
     }
@@ -504,9 +506,15 @@ export class ServiceWorker {
       const followError = await this.follow(git, account).then((changed) => {
         if (changed) deploy = true;
         return null;
-      }, (e: unknown) => {
-        // Keep the checkout and the running containers; try again next cycle.
-        this.log.warn("cannot follow the remote, keeping what runs", { error: errorMessage(e) });
+      }, async (e: unknown) => {
+        // Keep the checkout and the running containers; try again next cycle. A checkout that
+        // itself broke (its .git removed or damaged) is cloned again at the next cycle.
+        if ((await git.head(this.checkout)) === null) {
+          this.log.warn("checkout is damaged, cloning it again at the next cycle", { dir: this.checkout });
+          this.head = null;
+        } else {
+          this.log.warn("cannot follow the remote, keeping what runs", { error: errorMessage(e) });
+        }
         return errorMessage(e);
       });
       if (!deploy && this.st.hold === null) {

@@ -447,3 +447,14 @@ test("the loop backs off to twice and then four times the interval while the rem
   expect(worker.status().nextPollAt! - clock.now()).toBe(60_000);
   await worker.stop();
 });
+
+test("a checkout whose .git is removed while running is cloned again at the next cycle", async () => {
+  const { worker, checkout } = setup();
+  await worker.cycle("start");
+  rmSync(join(checkout, ".git"), { recursive: true });
+  await worker.cycle("poll");
+  expect(worker.status().lastError).not.toBeNull();
+  await worker.cycle("poll");
+  expect(existsSync(join(checkout, ".git"))).toBe(true);
+  expect(worker.status()).toMatchObject({ lastError: null, lastResult: "deployed" });
+});
