@@ -71,7 +71,8 @@ export class UsageError extends Error {
 }
 
 function lastLines(s: string, n: number): string {
-  return s.split("\n").slice(-n).join(" | ");
+  // Blank lines say nothing: they must not push the lines that do out of the tail.
+  return s.split("\n").filter((l) => l.trim() !== "").slice(-n).join(" | ");
 }
 
 /** The message of anything thrown. */

@@ -40,9 +40,12 @@ export async function appendHistory(file: string, e: HistoryEntry): Promise<void
     await fh.close();
     await rename(tmp, file);
   }
-  const fh = await open(file, "a", 0o600);
+  const fh = await open(file, "a+", 0o600);
   try {
-    await fh.writeFile(`${JSON.stringify(e)}\n`);
+    // A torn last line (a crash or a full disk mid-append) must not swallow this entry too.
+    const end = (await fh.stat()).size;
+    const last = end > 0 ? (await fh.read(Buffer.alloc(1), 0, 1, end - 1)).buffer[0] : undefined;
+    await fh.writeFile(`${last === undefined || last === 0x0a ? "" : "\n"}${JSON.stringify(e)}\n`);
     await fh.sync();
   } finally {
     await fh.close();

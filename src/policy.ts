@@ -77,7 +77,9 @@ function screenAndParse(text: string, file: string, lim: Required<YamlLimits>): 
       out.push(doc.toJS({ maxAliasCount: lim.maxAliasCount }));
     } catch (e) {
       if (e instanceof ReferenceError) refuse(`it uses YAML aliases too often (the limit is ${lim.maxAliasCount})`);
-      throw e;
+      // The yaml library throws plain Errors for some documents it parsed without complaint (a
+      // merge key "<<" whose source is not a map): the file is at fault, so it is refused.
+      refuse(`it is not valid YAML: ${e instanceof Error ? e.message.split("\n")[0] : String(e)}`);
     }
   }
   return out;

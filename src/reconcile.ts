@@ -107,6 +107,8 @@ export class ServiceWorker {
   private readonly stopFile: string;
   private head: string | null = null;
   private deployedOnce = false;
+  /** The last deploy failed while the Docker engine did not answer: deploy again next cycle. */
+  private retryDeploy = false;
   private expected: string[] = [];
   private stoppedByFile = false;
   private prepared = false;
@@ -249,6 +251,13 @@ export class ServiceWorker {
       return 0;
     }
     await say(attempt.why);
+    if (!(await this.engineAnswers())) {
+      // An engine that went away says nothing about the commit: no rollback, and the same deploy
+      // is tried again at the next cycle, even if old containers come back with the engine.
+      this.retryDeploy = true;
+      await this.recordDeploy(false, trigger, started, `${attempt.why}: the Docker engine is not answering`);
+      return attempt.code;
+    }
     const bad = this.head;
     const good = this.state.good;
     if (bad === null || good === undefined || good === bad || !autoRollback) {
@@ -267,6 +276,14 @@ export class ServiceWorker {
     this.head = good;
     this.st.commit = good;
     const code = await this.deployNow("rollback", io, services, false);
+    if (code !== 0) {
+      // The last good commit fails as well: the fault lies outside the new commit (an engine
+      // going away, say), so it is not held against it and the next cycle tries it again.
+      await this.saveState({}, ["bad"]);
+      this.log.warn("the rollback failed too: the new commit will be tried again", { commit: bad.slice(0, 12) });
+      this.st.lastError = `Commit ${bad.slice(0, 12)} failed (${attempt.why}), and so did rolling back to ${good.slice(0, 12)}`;
+      return code;
+    }
     this.st.lastResult = "rolled back";
     this.st.lastError = `Commit ${bad.slice(0, 12)} failed (${attempt.why}); rolled back to ${good.slice(0, 12)}`;
     this.refusal = this.st.lastError;
@@ -340,8 +357,14 @@ export class ServiceWorker {
       // A failed registry login or mount: compose never ran.
       return { code: 1, why: errorMessage(e) };
     }
-    const why = await this.waitReady(services.length > 0 ? services : this.expected);
+    // The engine may go away while containers start: a failed attempt like any other.
+    const why = await this.waitReady(services.length > 0 ? services : this.expected).catch((e: unknown) => errorMessage(e));
     return why === null ? { code: 0, why: "" } : { code: 1, why };
+  }
+
+  /** Whether the Docker engine answers (a list of this project's containers). */
+  private engineAnswers(): Promise<boolean> {
+    return this.d.containers.ofProject(this.svc.name).then(() => true, () => false);
   }
 
   /** Polls the project's containers until they run (and are healthy); null, or why not in time. */
@@ -433,6 +456,7 @@ export class ServiceWorker {
       return;
     }
     this.deployedOnce = true;
+    this.retryDeploy = false;
     this.refusal = null;
     this.st.deployedAt = this.d.clock.now();
     this.st.lastError = null;
@@ -479,7 +503,7 @@ export class ServiceWorker {
         await this.prepare(account);
         this.prepared = true;
       }
-      let deploy = !this.deployedOnce;
+      let deploy = !this.deployedOnce || this.retryDeploy;
       if (this.head === null) {
         this.head = await this.ensureCheckout(account, git);
         this.st.commit = this.head;

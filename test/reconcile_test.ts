@@ -458,3 +458,33 @@ test("a checkout whose .git is removed while running is cloned again at the next
   expect(existsSync(join(checkout, ".git"))).toBe(true);
   expect(worker.status()).toMatchObject({ lastError: null, lastResult: "deployed" });
 });
+
+test("a deploy that fails while the engine does not answer is not rolled back and is tried again at the next cycle", async () => {
+  const { worker, docker, repo, checkout, deps } = setup();
+  await worker.cycle("start");
+  const good = git(checkout, "rev-parse", "HEAD");
+  const engine = docker.containers();
+  let away = false;
+  deps.containers = {
+    ofProject: (p) => (away ? Promise.reject(new Error("connect ENOENT /var/run/docker.sock")) : engine.ofProject(p)),
+    all: () => (away ? Promise.reject(new Error("connect ENOENT /var/run/docker.sock")) : engine.all()),
+  };
+  const next = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8") + "# v2\n" });
+  away = true;
+  docker.fail("up");
+  await worker.cycle("poll");
+  expect(git(checkout, "rev-parse", "HEAD")).toBe(next);
+  expect(worker.status()).toMatchObject({ lastResult: "failed", commit: next, good, bad: null });
+  expect(worker.status().lastError).toContain("the Docker engine is not answering");
+
+  // The engine is back with the old containers running: the new commit is deployed all the same.
+  away = false;
+  docker.heal("up");
+  docker.clear();
+  await worker.cycle("poll");
+  expect(docker.composeCalls().some((c) => c.startsWith("up "))).toBe(true);
+  expect(worker.status()).toMatchObject({ lastResult: "deployed", commit: next, good: next, lastError: null });
+  docker.clear();
+  await worker.cycle("poll");
+  expect(docker.composeCalls()).toEqual([]);
+});

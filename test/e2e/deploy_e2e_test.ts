@@ -1,0 +1,378 @@
+/**
+ * Safe deploys against the real Docker engine: a commit whose containers exit or fail their
+ * healthcheck is rolled back to the last good commit, the deploy history survives a restart,
+ * `rollback` pins and `unpin` releases, `sync` and signed push webhooks deploy at once, and
+ * unsigned, wrongly signed or replayed webhooks change nothing. Each test starts its own
+ * `dist/pgod` (the repository's `ssh/` folder holds the client key); tests share no state and
+ * run concurrently. Run `bash scripts/build.sh` first.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { createHmac, randomUUID } from "node:crypto";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import {
+  composeExec, composeFile, containersOf, Env, headOf, IMAGE, lsRemote, makeKey, openssh, Pgod, PGOD, PGOCTL, pgoctl, randomId,
+  Repo, run, runningOf, scenario, sshListening, sweepRun, uniqueName, waitFor, waitRunning,
+} from "./harness.ts";
+import type { Client, Ran, ServiceSpec } from "./harness.ts";
+
+/** Poll interval for a pgod whose deploys must come from something other than polling. */
+const QUIET_INTERVAL = "10m";
+
+/** One service served by its own pgod, with a client key committed in its repository. */
+interface Served extends Client {
+  name: string;
+  repo: Repo;
+  spec: ServiceSpec;
+  pg: Pgod & { dir: string; config: string };
+  checkout: string;
+}
+
+/**
+ * Starts pgod with one service whose repository holds `compose` and `ssh/<tag>.pub`, and waits
+ * until the first deploy is done. `extra` goes into the service's config table; `args` to pgod.
+ */
+async function serve(env: Env, tag: string, compose: string, o: { extra?: string; args?: string[] } = {}): Promise<Served> {
+  const name = uniqueName(tag);
+  const key = await makeKey(await env.tempDir(0o700), tag);
+  const repo = await env.repo({ "compose.yaml": compose, [`ssh/${tag}.pub`]: key.pub });
+  const spec: ServiceSpec = { name, repository: repo.bare, ...(o.extra ? { extra: o.extra } : {}) };
+  const pg = await env.pgod([spec], o.args ? { args: o.args } : {});
+  const { port } = await sshListening(pg);
+  await pg.waitForLog(new RegExp(`msg=deployed service=${name} `));
+  return { name, repo, spec, pg, key, port, knownHosts: join(env.root, "known_hosts"), checkout: join(pg.dir, name) };
+}
+
+/** A compose file whose busybox httpd serves a page saying `page` on port 8080, plus `extra` service lines. */
+function serving(page: string, extra = ""): string {
+  const cmd = `mkdir -p /srv/www && echo ${page} > /srv/www/index.html && exec httpd -f -p 8080 -h /srv/www`;
+  return composeFile({ command: ["/bin/sh", "-c", cmd] }) + extra;
+}
+
+/** A healthcheck block for `serving()`: `cmd` is run every second, one failure makes it unhealthy. */
+function healthcheck(cmd: string[]): string {
+  return `    healthcheck:\n      test: ${JSON.stringify(cmd)}\n      interval: 1s\n      timeout: 1s\n      retries: 1\n`;
+}
+
+/** What the project's one running container serves at `/`. */
+async function page(project: string): Promise<string> {
+  const cs = await runningOf(project);
+  if (cs.length !== 1) throw new Error(`Expected one running container of "${project}", found ${cs.length}`);
+  return (await run(["docker", "exec", cs[0]!.id, "wget", "-qO-", "http://127.0.0.1:8080/"])).stdout.trim();
+}
+
+/** The engine's health status of a container ("healthy", "unhealthy", "starting", or "" without a healthcheck). */
+async function healthOf(id: string): Promise<string> {
+  const r = await run(["docker", "inspect", "--type", "container", "--format", "{{if .State.Health}}{{.State.Health.Status}}{{end}}", id]);
+  return r.stdout.trim();
+}
+
+/** pgoctl's stderr without its first-contact "Trusting ..." note. */
+function clean(r: Ran): Ran {
+  return { ...r, stderr: r.stderr.replace(/^pgoctl: Trusting .*\n/, "") };
+}
+
+/** `status` over OpenSSH's ssh, parsed into its `key: value` lines. */
+async function status(c: Served): Promise<Record<string, string>> {
+  const r = await openssh(c, `${c.name}//status`);
+  if (r.code !== 0) throw new Error(`status exited ${r.code}: ${r.stderr}`);
+  const out: Record<string, string> = {};
+  for (const line of r.stdout.split("\n")) {
+    const m = /^([a-z ]+):\s+(.*)$/.exec(line);
+    if (m) out[m[1]!] = m[2]!;
+  }
+  return out;
+}
+
+/**
+ * Checks that `ok(probe())` keeps holding for `ms`, polling every `intervalMs`; throws at once when
+ * it stops holding. For asserting that something does NOT happen within a window.
+ */
+async function holdsFor<T>(what: string, ms: number, probe: () => Promise<T>, ok: (v: T) => boolean, intervalMs = 100): Promise<void> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const v = await probe();
+    if (!ok(v)) throw new Error(`Expected ${what} for ${ms} ms, but saw: ${JSON.stringify(v)}`);
+    if (Date.now() >= until) return;
+    await Bun.sleep(intervalMs);
+  }
+}
+
+/** `host:port` of one pgod's webhook server, from its log. */
+async function webhookAddress(pg: Pgod): Promise<string> {
+  const [line] = await pg.waitForLog(/msg="webhook server listening" address=\S+/, { timeoutMs: 30_000 });
+  return /address=(\S+)/.exec(line!)![1]!;
+}
+
+/** A GitHub push event for `main`, signed with `secret` (null: unsigned), ready to POST. */
+function pushEvent(secret: string | null, after: string, delivery = randomUUID()): { body: string; headers: Record<string, string> } {
+  const body = JSON.stringify({ ref: "refs/heads/main", after, repository: { full_name: "e2e/deploy" } });
+  const headers: Record<string, string> = {
+    "content-type": "application/json",
+    "x-github-event": "push",
+    "x-github-delivery": delivery,
+  };
+  if (secret !== null) headers["x-hub-signature-256"] = `sha256=${createHmac("sha256", secret).update(body).digest("hex")}`;
+  return { body, headers };
+}
+
+/** POSTs `event` to `/hooks/<name>`; returns the status and the answer's text. */
+async function post(address: string, name: string, event: { body: string; headers: Record<string, string> }): Promise<{ status: number; text: string }> {
+  const res = await fetch(`http://${address}/hooks/${name}`, { method: "POST", headers: event.headers, body: event.body });
+  return { status: res.status, text: (await res.text()).trim() };
+}
+
+beforeAll(async () => {
+  for (const bin of [PGOD, PGOCTL]) {
+    if (!existsSync(bin)) throw new Error(`Cannot find "${bin}": run "bash scripts/build.sh" first`);
+  }
+  await run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE]);
+});
+
+afterAll(async () => {
+  await sweepRun();
+});
+
+describe("safe deploys with a real Docker engine", () => {
+  // Not concurrent: the other tests of this file would load the engine during the measurement.
+  test("a signed GitHub push webhook deploys the pushed commit within a second", async () => {
+    await scenario("webhook latency", async (env) => {
+      const secret = randomId(32);
+      const s = await serve(env, "hook", composeFile({ env: { VERSION: "1" } }), {
+        extra: `webhook_secret = "${secret}"\n`,
+        args: ["-t", QUIET_INTERVAL, "--webhook", "127.0.0.1:0"],
+      });
+      const address = await webhookAddress(s.pg);
+      const before = await waitRunning(s.name);
+      const commit = await s.repo.commit({ "compose.yaml": composeFile({ env: { VERSION: "2" } }) }, "version 2");
+      const event = pushEvent(secret, commit);
+
+      const started = performance.now();
+      let answeredMs = -1;
+      const answer = post(address, s.name, event).then((a) => {
+        answeredMs = Math.round(performance.now() - started);
+        return a;
+      });
+      let newRunning: string | null = null;
+      while (performance.now() - started < 30_000) {
+        const cs = await containersOf(s.name);
+        const fresh = cs.find((c) => c.id !== before.id && c.state === "running");
+        if (fresh) {
+          newRunning = fresh.id;
+          break;
+        }
+        await Bun.sleep(20);
+      }
+      const latency = Math.round(performance.now() - started);
+      expect(await answer).toEqual({ status: 202, text: "sync triggered" });
+      console.log(`webhook: answered 202 after ${answeredMs} ms, new container running ${latency} ms after the request`);
+      expect(newRunning).not.toBeNull();
+      expect(latency).toBeLessThan(1000);
+      await waitFor("the checkout at the pushed commit", () => headOf(s.checkout), (h) => h === commit);
+      await s.pg.waitForLog(new RegExp(`msg=deployed service=${s.name} commit=${commit.slice(0, 12)} trigger=webhook`));
+    });
+  });
+
+  test.concurrent("a commit whose container exits at once is rolled back, not retried, and a later good commit deploys", async () => {
+    await scenario("exit rollback", async (env) => {
+      const s = await serve(env, "exit", serving("good-one"));
+      const good = await headOf(s.checkout);
+      expect(await page(s.name)).toBe("good-one");
+
+      const since = s.pg.log().length;
+      const bad = await s.repo.commit({ "compose.yaml": composeFile({ command: ["/bin/sh", "-c", "exit 3"] }) }, "exits at once");
+      const [rolling] = await s.pg.waitForLog(new RegExp(`error msg="deploy failed, rolling back" service=${s.name} `), { since });
+      expect(rolling).toContain(`commit=${bad.slice(0, 12)}`);
+      expect(rolling).toContain(`to=${good!.slice(0, 12)}`);
+      await s.pg.waitForLog(new RegExp(`msg=deployed service=${s.name} commit=${good!.slice(0, 12)} trigger=rollback`), { since });
+
+      // The good commit's container runs again and serves its page; the checkout is back at it.
+      expect(await headOf(s.checkout)).toBe(good);
+      const back = await waitRunning(s.name);
+      expect(await page(s.name)).toBe("good-one");
+      const st = await status(s);
+      expect(st["commit"]).toBe(good!);
+      expect(st["last result"]).toBe("rolled back");
+      expect(st["rolled back"]).toStartWith(bad);
+      expect(st["last good"]).toBe(good!);
+      expect(st["last error"]).toContain(bad.slice(0, 12));
+
+      // Two more cycles see the bad commit on the remote and leave it alone.
+      const ups = s.pg.lines(composeExec(s.name, "up")).length;
+      const after = s.pg.log().length;
+      await s.pg.waitForLog(lsRemote(s.pg.dir, s.name), { since: after, count: 2 });
+      expect(s.pg.lines(composeExec(s.name, "up")).length).toBe(ups);
+      expect(s.pg.lines(/msg="deploy failed, rolling back"/).length).toBe(1);
+      expect((await runningOf(s.name)).map((c) => c.id)).toEqual([back.id]);
+      expect(await headOf(s.checkout)).toBe(good);
+
+      // A newer good commit deploys and ends the wait for a fix.
+      const fixed = await s.repo.commit({ "compose.yaml": serving("good-two") }, "fixed");
+      await waitFor("the checkout at the fixed commit", () => headOf(s.checkout), (h) => h === fixed);
+      await waitFor(
+        "the fixed commit's container serving",
+        () => page(s.name),
+        (p) => p === "good-two",
+      );
+      await s.pg.waitForLog(new RegExp(`msg=deployed service=${s.name} commit=${fixed.slice(0, 12)} trigger=poll`));
+      const later = await status(s);
+      expect({ result: later["last result"], bad: later["rolled back"], good: later["last good"] }).toEqual({
+        result: "deployed", bad: "none", good: fixed,
+      });
+    });
+  });
+
+  test.concurrent("a commit whose healthcheck fails is rolled back to the previous healthy container", async () => {
+    await scenario("health rollback", async (env) => {
+      const s = await serve(env, "health", serving("healthy-one", healthcheck(["CMD", "true"])), { extra: 'health_timeout = "20s"\n' });
+      const good = await headOf(s.checkout);
+      const first = await waitRunning(s.name);
+      expect(await healthOf(first.id)).toBe("healthy");
+
+      const since = s.pg.log().length;
+      const bad = await s.repo.commit({ "compose.yaml": serving("sick", healthcheck(["CMD", "false"])) }, "fails its healthcheck");
+      const [rolling] = await s.pg.waitForLog(new RegExp(`error msg="deploy failed, rolling back" service=${s.name} `), { since });
+      expect(rolling).toContain(`commit=${bad.slice(0, 12)}`);
+      expect(rolling).toContain("unhealthy");
+      await s.pg.waitForLog(new RegExp(`msg=deployed service=${s.name} commit=${good!.slice(0, 12)} trigger=rollback`), { since });
+
+      expect(await headOf(s.checkout)).toBe(good);
+      const back = await waitRunning(s.name);
+      expect(back.id).not.toBe(first.id);
+      expect(await healthOf(back.id)).toBe("healthy");
+      expect(await page(s.name)).toBe("healthy-one");
+      const st = await status(s);
+      expect(st["last result"]).toBe("rolled back");
+      expect(st["rolled back"]).toStartWith(bad);
+      expect(st["last good"]).toBe(good!);
+
+      // Bringing the good commit back after its container went does not end the wait for a fix
+      // (a regression: it used to forget the bad commit, and the next cycle tried it again).
+      const killed = s.pg.log().length;
+      await run(["docker", "kill", back.id]);
+      await s.pg.waitForLog(new RegExp(`msg=deployed service=${s.name} commit=${good!.slice(0, 12)} trigger=poll`), { since: killed });
+      const healed = await waitRunning(s.name);
+      const ups = s.pg.lines(composeExec(s.name, "up")).length;
+      await s.pg.waitForLog(lsRemote(s.pg.dir, s.name), { since: s.pg.log().length });
+      expect(s.pg.lines(composeExec(s.name, "up")).length).toBe(ups);
+      expect((await runningOf(s.name)).map((c) => c.id)).toEqual([healed.id]);
+      expect(await headOf(s.checkout)).toBe(good);
+      expect((await status(s))["rolled back"]).toStartWith(bad);
+    });
+  });
+
+  test.concurrent("the history survives a restart, rollback pins a commit and unpin lets the next commit deploy", async () => {
+    await scenario("history and pin", async (env) => {
+      const s = await serve(env, "history", serving("v1"));
+      const one = (await headOf(s.checkout))!;
+      const since = s.pg.log().length;
+      const bad = await s.repo.commit({ "compose.yaml": composeFile({ command: ["/bin/sh", "-c", "exit 3"] }) }, "exits at once");
+      await s.pg.waitForLog(new RegExp(`msg=deployed service=${s.name} commit=${one.slice(0, 12)} trigger=rollback`), { since });
+      expect(await s.pg.signal("SIGTERM")).toBe(0);
+
+      // Same --dir, a new process: the history and the bad commit are remembered.
+      const pg = await env.pgod([s.spec], { tag: "restarted" });
+      const again: Served = { ...s, pg, port: (await sshListening(pg)).port };
+      await pg.waitForLog(new RegExp(`msg=deployed service=${s.name} commit=${one.slice(0, 12)} trigger=start`));
+      const h = clean(await pgoctl(again, `${s.name}//history`));
+      expect({ code: h.code, stderr: h.stderr }).toEqual({ code: 0, stderr: "" });
+      const lines = h.stdout.trimEnd().split("\n");
+      const row = (commit: string, trigger: string, result: string): RegExp =>
+        new RegExp(`^\\d{4}-\\d\\d-\\d\\dT\\S+Z  ${commit.slice(0, 12)}  ${trigger}\\s+${result}\\s+\\d+\\.\\ds`);
+      // Newest first: this start, the rollback's deploy, the rolled-back commit, the first start.
+      expect(lines).toHaveLength(4);
+      expect(lines[0]).toMatch(row(one, "start", "deployed"));
+      expect(lines[1]).toMatch(row(one, "rollback", "deployed"));
+      expect(lines[2]).toMatch(row(bad, "poll", "rolled back"));
+      expect(lines[2]).toContain("exited");
+      expect(lines[3]).toMatch(row(one, "start", "deployed"));
+      const last2 = clean(await pgoctl(again, `${s.name}//history`, "2"));
+      expect(last2.stdout.trimEnd().split("\n")).toEqual(lines.slice(0, 2));
+      expect((await status(again))["rolled back"]).toStartWith(bad);
+
+      // A newer commit deploys; then rollback to the first one pins it.
+      const two = await s.repo.commit({ "compose.yaml": serving("v2") }, "v2");
+      await waitFor("the v2 page", () => page(s.name), (p) => p === "v2");
+      await pg.waitForLog(new RegExp(`msg=deployed service=${s.name} commit=${two.slice(0, 12)} `));
+      const rb = clean(await pgoctl(again, `${s.name}//rollback`, one.slice(0, 10)));
+      expect(rb.code).toBe(0);
+      expect(await headOf(s.checkout)).toBe(one);
+      expect(await page(s.name)).toBe("v1");
+      const pinnedAt = await waitRunning(s.name);
+      const pinned = await status(again);
+      expect(pinned["pinned"]).toStartWith(one);
+      expect(pinned["commit"]).toBe(one);
+
+      // While pinned, a pushed commit is pulled neither by sync nor by the next poll.
+      const three = await s.repo.commit({ "compose.yaml": serving("v3") }, "v3");
+      const sync = clean(await pgoctl(again, `${s.name}//sync`));
+      expect(sync).toEqual({ code: 0, stdout: `pinned at ${one.slice(0, 12)}: "unpin" first to pull new commits\n`, stderr: "" });
+      const synced = Date.now();
+      await waitFor("a poll after the sync", () => status(again), (st) => Date.parse(st["last poll"] ?? "") > synced);
+      expect(await headOf(s.checkout)).toBe(one);
+      expect((await runningOf(s.name)).map((c) => c.id)).toEqual([pinnedAt.id]);
+      expect(await page(s.name)).toBe("v1");
+
+      const un = clean(await pgoctl(again, `${s.name}//unpin`));
+      expect(un).toEqual({ code: 0, stdout: "unpinned: new commits are pulled again\n", stderr: "" });
+      await waitFor("the checkout at v3", () => headOf(s.checkout), (c) => c === three);
+      await waitFor("the v3 page", () => page(s.name), (p) => p === "v3");
+      expect((await status(again))["pinned"]).toBe("no");
+    });
+  });
+
+  test.concurrent("unsigned, wrongly signed and replayed webhooks change nothing", async () => {
+    await scenario("webhook refused", async (env) => {
+      const secret = randomId(32);
+      const s = await serve(env, "hookbad", composeFile({ env: { VERSION: "1" } }), {
+        extra: `webhook_secret = "${secret}"\n`,
+        args: ["-t", QUIET_INTERVAL, "--webhook", "127.0.0.1:0"],
+      });
+      const address = await webhookAddress(s.pg);
+      const first = await waitRunning(s.name);
+      const follows = lsRemote(s.pg.dir, s.name);
+      expect(s.pg.lines(follows)).toHaveLength(1);
+      // A commit waits on the remote: any sync would deploy it.
+      const commit = await s.repo.commit({ "compose.yaml": composeFile({ env: { VERSION: "2" } }) }, "version 2");
+
+      const wrong = await post(address, s.name, pushEvent(`${secret}-wrong`, commit));
+      const unsigned = await post(address, s.name, pushEvent(null, commit));
+      expect([wrong.status, unsigned.status]).toEqual([401, 401]);
+      const unchanged = async (): Promise<{ follows: number; ids: string[] }> => ({
+        follows: s.pg.lines(follows).length,
+        ids: (await containersOf(s.name)).map((c) => c.id),
+      });
+      await holdsFor("no sync and the same container", 1500, unchanged, (u) => u.follows === 1 && u.ids.join() === first.id);
+      expect(s.pg.lines(/msg="webhook refused: signature does not verify"/)).toHaveLength(2);
+
+      // The listener does work: the good one deploys the commit ...
+      const good = pushEvent(secret, commit);
+      expect(await post(address, s.name, good)).toEqual({ status: 202, text: "sync triggered" });
+      await s.pg.waitForLog(new RegExp(`msg=deployed service=${s.name} commit=${commit.slice(0, 12)} trigger=webhook`));
+      const second = await waitRunning(s.name);
+      expect(second.id).not.toBe(first.id);
+
+      // ... and its replay (same delivery and body) changes nothing, even with a newer commit waiting.
+      await s.repo.commit({ "compose.yaml": composeFile({ env: { VERSION: "3" } }) }, "version 3");
+      expect(await post(address, s.name, good)).toEqual({ status: 409, text: "already delivered" });
+      await holdsFor("no further sync after the replay", 1500, unchanged, (u) => u.follows === 2 && u.ids.join() === second.id);
+      expect(await headOf(s.checkout)).toBe(commit);
+    });
+  });
+
+  test.concurrent("sync over ssh deploys a pushed commit at once", async () => {
+    await scenario("sync", async (env) => {
+      const s = await serve(env, "sync", composeFile({ env: { VERSION: "1" } }), { args: ["-t", QUIET_INTERVAL] });
+      const before = await waitRunning(s.name);
+      const commit = await s.repo.commit({ "compose.yaml": composeFile({ env: { VERSION: "2" } }) }, "version 2");
+      const r = await openssh(s, `${s.name}//sync`);
+      expect(r).toEqual({ code: 0, stdout: `at ${commit.slice(0, 12)}: deployed\n`, stderr: "" });
+      // sync answers once the deploy is done: no waiting here.
+      expect(await headOf(s.checkout)).toBe(commit);
+      const cs = await runningOf(s.name);
+      expect(cs).toHaveLength(1);
+      expect(cs[0]!.id).not.toBe(before.id);
+      expect(s.pg.lines(new RegExp(`msg=deployed service=${s.name} commit=${commit.slice(0, 12)} trigger=pgoctl`))).toHaveLength(1);
+    });
+  });
+});
