@@ -345,6 +345,7 @@ async function changeToRunning(engine: Engine, p: ReturnType<typeof plan>["s3"])
   const viaHook: number[] = [];
   const pushes: number[] = [];
   const ctlReturn: number[] = [];
+  const execs: number[] = [];
   let breakdown: string[] = [];
   for (let i = 0; i < p.reps; i++) {
     // a) docker compose up -d alone.
@@ -370,6 +371,8 @@ async function changeToRunning(engine: Engine, p: ReturnType<typeof plan>["s3"])
     if (code !== 0) throw new Error(`pgoctl sync exited ${code}`);
     await pg.waitForLog(/msg=deployed /, { since: mark, timeoutMs: 300_000 });
     breakdown = timeline(pg.log().slice(mark), wall0, viaCtl.at(-1)!);
+    const deployLog = pg.log().slice(mark);
+    execs.push(deployLog.slice(0, deployLog.search(/msg=deployed /)).split("\n").filter((l) => EXEC.test(l) && !/argv="(getent|id) /.test(l)).length);
 
     // c) git push, then a signed webhook.
     await repo.write({ "compose.yaml": composeFile(++rev) });
@@ -394,7 +397,7 @@ async function changeToRunning(engine: Engine, p: ReturnType<typeof plan>["s3"])
     await pg.waitForLog(/msg=deployed /, { since: mark, timeoutMs: 300_000 });
   }
   await pg.stop();
-  raw["s3"] = { alone, viaCtl, viaHook, pushes, ctlReturn, breakdown };
+  raw["s3"] = { alone, viaCtl, viaHook, pushes, ctlReturn, execs, breakdown };
   const a = median(alone);
   const c = median(viaCtl);
   const h = median(viaHook);
@@ -402,6 +405,7 @@ async function changeToRunning(engine: Engine, p: ReturnType<typeof plan>["s3"])
   row({ id: "3", figure: "push to running via `pgoctl sync`: total / our overhead", ours: `${ms(c)} / ${ms(c - a)}`, target: "overhead <= 300 ms", verdict: verdict(c - a <= 300) });
   row({ id: "3", figure: "push to running via signed webhook: total / our overhead", ours: `${ms(h)} / ${ms(h - a)}`, target: "overhead <= 300 ms", verdict: verdict(h - a <= 300) });
   row({ id: "3", figure: "  git push itself (not counted) / `pgoctl sync` returns after", ours: `${ms(median(pushes))} / ${ms(median(ctlReturn))}` });
+  row({ id: "3", figure: "  processes pgod starts for such a deploy (git and compose)", ours: median(execs).toFixed(0) });
   notes.push(`Timeline of the last \`pgoctl sync\` deploy (ms after pgoctl started; from pgod's --debug log):\n${breakdown.join("\n")}`);
 }
 

@@ -498,6 +498,8 @@ export class Pgod {
      * without ptrace, so pgod runs at full speed and no child is ever stopped.
      */
     countExecs?: boolean;
+    /** More environment for pgod (BUN_OPTIONS for a profile, say). */
+    env?: Record<string, string>;
   }): Promise<Pgod> {
     const tag = o.tag ?? "pgod";
     const config = join(o.root, `${tag}.toml`);
@@ -505,6 +507,7 @@ export class Pgod {
     await writeFile(config, configText(o.services));
     const env: Record<string, string> = { PATH: o.engine.path, HOME: "/root", LANG: "C.UTF-8" };
     if (o.engine.dockerHost) env["DOCKER_HOST"] = o.engine.dockerHost;
+    Object.assign(env, o.env);
     const fd = openSync(logFile, "a");
     let proc;
     const perfFile = o.countExecs ? join(o.root, `${tag}.perf`) : null;

@@ -95,8 +95,9 @@ export function makeGit(runner: Runner, account: Account, service: string): Git 
       await git(dir, ["-c", "advice.detachedHead=false", "worktree", "add", "--quiet", "--detach", "--force", path, commit], "worktree");
     },
     async removeWorktree(dir, path) {
-      await git(dir, ["worktree", "remove", "--force", path], "worktree", LOCAL_TIMEOUT_MS, false);
-      await git(dir, ["worktree", "prune"], "worktree", LOCAL_TIMEOUT_MS, false);
+      const r = await git(dir, ["worktree", "remove", "--force", path], "worktree", LOCAL_TIMEOUT_MS, false);
+      // A worktree removed well is gone from the list too: prune only after a failure.
+      if (r.exitCode !== 0) await git(dir, ["worktree", "prune"], "worktree", LOCAL_TIMEOUT_MS, false);
     },
     async resolveCommit(dir, rev) {
       if (!/^[0-9a-f]{4,64}$/.test(rev)) return null;

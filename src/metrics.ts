@@ -36,7 +36,10 @@ export class Metrics {
 
   constructor(processMetrics = true) {
     if (processMetrics) {
-      collectDefaultMetrics({ register: this.registry });
+      // The event loop lag histogram samples on a timer of this period: prom-client's default
+      // (10 ms) wakes an idle pgod 100 times a second, which cost more CPU than its polls
+      // (bench/README.md). Once a second still catches a loop that stalls.
+      collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 1000 });
       // prom-client names these gauges `_total`, which `promtool check metrics` reports; the
       // gauges of the same name without `_total` (by type) carry the same counts.
       for (const name of ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"]) {

@@ -712,7 +712,12 @@ export class ServiceWorker {
     const changed = await git.changedFiles(this.checkout, from, to);
     if (changed.length === 0) return false;
     for (const commit of [from, to]) {
-      const read = (p: string): Promise<string | null> => git.show(this.checkout, commit, p);
+      // Each file once: finding the compose file and reading its dependencies both ask for it.
+      const shown = new Map<string, Promise<string | null>>();
+      const read = (p: string): Promise<string | null> => {
+        if (!shown.has(p)) shown.set(p, git.show(this.checkout, commit, p));
+        return shown.get(p)!;
+      };
       let file = this.svc.compose;
       if (file === undefined) {
         for (const f of COMPOSE_FILES) if ((await read(f)) !== null) { file = f; break; }

@@ -488,3 +488,18 @@ test("a deploy that fails while the engine does not answer is not rolled back an
   await worker.cycle("poll");
   expect(docker.composeCalls()).toEqual([]);
 });
+
+test("a commit whose rollback fails as well is not held against it and is tried again at the next cycle", async () => {
+  const { worker, docker, repo, checkout } = setup();
+  await worker.cycle("start");
+  const good = git(checkout, "rev-parse", "HEAD");
+  const next = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8") + "# v2\n" });
+  docker.fail("up");
+  await worker.cycle("poll");
+  expect(worker.status()).toMatchObject({ commit: good, good, bad: null });
+  expect(worker.status().lastError).toContain(`Commit ${next.slice(0, 12)} failed (docker compose up exited with status 1), and so did rolling back to ${good.slice(0, 12)}`);
+  docker.heal("up");
+  await worker.cycle("poll");
+  expect(git(checkout, "rev-parse", "HEAD")).toBe(next);
+  expect(worker.status()).toMatchObject({ lastResult: "deployed", commit: next, good: next, bad: null, lastError: null });
+});

@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createHmac, randomUUID } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   composeExec, composeFile, containersOf, Env, headOf, IMAGE, lsRemote, makeKey, openssh, Pgod, PGOD, PGOCTL, pgoctl, randomId,
@@ -116,6 +116,27 @@ function pushEvent(secret: string | null, after: string, delivery = randomUUID()
   return { body, headers };
 }
 
+/** Where the time of the last webhook-triggered deploy went, from pgod's log timestamps. */
+function phases(pg: Pgod, name: string): string {
+  const at = (re: RegExp): number | null => {
+    const line = pg.lines(re).at(-1);
+    return line ? Date.parse(line.split(" ")[0]!) : null;
+  };
+  const hook = at(new RegExp(`msg="webhook: sync triggered" service=${name} `));
+  const marks: Array<[string, number | null]> = [
+    ["git", at(new RegExp(`msg="new commit" service=${name} `))],
+    ["pull", at(composeExec(name, "up"))],
+  ];
+  if (hook === null) return "no webhook line";
+  let last = hook;
+  return marks.map(([what, t]) => {
+    if (t === null) return `${what} ?`;
+    const ms = t - last;
+    last = t;
+    return `${what} ${ms} ms`;
+  }).join(", ") + ", up after that";
+}
+
 /** POSTs `event` to `/hooks/<name>`; returns the status and the answer's text. */
 async function post(address: string, name: string, event: { body: string; headers: Record<string, string> }): Promise<{ status: number; text: string }> {
   const res = await fetch(`http://${address}/hooks/${name}`, { method: "POST", headers: event.headers, body: event.body });
@@ -165,7 +186,10 @@ describe("safe deploys with a real Docker engine", () => {
       }
       const latency = Math.round(performance.now() - started);
       expect(await answer).toEqual({ status: 202, text: "sync triggered" });
-      console.log(`webhook: answered 202 after ${answeredMs} ms, new container running ${latency} ms after the request`);
+      console.log(
+        `webhook: answered 202 after ${answeredMs} ms, new container running ${latency} ms after the request ` +
+          `(pgod: ${phases(s.pg, s.name)}; load average ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")})`,
+      );
       expect(newRunning).not.toBeNull();
       expect(latency).toBeLessThan(1000);
       await waitFor("the checkout at the pushed commit", () => headOf(s.checkout), (h) => h === commit);

@@ -6,7 +6,7 @@
  * the two 110 MB executables.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { closeSync, existsSync, openSync, readFileSync, statSync } from "node:fs";
+import { closeSync, existsSync, lstatSync, openSync, readFileSync, statSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
@@ -35,6 +35,9 @@ const SHIPPED = [
   "usr/share/man/man8/pgod.8.gz",
   "var/lib/pgo/",
 ];
+
+/** The link `systemctl enable pgod` makes. */
+const ENABLED = "/etc/systemd/system/multi-user.target.wants/pgod.service";
 
 let deb = "";
 /** What `dist/pgod -v` reports: the version baked into the executables. */
@@ -95,7 +98,7 @@ describe("the Debian package", () => {
     expect(await field("Version")).toBe(version);
     expect(await field("Architecture")).toBe(arch);
     const depends = await field("Depends");
-    expect(depends).toMatch(/^libc6 \(>= [0-9.]+\), git, docker\.io \| docker-ce$/);
+    expect(depends).toMatch(/^libc6 \(>= [0-9.]+\), git, procps, docker\.io \| docker-ce$/);
     expect(await field("Section")).toBe("admin");
 
     const listing = (await sys(["dpkg-deb", "--contents", deb])).stdout;
@@ -156,7 +159,7 @@ describe("the Debian package", () => {
     // Every shipped file matches its md5sum.
     expect((await sys(["dpkg", "--verify", "pgo"], false)).stdout).toBe("");
     // The admin enables pgod after writing the config; the package does not.
-    expect(existsSync("/etc/systemd/system/multi-user.target.wants/pgod.service")).toBe(false);
+    expect(lstatSync(ENABLED, { throwIfNoEntry: false })).toBeUndefined();
 
     const verify = await sys(["systemd-analyze", "verify", "/lib/systemd/system/pgod.service"], false);
     expect({ code: verify.code, pgod: `${verify.stdout}${verify.stderr}`.split("\n").filter((l) => l.includes("pgod")) })
@@ -205,8 +208,11 @@ describe("the Debian package", () => {
     }
   });
 
-  test("dpkg -r keeps the edited config, and dpkg --purge removes it and pgod's state", async () => {
+  test("dpkg -r keeps the edited config, and dpkg --purge removes it, pgod's state and the enable link", async () => {
+    // What an admin does after installing: edit the config, enable pgod, and let it make state.
     await writeFile("/etc/pgo.toml", `${readFileSync("/etc/pgo.toml", "utf8")}# edited by the admin\n`);
+    await sys(["systemctl", "enable", "pgod.service"]);
+    expect(existsSync(ENABLED)).toBe(true);
     await writeFile("/var/lib/pgo/ssh_host_ed25519_key", "state pgod keeps\n");
     const gone = ["/usr/bin/pgod", "/usr/bin/pgoctl", "/lib/systemd/system/pgod.service",
       "/usr/share/man/man8/pgod.8.gz", "/usr/share/man/man1/pgoctl.1.gz", "/usr/share/doc/pgo"];
@@ -219,6 +225,9 @@ describe("the Debian package", () => {
     await sys(["dpkg", "--purge", "pgo"]);
     expect(await installed()).toBe("not-installed");
     expect(["/etc/pgo.toml", "/var/lib/pgo", ...gone].filter((p) => existsSync(p))).toEqual([]);
+    // lstat: the link dangles once the unit is gone, which existsSync would not see.
+    expect(lstatSync(ENABLED, { throwIfNoEntry: false })).toBeUndefined();
+    expect(existsSync("/var/lib/systemd/deb-systemd-helper-enabled/pgod.service.dsh-also")).toBe(false);
   });
 
   test("lintian finds no errors in the package", async () => {

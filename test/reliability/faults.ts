@@ -38,6 +38,8 @@ export async function serve(
     env?: Record<string, string | undefined>;
     args?: string[];
     extra?: Partial<ServiceSpec>;
+    /** More services for the same pgod. */
+    others?: ServiceSpec[];
     /** Waits for the first container (default: on the machine's engine). */
     running?: (project: string) => Promise<Container>;
   } = {},
@@ -46,7 +48,7 @@ export async function serve(
   const key = await makeKey(await env.tempDir(0o700), tag);
   const repo = await env.repo({ "compose.yaml": composeFile({ env: { VERSION: "1" } }), [`ssh/${tag}.pub`]: key.pub });
   const repository = o.repository ? await o.repository(repo) : repo.bare;
-  const pg = await env.pgod([{ name, repository, ...o.extra }], { ...(o.env ? { env: o.env } : {}), ...(o.args ? { args: o.args } : {}) });
+  const pg = await env.pgod([{ name, repository, ...o.extra }, ...(o.others ?? [])], { ...(o.env ? { env: o.env } : {}), ...(o.args ? { args: o.args } : {}) });
   const { port, hostKey } = await sshListening(pg);
   const first = await (o.running ?? waitRunning)(name);
   await pg.waitForLog(new RegExp(`msg=deployed service=${name} `));

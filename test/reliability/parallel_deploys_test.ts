@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { composeFile, containersOf, scenario, sweepRun, uniqueName, waitFor } from "../e2e/harness.ts";
+import { composeFile, configText, containersOf, Pgod, run, RUN_PREFIX, scenario, sweepRun, uniqueName, waitFor } from "../e2e/harness.ts";
 import { preflight } from "./faults.ts";
 
 beforeAll(preflight);
@@ -54,11 +54,18 @@ exit $rc
       const repo = await env.repo({ "compose.yaml": composeFile() });
       const names = Array.from({ length: SERVICES }, (_, i) => uniqueName(`many${i}`));
       const started = Date.now();
-      // No poll after the first cycle: twenty idle cycles every 2 s would only slow the deploys down.
-      const pg = await env.pgod(names.map((name) => ({ name, repository: repo.bare })), {
-        env: { ...process.env, PATH: `${wrap}:${process.env["PATH"] ?? "/usr/bin:/bin"}` },
-        args: ["-t", "10m"],
+      // Started by hand rather than with env.pgod(), which would bring the twenty projects down
+      // one `docker compose down` each at cleanup: one `docker rm` of them all is much cheaper.
+      const paths = env.paths();
+      await writeFile(paths.config, configText(names.map((name) => ({ name, repository: repo.bare }))));
+      env.defer(async () => {
+        const ids = await run(["docker", "ps", "--all", "--quiet", "--filter", `name=${RUN_PREFIX}many`]);
+        const list = ids.stdout.split("\n").filter(Boolean);
+        if (list.length > 0) await run(["docker", "rm", "--force", ...list]);
       });
+      // No poll after the first cycle: twenty idle cycles every 2 s would only slow the deploys down.
+      const pg = Pgod.start({ ...paths, env: { ...process.env, PATH: `${wrap}:${process.env["PATH"] ?? "/usr/bin:/bin"}` }, args: ["-t", "10m"] });
+      env.pgods.push(pg);
       await waitFor(
         `${SERVICES} projects with one running container each`,
         async () => (await Promise.all(names.map((n) => containersOf(n)))).map((cs) => cs.filter((c) => c.state === "running").length),

@@ -4,7 +4,6 @@
  */
 import { readFileSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
-import { join } from "node:path";
 import { Client } from "ssh2";
 import { sshAlgorithms } from "../../src/ssh_server.ts";
 import {
@@ -164,11 +163,6 @@ export function stampOf(line: string): number {
 /** Waits until pgod's RSS has settled to within `ok` of a level, polling; returns the last value. */
 export async function settleRss(pid: number, ok: (mib: number) => boolean, timeoutMs = 60_000): Promise<number> {
   return waitFor("pgod's memory to settle", () => rssMiB(pid), ok, { timeoutMs, intervalMs: 500 });
-}
-
-/** Path of a service's checkout in a pgod's --dir. */
-export function checkoutOf(s: Service): string {
-  return join(s.pg.dir, s.name);
 }
 
 /** Processes whose argv holds every one of `words` as a whole argument, as `pid: argv`. */
