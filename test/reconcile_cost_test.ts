@@ -53,7 +53,7 @@ test("an idle cycle starts exactly one process: git ls-remote", async () => {
   expect(commands(started)).toEqual(["git ls-remote"]);
 });
 
-test("a compose file change reads the file once per commit and prunes no worktree removed well (regression: 14 processes)", async () => {
+test("a compose file change reads the file once per commit and prunes no worktree removed well (regression: it started 15 processes, now 13)", async () => {
   const { worker, repo, started } = setup();
   await worker.cycle("start");
   started.length = 0;
