@@ -84,7 +84,7 @@ describe("hostile SSH clients against a real pgod", () => {
           open.delete(sock);
           if (churn) {
             reconnects++;
-            setTimeout(() => void attacker(i), 2000);
+            setTimeout(() => churn && void attacker(i), 2000);
           }
         });
         if (sock.destroyed) return;
