@@ -3,7 +3,7 @@
  * repositories in temp dirs, pgod instances with their logs, a fake Docker engine, statistics,
  * and a cleanup registry that runs even when the benchmark fails or is interrupted.
  */
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, rmdirSync, statSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { cpus, tmpdir } from "node:os";
@@ -51,7 +51,7 @@ export async function cleanupAll(): Promise<void> {
       // gone
     }
   }
-  await Promise.race([Promise.allSettled([...live].map((p) => p.exited)), Bun.sleep(15_000)]);
+  await Promise.race([Promise.allSettled([...live].map((p) => p.exited)), Bun.sleep(8000)]);
   for (const p of [...live]) {
     try {
       p.kill("SIGKILL");
@@ -477,6 +477,8 @@ export class Pgod {
     readonly startedAt: number,
     /** perf stat's interval file, when pgod runs under perf. */
     readonly perfFile: string | null,
+    /** performance.now() when perf started counting (at pgod's exec): time 0 of its intervals. */
+    readonly perfOrigin: number,
   ) {
     this.exited = proc.exited.then((c) => (this.exitCode = c));
   }
@@ -525,8 +527,8 @@ export class Pgod {
     } finally {
       closeSync(fd);
     }
-    live.add(proc);
     let pid = proc.pid;
+    let perfOrigin = startedAt;
     if (perfFile) {
       const perfPid = proc.pid;
       pid = await waitFor("pgod to start under perf", () => {
@@ -539,11 +541,13 @@ export class Pgod {
             return false;
           }
         });
-      }, 30_000, 5);
+      }, 30_000, 2);
+      // perf enables its counters when pgod execs, which was at most one poll ago.
+      perfOrigin = performance.now();
     }
-    const pg = new Pgod(proc, pid, logFile, startedAt, perfFile);
-    void pg.exited.then(() => live.delete(proc));
-    atCleanup(`pgod ${proc.pid}`, () => pg.stop());
+    const pg = new Pgod(proc, pid, logFile, startedAt, perfFile, perfOrigin);
+    // Not in `live`: under perf, ending perf would leave pgod running. stop() signals pgod itself.
+    atCleanup(`pgod ${pid}`, () => pg.stop(10_000));
     return pg;
   }
 
@@ -614,8 +618,8 @@ export class Pgod {
     } catch {
       return NaN;
     }
-    const a = (from - this.startedAt) / 1000;
-    const b = (to - this.startedAt) / 1000;
+    const a = (from - this.perfOrigin) / 1000;
+    const b = (to - this.perfOrigin) / 1000;
     let n = 0;
     let seen = false;
     for (const l of text.split("\n")) {
@@ -644,6 +648,32 @@ export class Pgod {
       kill("SIGKILL");
       this.proc.kill("SIGKILL");
       await this.exited;
+      removeComposeCgroup(this.pid);
+    }
+  }
+}
+
+/**
+ * Removes the memory cgroup `compose-<pid>` that a pgod killed with SIGKILL could not remove
+ * itself (pgod makes it beside its own cgroup, which is the benchmark's). Best effort.
+ */
+function removeComposeCgroup(pid: number): void {
+  let lines: string[] = [];
+  try {
+    lines = readFileSync("/proc/self/cgroup", "utf8").split("\n");
+  } catch {
+    return;
+  }
+  for (const l of lines) {
+    const [id, controllers, path] = l.split(":");
+    if (path === undefined) continue;
+    const roots = id === "0" ? ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] : controllers!.split(",").includes("memory") ? ["/sys/fs/cgroup/memory"] : [];
+    for (const r of roots) {
+      try {
+        rmdirSync(join(r, path, `compose-${pid}`));
+      } catch {
+        // not there, or not ours
+      }
     }
   }
 }

@@ -62,7 +62,8 @@ maintainer="${PGO_MAINTAINER:-pgo maintainers <pgo@example.org>}"
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
 
 root=$(mktemp -d "${TMPDIR:-/tmp}/pgo-deb.XXXXXX")
-trap 'rm -rf "$root"' EXIT
+shl=$(mktemp -d "${TMPDIR:-/tmp}/pgo-shlibs.XXXXXX")
+trap 'rm -rf "$root" "$shl"' EXIT
 chmod 0755 "$root"
 doc="$root/usr/share/doc/pgo"
 install -d -m 0755 "$root/DEBIAN" "$root/usr/bin" "$root/lib/systemd/system" "$root/etc" \
@@ -88,19 +89,19 @@ commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 } | gzip -9n > "$doc/changelog.Debian.gz"
 
 # libc6's minimum version from the symbols the executables use.
-shl=$(mktemp -d)
 mkdir "$shl/debian"
 printf 'Source: pgo\n\nPackage: pgo\nArchitecture: any\n' > "$shl/debian/control"
 libc=$(cd "$shl" && dpkg-shlibdeps -O "$root/usr/bin/pgod" "$root/usr/bin/pgoctl" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
-rm -rf "$shl"
 [ -n "$libc" ] || { log "dpkg-shlibdeps found no library dependencies"; exit 1; }
 
 install -m 0644 packaging/debian/conffiles "$root/DEBIAN/conffiles"
 install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm "$root/DEBIAN/"
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
-sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@MAINTAINER@/$maintainer/" \
-  -e "s/@INSTALLED_SIZE@/$size/" -e "s/@LIBC@/$libc/" packaging/debian/control.in > "$root/DEBIAN/control"
-(cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) > "$root/DEBIAN/md5sums"
+sed -e "s|@VERSION@|$version|" -e "s|@ARCH@|$arch|" -e "s|@MAINTAINER@|$maintainer|" \
+  -e "s|@INSTALLED_SIZE@|$size|" -e "s|@LIBC@|$libc|" packaging/debian/control.in > "$root/DEBIAN/control"
+# Conffiles stay out of md5sums, as with dh_md5sums: dpkg keeps their sums with the conffiles.
+(cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\n' | grep -vxF -f <(sed 's|^/||' DEBIAN/conffiles) \
+  | LC_ALL=C sort | tr '\n' '\0' | xargs -0 md5sum) > "$root/DEBIAN/md5sums"
 chmod 0644 "$root/DEBIAN/md5sums"
 find "$root" -exec touch --no-dereference --date="@$SOURCE_DATE_EPOCH" {} +
 
