@@ -466,6 +466,8 @@ export function configText(services: ServiceSpec[]): string {
 export class Pgod {
   exitCode: number | null = null;
   readonly exited: Promise<number>;
+  /** Date.now() when pgod was spawned, to compare with the timestamps of its log. */
+  startedWall = 0;
   private text = "";
   private readOffset = 0;
 
@@ -514,6 +516,7 @@ export class Pgod {
     let proc;
     const perfFile = o.countExecs ? join(o.root, `${tag}.perf`) : null;
     const perf = perfFile ? ["perf", "stat", "-I", "100", "-x", ",", "-e", "sched:sched_process_exec", "-o", perfFile, "--"] : [];
+    const startedWall = Date.now();
     const startedAt = performance.now();
     try {
       proc = Bun.spawn(
@@ -546,6 +549,7 @@ export class Pgod {
       perfOrigin = performance.now();
     }
     const pg = new Pgod(proc, pid, logFile, startedAt, perfFile, perfOrigin);
+    pg.startedWall = startedWall;
     // Not in `live`: under perf, ending perf would leave pgod running. stop() signals pgod itself.
     atCleanup(`pgod ${pid}`, () => pg.stop(10_000));
     return pg;

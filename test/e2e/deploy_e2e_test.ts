@@ -51,7 +51,9 @@ function serving(page: string, extra = ""): string {
 
 /** A healthcheck block for `serving()`: `cmd` is run every second, one failure makes it unhealthy. */
 function healthcheck(cmd: string[]): string {
-  return `    healthcheck:\n      test: ${JSON.stringify(cmd)}\n      interval: 1s\n      timeout: 1s\n      retries: 1\n`;
+  // A generous timeout and three tries: on a busy machine an exec of `true` can take seconds,
+  // and a healthy container must not read as unhealthy. `false` still fails within ~3 s.
+  return `    healthcheck:\n      test: ${JSON.stringify(cmd)}\n      interval: 1s\n      timeout: 10s\n      retries: 3\n`;
 }
 
 /** What the project's one running container serves at `/`. */
