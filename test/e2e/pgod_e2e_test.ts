@@ -99,6 +99,9 @@ describe("pgod with a real Docker engine", () => {
       const repo = await env.repo({ "compose.yaml": composeFile() });
       const pg = await env.pgod([{ name, repository: repo.bare }]);
       const c = await waitRunning(name);
+      // Kill it only once pgod counts the deploy done: killed while pgod still watches it settle,
+      // the first deploy fails and is simply tried again, without the message looked for here.
+      await pg.waitForLog(new RegExp(`msg=deployed service=${name} `));
       await run(["docker", "kill", c.id]);
       await pg.waitForLog(new RegExp(`msg="containers missing or not running, bringing them up" service=${name}`));
       const back = await waitRunning(name);
