@@ -682,8 +682,8 @@ function removeComposeCgroup(pid: number): void {
   }
 }
 
-/** A log line of `git ls-remote`: one per service per cycle. */
-export const LS_REMOTE = /msg=exec argv="git ls-remote /;
+/** A log line of a poll of the remote (`git ls-remote`, or in-process over HTTP): one per service per cycle. */
+export const POLL = /msg=exec argv="git ls-remote |msg="polled the remote" /;
 /** A log line of any child process. */
 export const EXEC = /msg=exec argv=/;
 /** A log line of a docker compose child. */

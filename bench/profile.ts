@@ -5,7 +5,7 @@
  */
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { cleanupAll, composeFile, cpuDelta, cpuTimes, fakeEngine, LS_REMOTE, Pgod, Repo, ROOT, run, RUN_PREFIX, tempDir } from "./lib.ts";
+import { cleanupAll, composeFile, cpuDelta, cpuTimes, fakeEngine, POLL, Pgod, Repo, ROOT, run, RUN_PREFIX, tempDir } from "./lib.ts";
 
 const n = Number(process.argv[2] ?? 20);
 const seconds = Number(process.argv[3] ?? 30);
@@ -23,12 +23,12 @@ try {
     command: [process.execPath, "--cpu-prof", "--cpu-prof-md", `--cpu-prof-dir=${out}`, join(ROOT, "src/cmd/pgod.ts")],
   });
   await pg.waitForLog(/msg=deployed /, { count: n, timeoutMs: 300_000 });
-  await pg.waitForLog(LS_REMOTE, { count: 2 * n, since: pg.mark() });
+  await pg.waitForLog(POLL, { count: 2 * n, since: pg.mark() });
   const m0 = pg.mark();
   const c0 = cpuTimes(pg.pid);
   await Bun.sleep(seconds * 1000);
   const d = cpuDelta(c0, cpuTimes(pg.pid));
-  const cycles = pg.lines(LS_REMOTE, m0).length / n;
+  const cycles = pg.lines(POLL, m0).length / n;
   await pg.stop();
   console.log(`${n} services, ${cycles.toFixed(1)} cycles in ${seconds} s: pgod ${(d.self * 1000 / cycles / n).toFixed(2)} ms, children ${(d.children * 1000 / cycles / n).toFixed(2)} ms per service-cycle`);
   console.log(`profile written to ${out} (the whole run, start-up included)`);

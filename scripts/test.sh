@@ -24,7 +24,8 @@ run() {
 }
 # shellcheck disable=SC2046
 run "unit and integration tests" --timeout 60000 --parallel=2 $(ls test/*_test.ts)
-run "end-to-end tests (real Docker engine)" --timeout 300000 --parallel=2 test/e2e/
+run "end-to-end tests (real Docker engine)" --timeout 300000 --parallel=2 --path-ignore-patterns='test/e2e/serial/**' test/e2e/
+run "end-to-end: timed tests, alone" --timeout 300000 test/e2e/serial/
 # The reliability and security suite (scripts/reliability.sh runs the same two parts on its own).
 run "reliability and security suite" --timeout 600000 --path-ignore-patterns='test/reliability/serial/**' test/reliability/
 run "reliability: Docker engine restart" --timeout 600000 test/reliability/serial/

@@ -76,22 +76,22 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
     log.error("cannot prepare directories", { error: errorMessage(e) });
     return EXIT.fatal;
   }
-  const metrics = deps.metrics ?? new Metrics();
+  const metrics = deps.metrics ?? new Metrics(false);
   const runner = deps.runner ?? makeRunner({ logger: log, observe: metrics.observe });
   const containers = deps.containers ?? makeDockerContainers();
   const clock = deps.clock ?? realClock;
-  await cleanupStale(config, dir, { runner, containers, logger: log });
-  try {
-    for (const p of await unmountStale(resolve(flags.datadir), new Set(config.services.map((s) => s.name)), { runner })) {
-      log.info("unmounted the data share of a service that is no longer configured", { dir: p });
-    }
-  } catch (e) {
-    log.warn("cannot unmount stale data shares", { error: errorMessage(e) });
-  }
-  const importText = caddyImport(config.services);
-  // docker compose has no limit on YAML aliases (DECISIONS.md #10): its config runs get 1 GiB.
-  const composeCgroup = await makeMemoryCgroup(`compose-${process.pid}`, 1024 * 1024 * 1024).catch(() => null);
+  // Three independent chores, run side by side: start-up time is time the SSH port is closed.
+  const [, , composeCgroup] = await Promise.all([
+    cleanupStale(config, dir, { runner, containers, logger: log }),
+    unmountStale(resolve(flags.datadir), new Set(config.services.map((s) => s.name)), { runner }).then(
+      (gone) => gone.forEach((p) => log.info("unmounted the data share of a service that is no longer configured", { dir: p })),
+      (e: unknown) => log.warn("cannot unmount stale data shares", { error: errorMessage(e) }),
+    ),
+    // docker compose has no limit on YAML aliases (DECISIONS.md #10): its config runs get 1 GiB.
+    makeMemoryCgroup(`compose-${process.pid}`, 1024 * 1024 * 1024).catch(() => null),
+  ]);
   if (composeCgroup === null) log.warn("no memory cgroup for docker compose config: relying on its timeout alone");
+  const importText = caddyImport(config.services);
 
   const users = makeUsers({ runner, homeRoot: join(dir, ".home") });
   const slots = new Semaphore(deps.maxParallel ?? 4);
@@ -122,6 +122,7 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
     return EXIT.fatal;
   }
   for (const w of workers.values()) w.start();
+  metrics.collectProcessMetrics(); // after the ports listen: it takes about 10 ms
 
   const watcher = new AbortController();
   if (flags.restart) {

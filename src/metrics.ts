@@ -34,17 +34,25 @@ export class Metrics {
     labelNames: ["service"], registers: [this.registry],
   });
 
+  /** Without `processMetrics`, call collectProcessMetrics() later (pgod does once its ports listen). */
   constructor(processMetrics = true) {
-    if (processMetrics) {
-      // The event loop lag histogram samples on a timer of this period: prom-client's default
-      // (10 ms) wakes an idle pgod 100 times a second, which cost more CPU than its polls
-      // (bench/README.md). Once a second still catches a loop that stalls.
-      collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 1000 });
-      // prom-client names these gauges `_total`, which `promtool check metrics` reports; the
-      // gauges of the same name without `_total` (by type) carry the same counts.
-      for (const name of ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"]) {
-        this.registry.removeSingleMetric(name);
-      }
+    if (processMetrics) this.collectProcessMetrics();
+  }
+
+  private collecting = false;
+
+  /** Adds the runtime's process metrics (CPU, memory, event loop lag); about 10 ms of work. */
+  collectProcessMetrics(): void {
+    if (this.collecting) return;
+    this.collecting = true;
+    // The event loop lag histogram samples on a timer of this period: prom-client's default
+    // (10 ms) wakes an idle pgod 100 times a second, which cost more CPU than its polls
+    // (bench/README.md). Once a second still catches a loop that stalls.
+    collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 1000 });
+    // prom-client names these gauges `_total`, which `promtool check metrics` reports; the
+    // gauges of the same name without `_total` (by type) carry the same counts.
+    for (const name of ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"]) {
+      this.registry.removeSingleMetric(name);
     }
   }
 

@@ -184,7 +184,7 @@ function measureDocument(
  * remote include, or a path built from a variable is refused, since docker compose would read
  * that file unscreened.
  */
-export async function screenComposeTree(rootDir: string, composeFile: string, limits: YamlLimits = {}): Promise<void> {
+export async function screenComposeTree(rootDir: string, composeFile: string, limits: YamlLimits = {}): Promise<Screened> {
   const lim = { ...DEFAULT_YAML_LIMITS, ...limits };
   const root = resolvePath(rootDir);
   const rootReal = await realpath(root);
@@ -249,6 +249,35 @@ export async function screenComposeTree(rootDir: string, composeFile: string, li
       }
     }
   }
+  // Only a lone file is judged from its text: a service pulled in from elsewhere may pull.
+  const only = parsed.size === 1 ? [...parsed.values()][0]! : null;
+  return { pulls: only === null || only.length !== 1 || pullsImages(only[0], { literal: true }) };
+}
+
+/** What screening a compose tree learned on the way. */
+export interface Screened {
+  /** False only when `docker compose pull --ignore-buildable` certainly has nothing to pull. */
+  pulls: boolean;
+}
+
+/**
+ * Whether `docker compose pull --ignore-buildable` may pull an image for `model` (a compose
+ * model, resolved by `docker compose config` or, with `literal`, as written): false only when
+ * every service builds its image or has `pull_policy` `never` or `build`. Anything unclear counts
+ * as pulling: a service that `extends` another (in `literal` mode), a policy from a variable.
+ */
+export function pullsImages(model: unknown, o: { literal?: boolean } = {}): boolean {
+  if (!isRecord(model)) return true;
+  const services = model["services"];
+  if (services === undefined || services === null) return false;
+  if (!isRecord(services)) return true;
+  return Object.values(services).some((svc) => {
+    if (!isRecord(svc)) return true;
+    if (o.literal && svc["extends"] !== undefined) return true;
+    if (svc["build"] !== undefined && svc["build"] !== null) return false;
+    const policy = svc["pull_policy"];
+    return policy !== "never" && policy !== "build";
+  });
 }
 
 interface Reference {

@@ -15,7 +15,7 @@ import { allRunning, readiness } from "./containers.ts";
 import type { Containers } from "./containers.ts";
 import { errorMessage } from "./errors.ts";
 import type { Runner } from "./exec.ts";
-import { makeGit } from "./git.ts";
+import { makeGit, NET_TIMEOUT_MS } from "./git.ts";
 import type { Git } from "./git.ts";
 import { writeImportFile } from "./caddy.ts";
 import { writeFileAtomic } from "./files.ts";
@@ -24,8 +24,9 @@ import type { HistoryEntry } from "./history.ts";
 import { ensureMounted } from "./mount.ts";
 import { readState, writeState } from "./state.ts";
 import type { ServiceState } from "./state.ts";
-import { composeModel, evaluatePolicy, formatViolations, screenComposeTree } from "./policy.ts";
+import { composeModel, evaluatePolicy, formatViolations, pullsImages, screenComposeTree } from "./policy.ts";
 import { readServiceKeys } from "./keys.ts";
+import { advertisedHead, isHttpRemote, RemoteTimeout, UnsupportedRemote } from "./refs.ts";
 import type { PublicKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { jitter, Mutex } from "./scheduler.ts";
@@ -86,6 +87,8 @@ export interface ReconcileDeps {
   datadir: string;
   intervalMs: number;
   makeGit?: (runner: Runner, account: Account, service: string) => Git;
+  /** Asks an HTTP(S) remote where a branch points (default advertisedHead, in-process). */
+  remoteRefs?: typeof advertisedHead;
   /** The Caddy import file's text, for the service that sets `import`. */
   importText?: string;
   /** A memory-limited cgroup for `docker compose config` (DECISIONS.md #10), when cgroups work. */
@@ -97,6 +100,12 @@ export interface ReconcileDeps {
   /** Where mounts are read from (default /proc/self/mountinfo). */
   mountinfo?: string;
   onDeploy?: (service: string, result: DeployResult) => void;
+}
+
+/** The policy verdict on a compose tree (null: it may be deployed), and whether a pull has work. */
+interface Assessment {
+  why: string | null;
+  pulls: boolean;
 }
 
 /** The reconcile loop of one service. */
@@ -125,6 +134,10 @@ export class ServiceWorker {
   private state: ServiceState;
   /** Cycles in a row that failed to reach the remote or to deploy. */
   private failStreak = 0;
+  /** Polls of an HTTP(S) remote go in-process until it answers in a way that is not git's. */
+  private httpRefs = true;
+  /** The verdict on a commit evaluated just before the checkout moved to it, for the deploy that follows. */
+  private assessed: { commit: string } & Assessment | null = null;
 
   constructor(readonly svc: ServiceConfig, private readonly d: ReconcileDeps) {
     this.log = d.logger.with({ service: svc.name });
@@ -209,7 +222,7 @@ export class ServiceWorker {
   /** The policy verdict on the checkout: null when it may be deployed, else why not. */
   async check(): Promise<string | null> {
     const a = await this.d.users.lookup(this.svc.user);
-    return this.evaluate(a, this.checkout);
+    return (await this.assess(a, this.checkout)).why;
   }
 
 
@@ -234,13 +247,16 @@ export class ServiceWorker {
     const a = await this.d.users.lookup(this.svc.user);
     const started = this.d.clock.now();
     const say = (text: string): unknown => io.onStderr?.(new TextEncoder().encode(`${text}\n`));
-    const verdict = await this.evaluate(a, this.checkout);
+    // The commit was evaluated a moment ago, before the checkout moved to it: once is enough.
+    const fresh = this.assessed !== null && this.assessed.commit === this.head ? this.assessed : null;
+    this.assessed = null;
+    const { why: verdict, pulls } = fresh ?? await this.assess(a, this.checkout);
     if (verdict !== null) {
       await say(`Refused: ${verdict}`);
       await this.refuse(this.head ?? "unknown", trigger, verdict);
       return 65;
     }
-    const attempt = await this.bringUp(a, io, services);
+    const attempt = await this.bringUp(a, io, services, pulls);
     if (attempt.code === 0) {
       await this.recordDeploy(true, trigger, started, null);
       // A newer commit that deploys well ends the wait for a fix; the rollback itself does not,
@@ -339,14 +355,15 @@ export class ServiceWorker {
   }
 
   /** Pull and up (with registry logins), then wait until the containers run and are healthy. */
-  private async bringUp(a: Account, io: DeployIO, services: string[]): Promise<{ code: number; why: string }> {
+  private async bringUp(a: Account, io: DeployIO, services: string[], pulls = true): Promise<{ code: number; why: string }> {
     const c = this.compose(a, this.composeFile());
     try {
       await this.ensureData(a);
       const code = await this.d.slots.run(() =>
         c.withRegistries(this.svc.registries, async () => {
-          const pull = await c.run(["pull", "--quiet", "--ignore-buildable", ...services], io);
-          if (pull.exitCode !== 0) this.log.warn("pull failed, trying up with the images present", { error: tail(pull.stderr) });
+          // Skipped only when every image is built or has pull_policy never: it would do nothing.
+          const pull = pulls ? await c.run(["pull", "--quiet", "--ignore-buildable", ...services], io) : null;
+          if (pull && pull.exitCode !== 0) this.log.warn("pull failed, trying up with the images present", { error: tail(pull.stderr) });
           const up = await c.run(["up", "--detach", "--remove-orphans", "--quiet-pull", ...services], io);
           if (up.exitCode === 0) this.expected = await c.services();
           return up.exitCode;
@@ -496,6 +513,7 @@ export class ServiceWorker {
   /** One reconcile pass. Never throws: errors land in the status and the log. */
   async cycle(trigger: Trigger): Promise<void> {
     this.st.lastPollAt = this.d.clock.now();
+    this.assessed = null;
     try {
       const account = await this.d.users.lookup(this.svc.user);
       const git = (this.d.makeGit ?? makeGit)(this.d.runner, account, this.svc.name);
@@ -527,7 +545,8 @@ export class ServiceWorker {
         this.stoppedByFile = false;
         deploy = true;
       }
-      const followError = await this.follow(git, account).then((changed) => {
+      // A push (webhook) or a `pgoctl sync` says the remote moved: fetch at once, no ls-remote first.
+      const followError = await this.follow(git, account, trigger === "start" || trigger === "poll").then((changed) => {
         if (changed) deploy = true;
         return null;
       }, async (e: unknown) => {
@@ -619,13 +638,15 @@ export class ServiceWorker {
     return head;
   }
 
-  /** Follows the remote branch. Returns whether the compose model's files changed. */
-  private async follow(git: Git, a: Account): Promise<boolean> {
+  /**
+   * Follows the remote branch. Returns whether the compose model's files changed. With `probe`,
+   * an `ls-remote` first saves the fetch when nothing moved.
+   */
+  private async follow(git: Git, a: Account, probe = true): Promise<boolean> {
     if (this.state.pin) return false; // pinned by `pgoctl rollback`: no automatic pulls
-    const remote = await git.remoteHead(this.checkout, this.svc.branch);
     const head = this.head!;
     const skip = (c: string): boolean => c === head || c === this.refused || c === this.state.bad;
-    if (skip(remote)) return false;
+    if (probe && skip(await this.remoteHead(git))) return false;
     const fetched = await git.fetch(this.checkout, this.svc.branch);
     if (skip(fetched)) return false;
     const relevant = await this.relevantChange(git, head, fetched);
@@ -647,6 +668,30 @@ export class ServiceWorker {
     return relevant;
   }
 
+  /**
+   * The commit the remote branch points at: asked in-process over smart HTTP when the remote is
+   * an HTTP(S) one that speaks it (no process started), else with `git ls-remote`. git stays the
+   * authority: a failed HTTP request (other than a timeout) is asked again through it.
+   */
+  private async remoteHead(git: Git): Promise<string> {
+    if (this.httpRefs && isHttpRemote(this.svc.repository)) {
+      try {
+        const id = await (this.d.remoteRefs ?? advertisedHead)(this.svc.repository, this.svc.branch, { timeoutMs: Math.min(NET_TIMEOUT_MS, 30_000) });
+        this.log.debug("polled the remote", { via: "http", commit: id.slice(0, 12) });
+        return id;
+      } catch (e) {
+        if (e instanceof RemoteTimeout) throw e;
+        if (e instanceof UnsupportedRemote) {
+          this.httpRefs = false;
+          this.log.info("the remote does not speak smart HTTP: polling it with git ls-remote", { reason: e.message });
+        } else {
+          this.log.debug("asking the remote over HTTP failed: asking git", { error: errorMessage(e) });
+        }
+      }
+    }
+    return git.remoteHead(this.checkout, this.svc.branch);
+  }
+
   /** Evaluates `commit` in a worktree beside the checkout (same depth, so relative symlinks resolve alike). */
   private async evaluateCommit(git: Git, a: Account, commit: string): Promise<string | null> {
     const stage = join(this.d.dir, `.stage-${this.svc.name}`);
@@ -654,7 +699,9 @@ export class ServiceWorker {
     await privateDir(stage, a);
     try {
       await git.addWorktree(this.checkout, stage, commit);
-      return await this.evaluate(a, stage);
+      const r = await this.assess(a, stage);
+      this.assessed = r.why === null ? { commit, ...r } : null;
+      return r.why;
     } finally {
       await git.removeWorktree(this.checkout, stage).catch(() => {});
       await rm(stage, { recursive: true, force: true });
@@ -663,18 +710,17 @@ export class ServiceWorker {
 
   /**
    * The policy verdict on the compose files in `dir`: null when they may be deployed, else why
-   * not. Every file is screened (size, aliases, symlinks out of the repository) before docker
+   * not; and whether `docker compose pull` would have anything to do. Every file is screened (size, aliases, symlinks out of the repository) before docker
    * compose reads it; for a service that does not run as root the model docker compose resolves
    * is then checked against the sandbox rules.
    */
-  async evaluate(a: Account, dir: string): Promise<string | null> {
+  private async assess(a: Account, dir: string): Promise<Assessment> {
     const file = findComposeFile((f) => existsSync(join(dir, f)), this.svc.compose);
-    if (file === null) return `Cannot find a compose file: looked for ${this.svc.compose !== undefined ? `"${this.svc.compose}"` : COMPOSE_FILES.map((f) => `"${f}"`).join(", ")}`;
+    if (file === null) {
+      return { why: `Cannot find a compose file: looked for ${this.svc.compose !== undefined ? `"${this.svc.compose}"` : COMPOSE_FILES.map((f) => `"${f}"`).join(", ")}`, pulls: true };
+    }
     try {
-      if (this.svc.user === "root") {
-        await screenComposeTree(dir, file);
-        return null;
-      }
+      if (this.svc.user === "root") return { why: null, pulls: (await screenComposeTree(dir, file)).pulls };
       const model = await composeModel(this.d.runner, {
         project: this.svc.name, dir, file, account: a, env: this.svc.env, dockerConfig: this.dockerConfig,
       }, this.d.composeCgroup ? { cgroupDir: this.d.composeCgroup } : {});
@@ -682,9 +728,9 @@ export class ServiceWorker {
         project: this.svc.name, repoDir: dir, dataDir: join(this.d.datadir, this.svc.name),
         ...(this.svc.networks ? { networks: this.svc.networks } : {}),
       });
-      return v.length === 0 ? null : formatViolations(file, v);
+      return { why: v.length === 0 ? null : formatViolations(file, v), pulls: pullsImages(model) };
     } catch (e) {
-      return errorMessage(e);
+      return { why: errorMessage(e), pulls: true };
     }
   }
 

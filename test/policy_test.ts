@@ -9,7 +9,7 @@ import { memoryLogger } from "../src/log.ts";
 import type { PolicyContext, Violation } from "../src/policy.ts";
 import {
   composeModel, evaluatePolicy, formatViolations, makeMemoryCgroup, removeMemoryCgroup, resolveExisting, RULES,
-  screenComposeTree, screenYaml,
+  pullsImages, screenComposeTree, screenYaml,
 } from "../src/policy.ts";
 import type { Account } from "../src/users.ts";
 import { tempDir } from "./helpers.ts";
@@ -492,5 +492,33 @@ describe("resolveExisting()", () => {
     expect(resolveExisting(join(dir, "dangling/x"))).toBe("/etc/pgo-no-such-dir/x");
     expect(resolveExisting(join(dir, "inside/f"))).toBe(join(resolveExisting(dir), "sub/f"));
     expect(resolveExisting(join(dir, "missing/../sub"))).toBe(join(resolveExisting(dir), "sub"));
+  });
+});
+
+describe("pullsImages() and what screenComposeTree() says of pulling", () => {
+  test("nothing is pulled when every service builds its image or has pull_policy never or build", () => {
+    expect(pullsImages({ services: { a: { image: "x", pull_policy: "never" }, b: { build: "." }, c: { image: "y", pull_policy: "build" } } })).toBe(false);
+    expect(pullsImages({ services: {} })).toBe(false);
+    expect(pullsImages({ name: "empty" })).toBe(false);
+  });
+
+  test("a service that may pull, or anything unclear, counts as pulling", () => {
+    expect(pullsImages({ services: { a: { image: "x", pull_policy: "never" }, b: { image: "y" } } })).toBe(true);
+    expect(pullsImages({ services: { a: { image: "x", pull_policy: "missing" } } })).toBe(true);
+    expect(pullsImages({ services: { a: { image: "x", pull_policy: "${POLICY}" } } })).toBe(true);
+    expect(pullsImages({ services: { a: "nonsense" } })).toBe(true);
+    expect(pullsImages({ services: ["a"] })).toBe(true);
+    expect(pullsImages("text")).toBe(true);
+    // As written, a service extending another may inherit an image that pulls.
+    expect(pullsImages({ services: { a: { extends: { service: "b" }, pull_policy: "never" } } }, { literal: true })).toBe(true);
+  });
+
+  test("a lone file is judged from its text; a file that includes others always pulls", async () => {
+    const never = "services:\n  web:\n    image: pgo-busybox:1\n    pull_policy: never\n";
+    expect(await screenComposeTree(tree({ "compose.yaml": never }), "compose.yaml")).toEqual({ pulls: false });
+    expect(await screenComposeTree(tree({ "compose.yaml": "services:\n  web:\n    image: x\n" }), "compose.yaml")).toEqual({ pulls: true });
+    const included = tree({ "compose.yaml": `include: [more.yaml]\n${never}`, "more.yaml": never });
+    expect(await screenComposeTree(included, "compose.yaml")).toEqual({ pulls: true });
+    expect(await screenComposeTree(tree({ "compose.yaml": `${never}---\n${never}` }), "compose.yaml")).toEqual({ pulls: true });
   });
 });

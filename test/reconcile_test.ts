@@ -33,7 +33,8 @@ function setup(extra: Partial<ServiceConfig> = {}, files?: Record<string, string
 }
 
 test("a first cycle clones the branch and runs pull then up with the project name", async () => {
-  const { worker, docker, checkout, repo } = setup();
+  const pulled = "services:\n  web:\n    image: registry.test/web:1\n";
+  const { worker, docker, checkout, repo } = setup({}, { "compose.yaml": pulled });
   await worker.cycle("start");
   expect(git(checkout, "rev-parse", "HEAD")).toBe(git(repo.work, "rev-parse", "HEAD"));
   const calls = docker.calls().map((c) => c.argv);
@@ -41,6 +42,27 @@ test("a first cycle clones the branch and runs pull then up with the project nam
   expect(calls[1]).toBe("compose --project-name web --file compose.yaml up --detach --remove-orphans --quiet-pull");
   expect(worker.status()).toMatchObject({ lastResult: "deployed", lastError: null, commit: git(repo.work, "rev-parse", "HEAD") });
   expect(statSync(checkout).mode & 0o777).toBe(0o700);
+});
+
+test("a deploy skips docker compose pull when every image has pull_policy never or is built", async () => {
+  const files = {
+    "compose.yaml": "services:\n  web:\n    image: pgo-busybox:1\n    pull_policy: never\n  app:\n    build: ./app\n",
+    "app/Dockerfile": "FROM scratch\n",
+  };
+  const { worker, docker, repo } = setup({}, files);
+  await worker.cycle("start");
+  expect(docker.calls().map((c) => c.argv).filter((a) => / (pull|up) /.test(a))).toEqual([
+    "compose --project-name web --file compose.yaml up --detach --remove-orphans --quiet-pull",
+  ]);
+
+  // A service that may pull brings the pull back, before up.
+  docker.clear();
+  repo.commit({ "compose.yaml": `${files["compose.yaml"]}  cache:\n    image: registry.test/cache:7\n` });
+  await worker.cycle("poll");
+  expect(docker.calls().map((c) => c.argv).filter((a) => / (pull|up) /.test(a))).toEqual([
+    "compose --project-name web --file compose.yaml pull --quiet --ignore-buildable",
+    "compose --project-name web --file compose.yaml up --detach --remove-orphans --quiet-pull",
+  ]);
 });
 
 test("an idle cycle runs no docker compose command at all", async () => {
@@ -63,7 +85,7 @@ test("a commit that changes only a README moves the checkout and runs no compose
   expect(docker.composeCalls()).toEqual([]);
 });
 
-test("a commit that changes the compose file runs pull and up again", async () => {
+test("a commit that changes the compose file runs up again", async () => {
   const { worker, docker, repo } = setup();
   await worker.cycle("start");
   docker.clear();
@@ -278,7 +300,10 @@ test("triggers during a cycle coalesce into one follow-up cycle", async () => {
 });
 
 test("registries are logged in with the token on stdin before pull and up, and logged out after", async () => {
-  const { worker, docker } = setup({ registries: [{ user: "bob", token: "s3cret-token", host: "127.0.0.1:5000" }, { user: "root", token: "t2", host: "reg.example" }] });
+  const { worker, docker } = setup(
+    { registries: [{ user: "bob", token: "s3cret-token", host: "127.0.0.1:5000" }, { user: "root", token: "t2", host: "reg.example" }] },
+    { "compose.yaml": "services:\n  web:\n    image: 127.0.0.1:5000/web:1\n" },
+  );
   await worker.cycle("start");
   const argv = docker.calls().map((c) => c.argv);
   expect(argv.join("\n")).not.toContain("s3cret-token");

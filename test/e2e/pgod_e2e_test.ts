@@ -6,7 +6,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, statSync } from "node:fs";
 import { rename, rm, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { serveGitHttp } from "../git_http.ts";
 import {
   chownTree, composeExec, composeFile, lsRemote, containersOf, headOf, IMAGE, inspect, PGOD, run, runningOf, scenario, sweepRun,
   uniqueName, waitFor, waitRunning,
@@ -33,6 +34,32 @@ describe("pgod with a real Docker engine", () => {
       expect(labels["com.docker.compose.service"]).toBe("web");
       expect(await headOf(join(pg.dir, name))).toBe((await run(["git", "-C", repo.bare, "rev-parse", "main"])).stdout.trim());
       await pg.waitForLog(new RegExp(`msg=deployed service=${name} `));
+    });
+  });
+
+  test.concurrent("a smart HTTP remote is polled in-process, with no git process, and a push still deploys", async () => {
+    await scenario("http remote", async (env) => {
+      const name = uniqueName("http");
+      const repo = await env.repo({ "compose.yaml": composeFile({ env: { VERSION: "1" } }) });
+      const server = serveGitHttp(dirname(repo.bare));
+      env.defer(() => server.stop());
+      const pg = await env.pgod([{ name, repository: `${server.base}/remote.git` }]);
+      const first = await waitRunning(name);
+      await pg.waitForLog(new RegExp(`msg=deployed service=${name} `));
+      const since = pg.log().length;
+      const polled = new RegExp(`debug msg="polled the remote" service=${name} via=http commit=`);
+      await pg.waitForLog(polled, { since, count: 3 });
+      expect(pg.lines(/msg=exec /, since)).toEqual([]);
+      expect((await runningOf(name)).map((c) => c.id)).toEqual([first.id]);
+
+      await repo.commit({ "compose.yaml": composeFile({ env: { VERSION: "2" } }) }, "version 2");
+      const after = await waitFor(
+        "the new container of version 2",
+        () => runningOf(name),
+        (cs) => cs.length === 1 && cs[0]!.id !== first.id,
+      );
+      expect((await inspect(after[0]!.id)).Config.Env).toContain("VERSION=2");
+      expect(pg.lines(/msg=exec argv="git ls-remote/)).toEqual([]);
     });
   });
 

@@ -607,7 +607,9 @@ describe("fuzzing the parsers of outside input", () => {
           await screenComposeTree(repo, "compose.yaml");
         } catch (e) {
           if (!(e instanceof PolicyError)) return `threw ${e instanceof Error ? e.constructor.name : typeof e}: ${String(e).slice(0, 300)}`;
-          if (e.message.includes("SECRET-OUTSIDE") || /aliases/.test(e.message)) return `read a file outside: ${e.message}`;
+          // The file outside is the only one whose aliases reach a limit (a merge of a
+          // non-map, "Merge sources must be maps or map aliases", is the file's own fault).
+          if (e.message.includes("SECRET-OUTSIDE") || /YAML aliases (too often|expand)/.test(e.message)) return `read a file outside: ${e.message}`;
         }
         return null;
       });

@@ -1,0 +1,64 @@
+/**
+ * How fast a signed push webhook deploys, against the real Docker engine. Timed, so it runs on its
+ * own after the concurrent end-to-end tests (scripts/test.sh): with a dozen projects starting at
+ * once on two cores, every figure here grows several times over.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { existsSync, readFileSync } from "node:fs";
+import { composeExec, composeFile, containersOf, headOf, IMAGE, PGOD, run, scenario, sweepRun, waitFor, waitRunning } from "../harness.ts";
+import { post, pushEvent, QUIET_INTERVAL, serve, webhookAddress } from "../deploys.ts";
+
+beforeAll(async () => {
+  if (!existsSync(PGOD)) throw new Error(`Cannot find "${PGOD}": run "bash scripts/build.sh" first`);
+  await run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE]);
+});
+
+afterAll(async () => {
+  await sweepRun();
+});
+
+test("a signed GitHub push webhook starts the deploy of the pushed commit within a second", async () => {
+  await scenario("webhook latency", async (env) => {
+    const secret = crypto.randomUUID();
+    const s = await serve(env, "hook", composeFile({ env: { VERSION: "1" } }), {
+      extra: `webhook_secret = "${secret}"\n`,
+      args: ["-t", QUIET_INTERVAL, "--webhook", "127.0.0.1:0"],
+    });
+    const address = await webhookAddress(s.pg);
+    const before = await waitRunning(s.name);
+    const commit = await s.repo.commit({ "compose.yaml": composeFile({ env: { VERSION: "2" } }) }, "version 2");
+    const since = s.pg.log().length;
+
+    const sent = Date.now();
+    let answeredMs = -1;
+    const answer = post(address, s.name, pushEvent(secret, commit)).then((a) => {
+      answeredMs = Date.now() - sent;
+      return a;
+    });
+    const fresh = await waitFor(
+      "a new running container",
+      () => containersOf(s.name),
+      (cs) => cs.some((c) => c.id !== before.id && c.state === "running"),
+      { timeoutMs: 30_000, intervalMs: 10 },
+    );
+    const runningMs = Date.now() - sent;
+    expect(await answer).toEqual({ status: 202, text: "sync triggered" });
+    expect(fresh.filter((c) => c.state === "running")).toHaveLength(1);
+
+    // pgod's own part ends where `docker compose up` starts; the log has millisecond timestamps.
+    const at = (re: RegExp): number => Date.parse(s.pg.lines(re, since)[0]?.split(" ")[0] ?? "") - sent;
+    const gitDone = at(new RegExp(`msg="new commit" service=${s.name} `));
+    const upStarted = at(composeExec(s.name, "up"));
+    console.log(
+      `webhook: 202 after ${answeredMs} ms; pushed commit checked out after ${gitDone} ms; docker compose up started after ` +
+        `${upStarted} ms; new container running after ${runningMs} ms (up itself ${runningMs - upStarted} ms); ` +
+        `${s.pg.lines(/msg=exec /, since).length} processes; load average ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}`,
+    );
+    expect(s.pg.lines(/msg=exec argv="docker compose [^"]* pull --quiet/, since)).toEqual([]); // pull_policy never: nothing to pull
+    expect(upStarted).toBeLessThan(1000);
+    // `docker compose up` replacing a container takes about 1.2 s on these machines by itself.
+    expect(runningMs).toBeLessThan(3000);
+    await waitFor("the checkout at the pushed commit", () => headOf(s.checkout), (h) => h === commit);
+    await s.pg.waitForLog(new RegExp(`msg=deployed service=${s.name} commit=${commit.slice(0, 12)} trigger=webhook`), { since });
+  });
+});
