@@ -29,13 +29,13 @@ test("`bench/run --quick` prints the machine and a row for every figure, and cle
     expect(stdout).toMatch(new RegExp(`^\\| ${machine} \\| .+ \\|$`, "m"));
   }
   const figures = [
-    /^\| 1 \| idle cycle CPU, 2 services, fake engine .*\| \d+\.\d+ s \| \d+\.\d+ s \|/m,
+    /^\| 1 \| idle cycle CPU, 2 services, fake engine, remotes over http .*\| \d+\.\d+ s \| \d+\.\d+ s \|/m,
     /^\| 1 \| +ratio ours \/ baseline \| [\d.]+ % \|/m,
     /^\| 1 \| +`docker compose up` runs while idle \| 0 \|/m,
-    /^\| 2 \| idle cycle, fake shim, 2 services: .*MiB \|/m,
+    /^\| 2 \| idle cycle, fake shim, 2 services, remotes over http: .*MiB \|/m,
     /^\| 3 \| push to running via `pgoctl sync`: total \/ our overhead \| \d+ ms \/ -?\d+ ms \|/m,
     /^\| 3 \| push to running via signed webhook: total \/ our overhead \| \d+ ms \/ -?\d+ ms \|/m,
-    /^\| 3 \| +processes pgod starts for such a deploy \(git and compose\) \| 13 \|/m,
+    /^\| 3 \| +processes pgod starts for such a deploy \(git and compose\) \| 11 \|/m,
     /^\| 4 \| ping via whole-process `dist\/pgoctl`, 1 client, p50 \/ p99 \(n=1\) \| [\d.]+ ms \/ [\d.]+ ms \|/m,
     /^\| 4 \| ping via OpenSSH `ssh`, .*\| [\d.]+ ms \/ [\d.]+ ms \|/m,
     /^\| 4 \| ping via in-process ssh2 client .*\| [\d.]+ ms \/ [\d.]+ ms \|/m,
