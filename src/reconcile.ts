@@ -243,7 +243,7 @@ export class ServiceWorker {
    * Pulls and brings the project up now, streaming compose's output; call it inside `exclusive`.
    * Returns compose's exit status. `services` limits it to those compose services.
    */
-  async deployNow(trigger: Trigger, io: DeployIO = {}, services: string[] = [], autoRollback = true): Promise<number> {
+  async deployNow(trigger: Trigger, io: DeployIO = {}, services: string[] = [], autoRollback = true, keepBad = false): Promise<number> {
     const a = await this.d.users.lookup(this.svc.user);
     const started = this.d.clock.now();
     const say = (text: string): unknown => io.onStderr?.(new TextEncoder().encode(`${text}\n`));
@@ -260,8 +260,9 @@ export class ServiceWorker {
     if (attempt.code === 0) {
       await this.recordDeploy(true, trigger, started, null);
       // A newer commit that deploys well ends the wait for a fix; the rollback itself does not,
-      // nor does the good commit brought up again (at a restart, or after its containers went).
-      const fixed = trigger !== "rollback" && this.head !== this.state.good;
+      // nor does the good commit brought up again (at a restart, or after its containers went),
+      // nor an older commit brought back by `pgoctl rollback` (keepBad).
+      const fixed = !keepBad && trigger !== "rollback" && this.head !== this.state.good;
       if (this.head) await this.saveState({ good: this.head }, fixed ? ["bad"] : []);
       await this.reloadProxy(a);
       return 0;
@@ -345,7 +346,7 @@ export class ServiceWorker {
     this.head = target;
     this.st.commit = target;
     await this.pin(target);
-    return this.deployNow("pgoctl", io, [], false);
+    return this.deployNow("pgoctl", io, [], false, true);
   }
 
   /** Fetches now and deploys if something changed (one cycle, in turn with the loop). */

@@ -437,6 +437,33 @@ test("a commit whose containers exit at once is rolled back to the last good com
   expect(worker.status()).toMatchObject({ lastResult: "deployed", commit: next, good: next, bad: null });
 });
 
+test("the good commit brought back after its containers went, or an older one by rollback, keeps the bad commit marked", async () => {
+  const { worker, docker, repo, checkout } = setup();
+  await worker.cycle("start");
+  const first = git(checkout, "rev-parse", "HEAD");
+  const good = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8") + "    environment: [A=1]\n" });
+  await worker.cycle("poll");
+  const bad = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8") + "# fake: exits\n" });
+  await worker.cycle("poll");
+  expect(worker.status()).toMatchObject({ commit: good, good, bad });
+
+  // Self-healing brings the good commit up again: the bad one stays marked and is not tried.
+  docker.clear();
+  rmSync(join(docker.bin, "state", "web")); // its container is gone
+  await worker.cycle("poll");
+  expect(docker.composeCalls().filter((c) => c.startsWith("up"))).toHaveLength(1);
+  expect(worker.status()).toMatchObject({ commit: good, good, bad, lastResult: "deployed" });
+
+  // `pgoctl rollback` to the first commit, then unpin: the bad commit is still not tried.
+  expect(await worker.rollbackTo(first)).toBe(0);
+  expect(worker.status()).toMatchObject({ commit: first, pinned: first, bad });
+  await worker.unpin();
+  docker.clear();
+  await worker.cycle("poll");
+  expect(docker.composeCalls()).toEqual([]);
+  expect(worker.status()).toMatchObject({ commit: first, bad });
+});
+
 test("the last good commit, the bad one and a pin survive a restart; a config change releases the pin", async () => {
   const { worker, repo, checkout, deps } = setup();
   await worker.cycle("start");
