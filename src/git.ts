@@ -39,10 +39,40 @@ export interface Git {
   setRemoteUrl(dir: string, url: string): Promise<void>;
 }
 
-/** Makes the git wrapper for one service (the tag labels metrics). */
-export function makeGit(runner: Runner, account: Account, service: string): Git {
+/**
+ * A remote URL without its secret, and the secret as git config passed in the environment:
+ * credentials in an http(s) URL become an `Authorization` header for that URL only, so they are
+ * in no argv (which every user of the machine can read in /proc) and not in the checkout's
+ * .git/config. Other URLs are returned as they are.
+ */
+export function remoteAccess(url: string): { url: string; env: Record<string, string> } {
+  if (!/^https?:\/\//i.test(url)) return { url, env: {} };
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return { url, env: {} };
+  }
+  if (u.username === "" && u.password === "") return { url, env: {} };
+  const secret = Buffer.from(`${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`).toString("base64");
+  u.username = "";
+  u.password = "";
+  const bare = u.toString();
+  return {
+    url: bare,
+    env: { GIT_CONFIG_COUNT: "1", GIT_CONFIG_KEY_0: `http.${bare}.extraHeader`, GIT_CONFIG_VALUE_0: `Authorization: Basic ${secret}` },
+  };
+}
+
+/**
+ * Makes the git wrapper for one service (the tag labels metrics); `repository` is the remote the
+ * checkout follows, whose credentials (see remoteAccess) go with every call.
+ */
+export function makeGit(runner: Runner, account: Account, service: string, repository?: string): Git {
+  const access = repository !== undefined ? remoteAccess(repository).env : {};
   const env = {
     ...baseEnv(account),
+    ...access,
     GIT_CONFIG_NOSYSTEM: "1",
     GIT_TERMINAL_PROMPT: "0",
     GIT_ASKPASS: "/bin/false",
@@ -59,7 +89,10 @@ export function makeGit(runner: Runner, account: Account, service: string): Git 
     });
   return {
     async clone(dir, repo, branch) {
-      await git(dir, ["clone", "--quiet", "--branch", branch, "--", repo, "."], "clone", NET_TIMEOUT_MS);
+      const r = remoteAccess(repo);
+      await runner(["git", "clone", "--quiet", "--branch", branch, "--", r.url, "."], {
+        cwd: dir, env: { ...env, ...r.env, GIT_CEILING_DIRECTORIES: dirname(dir) }, as: account, timeoutMs: NET_TIMEOUT_MS, tag: tag("clone"),
+      });
     },
     async remoteHead(dir, branch) {
       const r = await git(dir, ["ls-remote", "--heads", "origin", `refs/heads/${branch}`], "ls-remote", NET_TIMEOUT_MS);

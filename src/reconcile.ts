@@ -15,7 +15,7 @@ import { allRunning, readiness } from "./containers.ts";
 import type { Containers } from "./containers.ts";
 import { errorMessage } from "./errors.ts";
 import type { Runner } from "./exec.ts";
-import { makeGit, NET_TIMEOUT_MS } from "./git.ts";
+import { makeGit, NET_TIMEOUT_MS, remoteAccess } from "./git.ts";
 import type { Git } from "./git.ts";
 import { writeImportFile } from "./caddy.ts";
 import { writeFileAtomic } from "./files.ts";
@@ -86,7 +86,7 @@ export interface ReconcileDeps {
   /** `--datadir`: data directories live in `<datadir>/<name>`. */
   datadir: string;
   intervalMs: number;
-  makeGit?: (runner: Runner, account: Account, service: string) => Git;
+  makeGit?: (runner: Runner, account: Account, service: string, repository?: string) => Git;
   /** Asks an HTTP(S) remote where a branch points (default advertisedHead, in-process). */
   remoteRefs?: typeof advertisedHead;
   /** The Caddy import file's text, for the service that sets `import`. */
@@ -288,7 +288,7 @@ export class ServiceWorker {
     await this.saveState({ bad });
     await this.record({ commit: bad, time: started, trigger, result: "rolled back", durationMs: this.d.clock.now() - started, detail: attempt.why });
     this.d.onDeploy?.(this.svc.name, "rolled back");
-    const git = (this.d.makeGit ?? makeGit)(this.d.runner, a, this.svc.name);
+    const git = (this.d.makeGit ?? makeGit)(this.d.runner, a, this.svc.name, this.svc.repository);
     await git.checkout(this.checkout, this.svc.branch, good);
     this.head = good;
     this.st.commit = good;
@@ -327,7 +327,7 @@ export class ServiceWorker {
    */
   async rollbackTo(rev: string | null, io: DeployIO = {}): Promise<number> {
     const a = await this.d.users.lookup(this.svc.user);
-    const git = (this.d.makeGit ?? makeGit)(this.d.runner, a, this.svc.name);
+    const git = (this.d.makeGit ?? makeGit)(this.d.runner, a, this.svc.name, this.svc.repository);
     let target: string | null = null;
     if (rev !== null) {
       target = await git.resolveCommit(this.checkout, rev);
@@ -517,7 +517,7 @@ export class ServiceWorker {
     this.assessed = null;
     try {
       const account = await this.d.users.lookup(this.svc.user);
-      const git = (this.d.makeGit ?? makeGit)(this.d.runner, account, this.svc.name);
+      const git = (this.d.makeGit ?? makeGit)(this.d.runner, account, this.svc.name, this.svc.repository);
       if (!this.prepared) {
         await this.prepare(account);
         this.prepared = true;
@@ -611,8 +611,10 @@ export class ServiceWorker {
       }
       const head = s.isDirectory() && existsSync(join(this.checkout, ".git")) ? await git.head(this.checkout) : null;
       if (head !== null) {
+        // The stored URL holds no credentials (remoteAccess); one stored by an older pgod loses them here.
         const url = await git.remoteUrl(this.checkout);
-        if (url !== this.svc.repository) await git.setRemoteUrl(this.checkout, this.svc.repository);
+        const want = remoteAccess(this.svc.repository).url;
+        if (url !== want) await git.setRemoteUrl(this.checkout, want);
         return head;
       }
       this.log.warn("checkout is damaged, cloning again", { dir: this.checkout });

@@ -15,7 +15,8 @@ export interface GitHttpServer {
 
 const BACKEND = "/usr/lib/git-core/git-http-backend";
 
-export function serveGitHttp(root: string): GitHttpServer {
+/** With `auth`, every request must carry it as Basic authorisation, else it gets a 401. */
+export function serveGitHttp(root: string, o: { auth?: { user: string; pass: string } } = {}): GitHttpServer {
   statSync(BACKEND); // throws ENOENT early when git's CGI program is missing
   const requests: string[] = [];
   const server = Bun.serve({
@@ -24,6 +25,9 @@ export function serveGitHttp(root: string): GitHttpServer {
     async fetch(req) {
       const url = new URL(req.url);
       requests.push(url.pathname + url.search);
+      if (o.auth && req.headers.get("authorization") !== `Basic ${Buffer.from(`${o.auth.user}:${o.auth.pass}`).toString("base64")}`) {
+        return new Response("Authentication required\n", { status: 401, headers: { "WWW-Authenticate": 'Basic realm="git"' } });
+      }
       if (url.pathname.includes("git-receive-pack") || url.search.includes("git-receive-pack")) {
         return new Response("read only\n", { status: 403 });
       }
