@@ -42,7 +42,7 @@ export async function advertisedHead(url: string, branch: string, o: RefsOptions
   const want = `refs/heads/${branch}`;
 
   const adv = await ask(get, `${base}/info/refs?service=git-upload-pack`, {
-    headers: { ...headers, "Git-Protocol": "version=2" }, signal, redirect: "follow",
+    headers: { ...headers, "Git-Protocol": "version=2" }, signal, redirect: "manual",
   }, "application/x-git-upload-pack-advertisement", max);
   let rest = pktLines(adv);
   // A v0 answer opens with "# service=git-upload-pack" and a flush; a v2 one may not.
@@ -52,7 +52,7 @@ export async function advertisedHead(url: string, branch: string, o: RefsOptions
     if (!rest.some((l) => l !== null && /^ls-refs(=|\n)/.test(l))) throw new UnsupportedRemote("it offers no ls-refs");
     const body = pkt("command=ls-refs\n") + "0001" + pkt(`ref-prefix ${want}\n`) + "0000";
     const answer = await ask(get, `${base}/git-upload-pack`, {
-      method: "POST", signal, redirect: "follow", body,
+      method: "POST", signal, redirect: "manual", body,
       headers: { ...headers, "Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request", Accept: "application/x-git-upload-pack-result" },
     }, "application/x-git-upload-pack-result", max);
     return pick(pktLines(answer), want, branch);
@@ -90,6 +90,11 @@ async function ask(
       throw new RemoteTimeout("Cannot ask the remote for its branches: it did not answer in time");
     }
     throw new Error("Cannot ask the remote for its branches: the connection failed");
+  }
+  if (res.status >= 300 && res.status < 400) {
+    // Not followed: the credentials would go along to wherever it points. git follows it.
+    await res.body?.cancel().catch(() => {});
+    throw new UnsupportedRemote(`it redirects (HTTP status ${res.status})`);
   }
   if (res.status !== 200) {
     await res.body?.cancel().catch(() => {});

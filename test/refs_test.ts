@@ -60,16 +60,18 @@ test("advertisedHead() reads a protocol v0 advertisement and sends URL credentia
   }
 });
 
-test("a dumb HTTP server, a login page or garbage is UnsupportedRemote; an HTTP error status is a plain Error without the credentials", async () => {
+test("a dumb HTTP server, a login page, garbage or a redirect is UnsupportedRemote; an HTTP error status is a plain Error without the credentials", async () => {
   const answers: Response[] = [
     new Response(`${A}\trefs/heads/main\n`, { headers: { "Content-Type": "text/plain" } }),
     new Response("<html>login</html>", { headers: { "Content-Type": "text/html" } }),
     new Response("zzzz", { headers: { "Content-Type": "application/x-git-upload-pack-advertisement" } }),
     new Response(pkt("version 2\n") + "0000", { headers: { "Content-Type": "application/x-git-upload-pack-advertisement" } }),
+    // A redirect is not followed with the credentials: git is asked instead.
+    new Response("", { status: 301, headers: { Location: "http://127.0.0.1:9/elsewhere.git/info/refs?service=git-upload-pack" } }),
   ];
   const f = fake(() => answers.shift() ?? new Response("no\n", { status: 401 }));
   try {
-    for (let i = 0; i < 4; i++) {
+    for (let i = 0; i < 5; i++) {
       await expect(advertisedHead(f.url, "main", { timeoutMs: 5000 })).rejects.toBeInstanceOf(UnsupportedRemote);
     }
     const e = await advertisedHead(f.url.replace("http://", "http://u:hunter2@"), "main", { timeoutMs: 5000 }).catch((x: Error) => x);
