@@ -7,10 +7,11 @@ import type { Compose } from "./compose.ts";
 import { errorMessage, RequestError } from "./errors.ts";
 import type { PublicKey } from "./keys.ts";
 import { formatHistory, readHistory } from "./history.ts";
-import { keysEqual } from "./keys.ts";
+import { keyAllows, keysEqual } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import type { Hold, ServiceStatus } from "./reconcile.ts";
 import type { ClientKey, SessionIO } from "./ssh_server.ts";
+import { requestName } from "./ssh_server.ts";
 import { parseRequest } from "./target.ts";
 
 /** sysexits(3) statuses for errors of the request itself. */
@@ -111,17 +112,28 @@ export async function dispatch(key: ClientKey, request: string, io: SessionIO, d
   let status: number;
   let result: string;
   try {
-    const req = (() => {
+    const parse = (text: string, what: string) => {
       try {
-        return parseRequest(request);
+        return parseRequest(text);
       } catch (e) {
-        throw new RequestError(EX.usage, `Malformed request: ${errorMessage(e)}; expected "service//command [args...]"`);
+        throw new RequestError(EX.usage, `Malformed ${what}: ${errorMessage(e)}; expected "service//command [args...]"`);
       }
-    })();
+    };
+    let req = parse(request, "request");
     service = req.service;
     command = (COMMANDS as readonly string[]).includes(req.command) ? req.command : "unknown";
     const handle = d.services.get(req.service);
-    if (!handle || !(await d.keysOf(req.service)).some((k) => keysEqual(k, key))) throw denied(req.service);
+    // The key's lines in this service's ssh/ folder that let this client in (from=, expiry-time).
+    const lines = handle ? (await d.keysOf(req.service)).filter((k) => keysEqual(k, key) && keyAllows(k, { ip: key.ip ?? "", now: now() })) : [];
+    if (!handle || lines.length === 0) throw denied(req.service);
+    // command="..." runs instead of what was asked, unless another line of the key has none.
+    const forced = lines.every((k) => k.options?.command !== undefined) ? lines[0]!.options!.command! : null;
+    if (forced !== null) {
+      req = parse(forced.includes("//") ? forced : `${req.service}//${forced}`, 'command="..." of the key');
+      if (req.service !== service) throw new RequestError(EX.noperm, `Permission denied: the key's command="..." names another service`);
+      d.logger.info("running the key's forced command", { service, key: key.fingerprint, asked: requestName(request) });
+    }
+    command = (COMMANDS as readonly string[]).includes(req.command) ? req.command : "unknown";
     if (command === "unknown") {
       throw new RequestError(EX.usage, `Unknown command "${req.command}": expected one of ${COMMANDS.filter((c) => c !== "load").join(", ")}`);
     }

@@ -16,7 +16,7 @@ import type { Containers } from "./containers.ts";
 import { ConfigError, errorMessage, formatProblem } from "./errors.ts";
 import { makeRunner } from "./exec.ts";
 import type { Runner } from "./exec.ts";
-import { keysEqual } from "./keys.ts";
+import { keyAllows, keysEqual } from "./keys.ts";
 import { Metrics, startMetricsServer } from "./metrics.ts";
 import { startSshServer } from "./ssh_server.ts";
 import { startWebhookServer } from "./webhook.ts";
@@ -268,7 +268,8 @@ async function startServers(d: {
       listen: d.flags.ssh,
       hostKeyPath: join(d.dir, "ssh_host_ed25519_key"),
       isKnownKey: async (key) => {
-        for (const w of d.workers.values()) if ((await w.keys()).some((k) => keysEqual(k, key))) return true;
+        const client = { ip: key.ip ?? "", now: Date.now() };
+        for (const w of d.workers.values()) if ((await w.keys()).some((k) => keysEqual(k, key) && keyAllows(k, client))) return true;
         return false;
       },
       handle: (key, command, io) => dispatch(key, command, io, deps),

@@ -65,6 +65,8 @@ export interface ClientKey {
   algo: string;
   blob: Buffer;
   fingerprint: string;
+  /** The client's address: `from="..."` key options are checked against it (none matches without it). */
+  ip?: string;
 }
 
 /** An output stream of a request; `write` resolves when the channel can take more. */
@@ -315,7 +317,7 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
       return;
     }
     const blob = ctx.key.data;
-    const key: ClientKey = { algo: blobType(blob) || ctx.key.algo, blob, fingerprint: fingerprint(blob) };
+    const key: ClientKey = { algo: blobType(blob) || ctx.key.algo, blob, fingerprint: fingerprint(blob), ip: conn.addr };
     if (ctx.signature !== undefined) {
       const parsed = utils.parseKey(blob);
       if (parsed instanceof Error || ctx.blob === undefined || parsed.verify(ctx.blob, ctx.signature, ctx.hashAlgo) !== true) {
@@ -483,7 +485,8 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
 }
 
 /** The first word of a request (`service//command`), for logs; arguments may hold secrets. */
-function requestName(command: string): string {
+/** The first word of a request (`service//command`), printable and short, for log lines. */
+export function requestName(command: string): string {
   return printable((command.trimStart().split(/\s/, 1)[0] ?? "").slice(0, 100));
 }
 

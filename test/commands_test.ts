@@ -3,6 +3,7 @@ import { checkArgs, dispatch, EX } from "../src/commands.ts";
 import type { RouterDeps, ServiceHandle } from "../src/commands.ts";
 import type { Compose } from "../src/compose.ts";
 import type { RunResult } from "../src/exec.ts";
+import type { KeyOptions } from "../src/keys.ts";
 import { memoryLogger } from "../src/log.ts";
 import type { Hold, ServiceStatus } from "../src/reconcile.ts";
 import type { ClientKey, SessionIO } from "../src/ssh_server.ts";
@@ -79,11 +80,11 @@ function fakeService(opts: { cloned?: boolean; exitCode?: number } = {}) {
   return { handle, calls, hold: () => hold };
 }
 
-function harness(svc = fakeService()) {
+function harness(svc = fakeService(), lines: Array<KeyOptions | undefined> = [undefined]) {
   const counted: string[] = [];
   const deps: RouterDeps = {
     services: new Map([["web", svc.handle]]),
-    keysOf: async (name) => (name === "web" ? [{ algo: KEY_A.algo, blob: KEY_A.blob, comment: "" }] : []),
+    keysOf: async (name) => (name === "web" ? lines.map((options) => ({ algo: KEY_A.algo, blob: KEY_A.blob, comment: "", ...(options ? { options } : {}) })) : []),
     hostname: "box",
     logger: memoryLogger(),
     count: (c, r) => counted.push(`${c} ${r}`),
@@ -232,4 +233,32 @@ test("dispatch() runs sync and unpin", async () => {
   expect(await call("web//sync")).toEqual({ status: 0, stdout: "at abc: not deployed\n", stderr: "" });
   expect((await call("web//unpin")).stdout).toBe("unpinned: new commits are pulled again\n");
   expect(svc.calls).toEqual(["sync", "unpin"]);
+});
+
+test("dispatch() lets a key line with from= in only from a matching address, with the answer of an unknown service otherwise", async () => {
+  const { call } = harness(fakeService(), [{ from: ["10.0.0.0/8", "!10.9.9.9"] }]);
+  expect((await call("web//ping", { ...KEY_A, ip: "10.1.2.3" })).status).toBe(0);
+  const outside = await call("web//ping", { ...KEY_A, ip: "192.0.2.1" });
+  const negated = await call("web//ping", { ...KEY_A, ip: "10.9.9.9" });
+  const noAddress = await call("web//ping");
+  const unknown = await call("nosuch//ping", { ...KEY_A, ip: "10.1.2.3" });
+  for (const r of [outside, negated, noAddress]) expect(r).toEqual({ ...unknown, stderr: unknown.stderr.replace("nosuch", "web") });
+  expect(unknown.status).toBe(EX.noperm);
+});
+
+test("dispatch() runs a key's command= instead of the request, unless another line of the key has none", async () => {
+  const forced = harness(fakeService(), [{ command: "sync" }]);
+  expect(await forced.call("web//down")).toEqual({ status: 0, stdout: expect.stringContaining("at abc") as unknown as string, stderr: "" });
+  expect(forced.svc.calls).toEqual(["sync"]);
+  expect((await forced.call("web//ping")).stdout).not.toContain("pong");
+
+  const full = harness(fakeService(), [{ command: "web//ps --all" }]);
+  expect(await full.call("web//down")).toMatchObject({ status: 0 });
+  expect(full.svc.calls).toEqual(["ps --all"]);
+
+  const elsewhere = harness(fakeService(), [{ command: "other//ping" }]);
+  expect(await elsewhere.call("web//ping")).toMatchObject({ status: EX.noperm, stderr: expect.stringContaining("names another service") as unknown as string });
+
+  const either = harness(fakeService(), [{ command: "sync" }, undefined]);
+  expect((await either.call("web//ping")).stdout).toBe("pong box\n");
 });

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fingerprint, keysEqual, parseAuthorizedKeys, readServiceKeys } from "../src/keys.ts";
+import { fingerprint, keyAllows, keysEqual, parseAuthorizedKeys, readServiceKeys } from "../src/keys.ts";
 
 let dir: string;
 const pub: Record<string, string> = {};
@@ -43,14 +43,40 @@ describe("parseAuthorizedKeys()", () => {
     expect(keys[0]!.blob.equals(blobOf(pub["ed1"]!))).toBe(true);
   });
 
-  test("skips an options prefix, quoted values with spaces and commas included", () => {
+  test("reads an options prefix, quoted values with spaces and commas included, and keeps what pgod enforces", () => {
     const text = [
-      `restrict,command="echo hi, there \\"you\\"",from="10.0.0.0/8" ${pub["ed1"]}`,
+      `restrict,command="echo hi, there \\"you\\"",from="10.0.0.0/8,!10.1.1.1" ${pub["ed1"]}`,
       `no-pty ${pub["ed2"]}`,
+      `EXPIRY-TIME="20300102Z",No-Pty ${pub["ecdsa"]}`,
     ].join("\n");
     const keys = parseAuthorizedKeys(text);
-    expect(keys.map((k) => k.comment)).toEqual(["ed1@test", "ed2@test"]);
+    expect(keys.map((k) => k.comment)).toEqual(["ed1@test", "ed2@test", "ecdsa@test"]);
     expect(keys[0]!.blob.equals(blobOf(pub["ed1"]!))).toBe(true);
+    expect(keys.map((k) => k.options)).toEqual([
+      { command: 'echo hi, there "you"', from: ["10.0.0.0/8", "!10.1.1.1"] },
+      undefined,
+      { expiresAt: Date.UTC(2030, 0, 2) },
+    ]);
+  });
+
+  test("skips, with a warning naming the line, a certificate authority, an unknown option and a malformed value", () => {
+    const said: string[] = [];
+    const text = [
+      `cert-authority ${pub["ed1"]}`,
+      `no-such-option ${pub["ed2"]}`,
+      `from=10.0.0.1 ${pub["rsa"]}`,
+      `expiry-time="tomorrow" ${pub["ecdsa"]}`,
+      `command="unterminated ${pub["ed1"]}`,
+      `from="127.0.0.1" ${pub["ed2"]}`,
+    ].join("\n");
+    const keys = parseAuthorizedKeys(text, (m) => said.push(m));
+    expect(keys.map((k) => k.comment)).toEqual(["ed2@test"]);
+    expect(said).toEqual([
+      "Skipping the key on line 1: it is a certificate authority (pgod takes no certificates)",
+      'Skipping the key on line 2: unknown option "no-such-option"',
+      'Skipping the key on line 3: the value of option "from" is not in double quotes',
+      'Skipping the key on line 4: option "expiry-time" is not YYYYMMDD[HHMM[SS]][Z]: "tomorrow"',
+    ]);
   });
 
   test("skips blank lines, comments and garbage, and tolerates CRLF line ends", () => {
@@ -154,5 +180,26 @@ describe("keysEqual() and fingerprint()", () => {
       const want = sh(["ssh-keygen", "-l", "-E", "sha256", "-f", join(dir, `${name}.pub`)]).split(" ")[1];
       expect(fingerprint(blobOf(pub[name]!))).toBe(want!);
     }
+  });
+});
+
+describe("keyAllows()", () => {
+  const key = (options?: object) => ({ algo: "ssh-ed25519", blob: Buffer.from("k"), comment: "", ...(options ? { options } : {}) });
+  const at = (ip: string, now = 0) => ({ ip, now });
+
+  test("a line without options lets anyone in; from= needs a matching address, as OpenSSH matches it", () => {
+    expect(keyAllows(key(), at(""))).toBe(true);
+    const k = key({ from: ["192.0.2.*", "10.0.0.0/8", "2001:db8::/32", "!10.6.6.6"] });
+    expect(["192.0.2.44", "10.200.1.1", "2001:db8::7", "::ffff:10.1.1.1"].map((ip) => keyAllows(k, at(ip)))).toEqual([true, true, true, true]);
+    expect(["192.0.3.1", "10.6.6.6", "2001:db9::1", "", "example.org"].map((ip) => keyAllows(k, at(ip)))).toEqual([false, false, false, false, false]);
+    // Host names and malformed blocks never match: pgod does no DNS.
+    expect(keyAllows(key({ from: ["*.example.org", "10.0.0.0/99"] }), at("10.0.0.1"))).toBe(false);
+    expect(keyAllows(key({ from: ["127.0.0.?"] }), at("127.0.0.1"))).toBe(true);
+  });
+
+  test("an expired line lets nobody in", () => {
+    const k = key({ expiresAt: 1000 });
+    expect(keyAllows(k, at("127.0.0.1", 999))).toBe(true);
+    expect(keyAllows(k, at("127.0.0.1", 1000))).toBe(false);
   });
 });

@@ -261,25 +261,29 @@ describe("hostile input against a real pgod", () => {
     });
   }, 300_000);
 
-  test.concurrent("keys with options (command=, from=, no-pty, quoted values with spaces), CRLF and RSA and ECDSA types still log in", async () => {
+  test.concurrent("key options are honoured: command= runs instead of the request, from= and expiry-time hold, certificate authorities and unknown options keep a key out", async () => {
     await scenario("odd key options", async (env) => {
       const keyDir = await env.tempDir(0o700);
-      const keys = await Promise.all(["k1", "k2", "k3", "k4", "k5"].map((n) => keyWithText(keyDir, n)));
+      const keys = await Promise.all(["k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9"].map((n) => keyWithText(keyDir, n)));
       const rsa = `${keyDir}/rsa`;
       const ecdsa = `${keyDir}/ecdsa`;
       await run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", rsa]);
       await run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "256", "-N", "", "-f", ecdsa]);
       const bare = (pub: string): string => pub.trim().split(/\s+/).slice(0, 2).join(" ");
-      const [k1, k2, k3, k4, k5] = keys as [typeof keys[0], typeof keys[0], typeof keys[0], typeof keys[0], typeof keys[0]];
+      const [k1, k2, k3, k4, k5, k6, k7, k8, k9] = keys as [typeof keys[0], typeof keys[0], typeof keys[0], typeof keys[0], typeof keys[0], typeof keys[0], typeof keys[0], typeof keys[0], typeof keys[0]];
       const text = [
         "# keys of the team, with the options OpenSSH allows",
-        `command="echo hi; exit 3",no-pty,no-port-forwarding ${bare(k1.pub)} first key`,
+        `command="ping",no-pty,no-port-forwarding ${bare(k1.pub)} first key`,
         `from="127.0.0.1,::1",no-agent-forwarding ${bare(k2.pub)} comment with  spaces`,
-        `environment="A=b c",command="x \\"quoted, with spaces\\" y" ${bare(k3.pub)} k3`,
+        `environment="A=b, c \\"d\\"",no-X11-forwarding ${bare(k3.pub)} k3`,
         `restrict ${bare(k4.pub)}`,
         `  \tno-pty,no-X11-forwarding  ${bare(k5.pub)} k5\r`,
-        `no-pty,command="rsa key" ${bare(await readFile(`${rsa}.pub`, "utf8"))} rsa`,
-        `from="127.0.0.0/8" ${bare(await readFile(`${ecdsa}.pub`, "utf8"))} ecdsa`,
+        `no-pty ${bare(await readFile(`${rsa}.pub`, "utf8"))} rsa`,
+        `from="127.0.0.0/8",expiry-time="29991231" ${bare(await readFile(`${ecdsa}.pub`, "utf8"))} ecdsa`,
+        `from="10.0.0.0/8" ${bare(k6.pub)} elsewhere`,
+        `expiry-time="20200101" ${bare(k7.pub)} expired`,
+        `cert-authority ${bare(k8.pub)} a CA`,
+        `no-such-option ${bare(k9.pub)} unknown`,
         "",
       ].join("\n");
       const name = uniqueName("odd");
@@ -288,12 +292,19 @@ describe("hostile input against a real pgod", () => {
       const { port } = await sshListening(pg);
       await pg.waitForLog(new RegExp(`msg=deployed service=${name} `));
       const privates = [...keys.map((k) => k.text), await readFile(rsa, "utf8"), await readFile(ecdsa, "utf8")];
-      const answers = await Promise.all(privates.map((p) => sshRequest(port, p, `${name}//ping`)));
-      const labels = ["command=", "from=", "quoted options", "restrict", "blanks and CRLF", "rsa", "ecdsa"];
-      expect(answers.map((a, i) => `${labels[i]}: ${a.code} ${a.stdout.split(" ")[0]}${a.error ?? ""}`)).toEqual(labels.map((l) => `${l}: 0 pong`));
-      // OpenSSH's client too, with the key whose options hold quoted spaces.
-      const ssh = await openssh({ port, key: k3, knownHosts: "/dev/null" }, `${name}//ping`);
-      expect(ssh.code).toBe(0);
+      // `history` is asked; the key with command="ping" gets pong instead.
+      const answers = await Promise.all(privates.map((p, i) => sshRequest(port, p, `${name}//${i === 0 ? "history" : "ping"}`)));
+      const said = (a: (typeof answers)[number]): string => (a.error ? "refused" : `${a.code} ${a.stdout.split(" ")[0]}`);
+      const labels = ["command=", "from=", "quoted options", "restrict", "blanks and CRLF", "from= elsewhere", "expired", "cert-authority", "unknown option", "rsa", "ecdsa"];
+      const want = ["0 pong", "0 pong", "0 pong", "0 pong", "0 pong", "refused", "refused", "refused", "refused", "0 pong", "0 pong"];
+      expect(answers.map((a, i) => `${labels[i]}: ${said(a)}`)).toEqual(labels.map((l, i) => `${l}: ${want[i]}`));
+      expect(pg.lines(/warn msg="\S+team\.pub: Skipping the key on line 11: it is a certificate authority/)).not.toEqual([]);
+      expect(pg.lines(/warn msg="\S+team\.pub: Skipping the key on line 12: unknown option \\"no-such-option\\"/)).not.toEqual([]);
+      // OpenSSH's client too, with the key whose options hold quoted spaces, and the forced command.
+      expect((await openssh({ port, key: k3, knownHosts: "/dev/null" }, `${name}//ping`)).code).toBe(0);
+      const forced = await openssh({ port, key: k1, knownHosts: "/dev/null" }, `${name}//down`);
+      expect(forced.stdout).toStartWith("pong ");
+      expect(await runningOf(name)).toHaveLength(1);
     });
   }, 300_000);
 });
