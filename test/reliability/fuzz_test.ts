@@ -14,6 +14,7 @@ import type { Compose } from "../../src/compose.ts";
 import { parseConfig } from "../../src/config.ts";
 import { ConfigError, PolicyError } from "../../src/errors.ts";
 import type { RunResult } from "../../src/exec.ts";
+import { keyAllows, parseAuthorizedKeys } from "../../src/keys.ts";
 import { makeLogger } from "../../src/log.ts";
 import { evaluatePolicy, RULES, screenComposeTree, screenYaml } from "../../src/policy.ts";
 import type { ServiceStatus } from "../../src/reconcile.ts";
@@ -618,4 +619,50 @@ describe("fuzzing the parsers of outside input", () => {
       await rm(root, { recursive: true, force: true });
     }
   }, 120_000);
+});
+
+// ---------------------------------------------------------------------------------------------
+// authorized_keys lines with options
+
+const ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+const OPTION_PIECES = [
+  ",", "=", '"', '\\"', " ", "\t", "!", "*", "?", "/", ":", "from", "command", "expiry-time", "restrict", "no-pty",
+  "cert-authority", "environment", "10.0.0.0/8", "::1", "127.0.0.1", "2001:db8::/129", "20301231", "Z", "\u0000", "é",
+];
+
+describe("fuzzing authorized_keys options", () => {
+  test("parseAuthorizedKeys() never throws, keeps only lines with well-formed options, and keyAllows() answers a boolean", async () => {
+    const rng = new Rng(SEED + 6);
+    let kept = 0;
+    const r = await fuzz("authorized_keys options", (function* () {
+      for (let i = 0; i < 4000; i++) {
+        const base = rng.pick([
+          `from="127.0.0.1,!10.0.0.1",no-pty ${ED25519} a`,
+          `command="sync",expiry-time="20301231Z" ${ED25519} b`,
+          `restrict,environment="A=b c" ${ED25519}`,
+        ]);
+        yield { text: rng.chance(0.2) ? rng.from(OPTION_PIECES, rng.int(40)) + " " + ED25519 : rng.mutate(base, 1 + rng.int(5), OPTION_PIECES) };
+      }
+    })(), (text) => {
+      const warnings: string[] = [];
+      const keys = parseAuthorizedKeys(text, (m) => warnings.push(m));
+      const lines = text.split("\n").length; // a mutation may add a line break
+      if (keys.length > lines) return `${lines} line(s) gave ${keys.length} keys`;
+      kept += keys.length;
+      if (!warnings.every((w) => /^Skipping the key on line ([1-9]\d*): \S/.test(w) && Number(/line (\d+)/.exec(w)![1]) <= lines)) {
+        return `a warning without its line: ${warnings.join(" | ")}`;
+      }
+      for (const k of keys) {
+        for (const ip of ["127.0.0.1", "10.0.0.1", "::1", "", "::ffff:127.0.0.1"]) {
+          if (typeof keyAllows(k, { ip, now: Date.now() }) !== "boolean") return "keyAllows() gave no boolean";
+        }
+        const o = k.options;
+        if (o?.expiresAt !== undefined && !Number.isFinite(o.expiresAt)) return `an expiry that is not a time: ${o.expiresAt}`;
+      }
+      return null;
+    });
+    expect(r.findings).toEqual([]);
+    console.log(`authorized_keys options: ${kept} of ${r.count} lines kept`);
+    expect(kept).toBeGreaterThan(0); // the inputs were not all garbage
+  });
 });
