@@ -1,5 +1,6 @@
 /** The docker compose CLI for one service, and what a compose file depends on. */
-import { posix } from "node:path";
+import { statSync } from "node:fs";
+import { basename, isAbsolute, posix } from "node:path";
 import { parse as parseYaml } from "yaml";
 import type { Registry } from "./config.ts";
 import { CommandError, errorMessage } from "./errors.ts";
@@ -194,4 +195,22 @@ function isMap(v: unknown): v is Record<string, unknown> {
 
 function asList(v: unknown): unknown[] {
   return v === undefined || v === null ? [] : Array.isArray(v) ? v : [v];
+}
+
+/**
+ * The compose plugin the docker CLI would run (`docker info` lists it), when it is an executable
+ * every service user may run; else null, and pgod keeps calling `docker compose` (a docker that
+ * is not Docker's CLI, such as the tests' shim, lists none).
+ */
+export async function findComposePlugin(runner: Runner, env: Record<string, string>): Promise<string | null> {
+  const format = '{{range .ClientInfo.Plugins}}{{if eq .Name "compose"}}{{.Path}}{{end}}{{end}}';
+  const r = await runner(["docker", "info", "--format", format], { env, check: false, timeoutMs: 30_000 }).catch(() => null);
+  const path = r?.stdout.trim() ?? "";
+  if (!isAbsolute(path) || basename(path) !== "docker-compose") return null;
+  try {
+    const st = statSync(path);
+    return st.isFile() && (st.mode & 0o001) !== 0 ? path : null;
+  } catch {
+    return null;
+  }
 }

@@ -5,6 +5,7 @@ import { chmod, lstat, mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { hostname } from "node:os";
 import { dispatch } from "./commands.ts";
+import { findComposePlugin } from "./compose.ts";
 import type { RouterDeps } from "./commands.ts";
 import { parseConfig } from "./config.ts";
 import type { Config } from "./config.ts";
@@ -77,7 +78,8 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
     return EXIT.fatal;
   }
   const metrics = deps.metrics ?? new Metrics(false);
-  const runner = deps.runner ?? makeRunner({ logger: log, observe: metrics.observe });
+  const composePlugin: { path: string | null } = { path: null };
+  const runner = deps.runner ?? makeRunner({ logger: log, observe: metrics.observe, composePlugin });
   const containers = deps.containers ?? makeDockerContainers();
   const clock = deps.clock ?? realClock;
   // Three independent chores, run side by side: start-up time is time the SSH port is closed.
@@ -123,6 +125,15 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
   }
   for (const w of workers.values()) w.start();
   metrics.collectProcessMetrics(); // after the ports listen: it takes about 10 ms
+  // `docker info` takes about 0.3 s: asked after the ports listen; until it answers, deploys
+  // go through `docker compose` as always.
+  if (!deps.runner) {
+    void findComposePlugin(runner, { PATH: CHILD_PATH, HOME: "/root" }).then((path) => {
+      if (path === null) return log.info("running docker compose through the docker CLI");
+      composePlugin.path = path;
+      log.info("running the docker compose plugin directly", { path });
+    });
+  }
 
   const watcher = new AbortController();
   if (flags.restart) {

@@ -1,8 +1,12 @@
 import { expect, test } from "bun:test";
-import { existsSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { findComposePlugin } from "../src/compose.ts";
 import { CommandError } from "../src/errors.ts";
 import { asUserArgv, makeRunner, redactArgv } from "../src/exec.ts";
+import type { Runner } from "../src/exec.ts";
 import { memoryLogger } from "../src/log.ts";
+import { tempDir } from "./helpers.ts";
 
 const run = makeRunner({ logger: memoryLogger() });
 const PATH = "/usr/bin:/bin";
@@ -99,4 +103,46 @@ test("debug logs name env variables but never their values, and hide passwords i
   expect(line).not.toContain("hunter2");
   expect(line).not.toContain("tok@");
   expect(redactArgv(["docker", "login", "--password", "x"])).toEqual(["docker", "login", "--password", "***"]);
+});
+
+test("with the compose plugin known, docker compose runs it directly and logs what was asked; other docker commands do not", async () => {
+  const dir = tempDir();
+  try {
+    const plugin = join(dir, "docker-compose");
+    writeFileSync(plugin, '#!/bin/sh\necho "plugin $*"\n', { mode: 0o755 });
+    const log = memoryLogger(true);
+    const holder: { path: string | null } = { path: null };
+    const run = makeRunner({ logger: log, composePlugin: holder });
+    const env = { PATH: process.env["PATH"] ?? "/usr/bin:/bin" };
+    holder.path = plugin;
+    expect((await run(["docker", "compose", "--project-name", "p", "ps"], { env })).stdout).toBe("plugin --project-name p ps\n");
+    expect((await run(["sh", "-c", "echo compose"], { env })).stdout).toBe("compose\n");
+    expect(log.lines.some((l) => l.includes('argv="docker compose --project-name p ps"'))).toBe(true);
+    // Not known (any more): the docker CLI as always.
+    holder.path = null;
+    const r = await run(["docker", "compose", "version"], { env: { PATH: dir }, check: false }).catch((e: Error) => e);
+    expect(String(r)).toContain("docker compose");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("findComposePlugin() takes the path docker info names only when it is an executable docker-compose", async () => {
+  const dir = tempDir();
+  try {
+    const good = join(dir, "docker-compose");
+    writeFileSync(good, "#!/bin/sh\n", { mode: 0o755 });
+    const privateOne = join(dir, "private", "docker-compose");
+    mkdirSync(dirname(privateOne));
+    writeFileSync(privateOne, "#!/bin/sh\n", { mode: 0o700 });
+    const says = (stdout: string): Runner => async () => ({ exitCode: 1, signal: null, stdout, stderr: "Cannot connect", durationMs: 1, timedOut: false });
+    expect(await findComposePlugin(says(`${good}\n`), {})).toBe(good);
+    expect(await findComposePlugin(says(""), {})).toBeNull();
+    expect(await findComposePlugin(says("docker-compose"), {})).toBeNull();
+    expect(await findComposePlugin(says(join(dir, "missing", "docker-compose")), {})).toBeNull();
+    expect(await findComposePlugin(says(privateOne), {})).toBeNull(); // service users could not run it
+    expect(await findComposePlugin(async () => Promise.reject(new Error("no docker")), {})).toBeNull();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -34,6 +34,8 @@ describe("pgod with a real Docker engine", () => {
       expect(labels["com.docker.compose.service"]).toBe("web");
       expect(await headOf(join(pg.dir, name))).toBe((await run(["git", "-C", repo.bare, "rev-parse", "main"])).stdout.trim());
       await pg.waitForLog(new RegExp(`msg=deployed service=${name} `));
+      // With Docker's own CLI, pgod runs the compose plugin it names without the CLI in front.
+      await pg.waitForLog(/msg="running the docker compose plugin directly" path=\/\S+\/docker-compose/);
     });
   });
 
