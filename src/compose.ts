@@ -6,7 +6,7 @@ import type { Registry } from "./config.ts";
 import { CommandError, errorMessage } from "./errors.ts";
 import type { RunResult, Runner, Tag } from "./exec.ts";
 import type { Account } from "./users.ts";
-import { baseEnv } from "./users.ts";
+import { baseEnv, engineEnv } from "./users.ts";
 
 /** Compose file names docker compose looks for, in its order. */
 export const COMPOSE_FILES = ["compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml"] as const;
@@ -51,6 +51,9 @@ export interface Compose {
 /** The environment of every docker compose child of a service. */
 export function composeEnv(t: ComposeTarget): Record<string, string> {
   const env: Record<string, string> = { ...t.env, ...baseEnv(t.account) };
+  // The engine is pgod's to choose, not the service's (engineEnv).
+  for (const k of ["DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"]) delete env[k];
+  Object.assign(env, engineEnv());
   if (t.dockerConfig) env["DOCKER_CONFIG"] = t.dockerConfig;
   return env;
 }

@@ -27,7 +27,7 @@ import type { Logger } from "./log.ts";
 import { downProject, ServiceWorker } from "./reconcile.ts";
 import { realClock, Semaphore } from "./scheduler.ts";
 import type { Clock } from "./scheduler.ts";
-import { CHILD_PATH, makeUsers } from "./users.ts";
+import { CHILD_PATH, engineEnv, makeUsers } from "./users.ts";
 
 /** Exit codes of pgod. */
 export const EXIT = { ok: 0, fatal: 1, restart: 2 } as const;
@@ -128,7 +128,7 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
   // `docker info` takes about 0.3 s: asked after the ports listen; until it answers, deploys
   // go through `docker compose` as always.
   if (!deps.runner) {
-    void findComposePlugin(runner, { PATH: CHILD_PATH, HOME: "/root" }).then((path) => {
+    void findComposePlugin(runner, { PATH: CHILD_PATH, HOME: "/root", ...engineEnv() }).then((path) => {
       if (path === null) return log.info("running docker compose through the docker CLI");
       composePlugin.path = path;
       log.info("running the docker compose plugin directly", { path });

@@ -32,7 +32,7 @@ import type { Logger } from "./log.ts";
 import { jitter, Mutex } from "./scheduler.ts";
 import type { Clock, Semaphore } from "./scheduler.ts";
 import type { Account, Users } from "./users.ts";
-import { baseEnv } from "./users.ts";
+import { baseEnv, engineEnv } from "./users.ts";
 
 /** What started a cycle. */
 export type Trigger = "start" | "poll" | "pgoctl" | "webhook" | "rollback";
@@ -830,7 +830,7 @@ export class ServiceWorker {
 export async function downProject(runner: Runner, project: string, env: Record<string, string>, as?: Account): Promise<void> {
   await runner(["docker", "compose", "--project-name", project, "down", "--remove-orphans"], {
     cwd: "/",
-    env,
+    env: { ...env, ...engineEnv() },
     timeoutMs: 5 * 60_000,
     tag: { service: project, cmd: "compose", subcmd: "down" },
     ...(as ? { as } : {}),

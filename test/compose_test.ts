@@ -1,5 +1,5 @@
 import { expect, test } from "bun:test";
-import { composeDependencies, findComposeFile, subcommandOf } from "../src/compose.ts";
+import { composeDependencies, composeEnv, findComposeFile, subcommandOf } from "../src/compose.ts";
 
 const files = (m: Record<string, string>) => async (p: string) => m[p] ?? null;
 
@@ -51,4 +51,20 @@ test("composeDependencies() does not parse a file over 1 MiB and counts every ch
   const started = performance.now();
   expect(await composeDependencies(files({ "compose.yaml": big }), "compose.yaml")).toBe("all");
   expect(performance.now() - started).toBeLessThan(1000);
+});
+
+test("composeEnv() talks to pgod's engine: a service's DOCKER_HOST or DOCKER_CONTEXT never reaches compose", () => {
+  const account = { name: "app", uid: 1000, gid: 1000, groups: [1000], home: "/home/app" };
+  const t = { project: "app", dir: "/srv/app", file: "compose.yaml", account, env: { DOCKER_HOST: "tcp://elsewhere:2375", DOCKER_CONTEXT: "x", TAG: "1" }, dockerConfig: "/d" };
+  const saved = process.env["DOCKER_HOST"];
+  try {
+    delete process.env["DOCKER_HOST"];
+    const plain = composeEnv(t);
+    expect([plain["DOCKER_HOST"], plain["DOCKER_CONTEXT"], plain["TAG"], plain["DOCKER_CONFIG"]]).toEqual([undefined, undefined, "1", "/d"]);
+    process.env["DOCKER_HOST"] = "unix:///run/other.sock";
+    expect(composeEnv(t)["DOCKER_HOST"]).toBe("unix:///run/other.sock");
+  } finally {
+    if (saved === undefined) delete process.env["DOCKER_HOST"];
+    else process.env["DOCKER_HOST"] = saved;
+  }
 });

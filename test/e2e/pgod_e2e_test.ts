@@ -194,16 +194,22 @@ describe("pgod with a real Docker engine", () => {
       const user = await env.user();
       const realDocker = Bun.which("docker");
       if (!realDocker) throw new Error("Cannot find docker on PATH");
-      // A `docker` first on pgod's PATH that records who runs it, then runs the real one.
+      // A `docker` first on pgod's PATH that records who runs it, then runs the real one; it names
+      // a compose plugin that records the same and runs the real plugin, so pgod's direct calls
+      // of the plugin are seen too.
+      const plugin = (await run(["docker", "info", "--format", '{{range .ClientInfo.Plugins}}{{if eq .Name "compose"}}{{.Path}}{{end}}{{end}}'], { check: false })).stdout.trim();
+      expect(plugin).toEndWith("/docker-compose");
       const wrap = await env.tempDir(0o777);
       const record = join(wrap, "docker.log");
       await writeFile(record, "", { mode: 0o666 });
       await run(["chmod", "0666", record]);
+      const recordLine = `printf '%s|%s|%s\\n' "$(id -u)" "$(id -G)"`;
       await writeFile(
         join(wrap, "docker"),
-        `#!/bin/sh\nprintf '%s|%s|%s\\n' "$(id -u)" "$(id -G)" "$*" >> ${record}\nexec ${realDocker} "$@"\n`,
+        `#!/bin/sh\n${recordLine} "$*" >> ${record}\n[ "$1" = info ] && { echo ${join(wrap, "docker-compose")}; exit 0; }\nexec ${realDocker} "$@"\n`,
         { mode: 0o755 },
       );
+      await writeFile(join(wrap, "docker-compose"), `#!/bin/sh\n${recordLine} "compose $*" >> ${record}\nexec ${plugin} "$@"\n`, { mode: 0o755 });
       const repo = await env.repo({ "compose.yaml": composeFile() });
       await chownTree(repo.bare, user.uid, user.gid);
       const pg = await env.pgod([{ name, user: user.name, repository: repo.bare }], {
@@ -217,11 +223,12 @@ describe("pgod with a real Docker engine", () => {
       });
       const ups = calls.filter((c) => /^compose .*\bup\b/.test(c.argv));
       expect(ups.length).toBeGreaterThanOrEqual(1);
-      for (const c of ups) expect(c.uid).toBe(user.uid);
-      for (const c of calls) {
+      // pgod itself asks `docker info` for the plugin, as root; everything else is the service's.
+      for (const c of calls.filter((x) => !x.argv.startsWith("info "))) {
         expect(c.uid).toBe(user.uid);
         expect(c.groups).not.toContain(0);
       }
+      await pg.waitForLog(new RegExp(`msg="running the docker compose plugin directly" path=${join(wrap, "docker-compose")}`));
       const st = statSync(join(pg.dir, name));
       expect(st.uid).toBe(user.uid);
       expect(st.mode & 0o777).toBe(0o700);
