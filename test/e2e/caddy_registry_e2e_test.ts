@@ -10,8 +10,8 @@ import { closeSync, existsSync, openSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
-  configText, containersOf, IMAGE, Pgod, PGOD, randomId, removeProject, run, scenario, sweepRun, uniqueName, waitFor,
-  waitRunning,
+  configText, containersOf, IMAGE, Pgod, PGOD, preflight, randomId, removeProject, run, scenario, sweepRun, uniqueName,
+  waitFor, waitRunning,
 } from "./harness.ts";
 import type { Env, ServiceSpec } from "./harness.ts";
 
@@ -21,17 +21,8 @@ const CADDY_IMAGE = "pgo-caddy:1";
 /** The reload command of the Caddy service: the compose service in its repository is `caddy`. */
 const RELOAD = "localhost:caddy//exec caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile";
 
-beforeAll(async () => {
-  if (!existsSync(PGOD)) throw new Error(`Cannot find "${PGOD}": run "bash scripts/build.sh" first`);
-  for (const image of [IMAGE, CADDY_IMAGE]) {
-    const r = await run(["docker", "image", "inspect", "--format", "{{.Id}}", image], { check: false });
-    if (r.code !== 0) throw new Error(`Cannot find image "${image}": run "bash scripts/deps.sh" first`);
-  }
-});
-
-afterAll(async () => {
-  await sweepRun();
-});
+beforeAll(() => preflight([PGOD], [IMAGE, CADDY_IMAGE]));
+afterAll(sweepRun);
 
 /** A TCP port on 127.0.0.1 that was free a moment ago. */
 function freePort(): number {

@@ -8,14 +8,13 @@
  * run concurrently. Run `bash scripts/build.sh` first.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync } from "node:fs";
 import { join } from "node:path";
 import {
-  composeExec, composeFile, containersOf, headOf, IMAGE, lsRemote, openssh, PGOD, PGOCTL, pgoctl, randomId,
-  run, runningOf, scenario, sshListening, sweepRun, waitFor, waitRunning,
+  composeExec, composeFile, containersOf, headOf, lsRemote, openssh, pgoctl, PGOCTL, PGOD, preflight, QUIET_INTERVAL,
+  randomId, run, runningOf, scenario, sshListening, statusOf, sweepRun, waitFor, waitRunning,
 } from "./harness.ts";
 import type { Ran } from "./harness.ts";
-import { post, pushEvent, QUIET_INTERVAL, serve, webhookAddress } from "./deploys.ts";
+import { post, pushEvent, serve, webhookAddress } from "./deploys.ts";
 import type { Served } from "./deploys.ts";
 
 /** A compose file whose busybox httpd serves a page saying `page` on port 8080, plus `extra` service lines. */
@@ -49,18 +48,6 @@ function clean(r: Ran): Ran {
   return { ...r, stderr: r.stderr.replace(/^pgoctl: Trusting .*\n/, "") };
 }
 
-/** `status` over OpenSSH's ssh, parsed into its `key: value` lines. */
-async function status(c: Served): Promise<Record<string, string>> {
-  const r = await openssh(c, `${c.name}//status`);
-  if (r.code !== 0) throw new Error(`status exited ${r.code}: ${r.stderr}`);
-  const out: Record<string, string> = {};
-  for (const line of r.stdout.split("\n")) {
-    const m = /^([a-z ]+):\s+(.*)$/.exec(line);
-    if (m) out[m[1]!] = m[2]!;
-  }
-  return out;
-}
-
 /**
  * Checks that `ok(probe())` keeps holding for `ms`, polling every `intervalMs`; throws at once when
  * it stops holding. For asserting that something does NOT happen within a window.
@@ -75,16 +62,8 @@ async function holdsFor<T>(what: string, ms: number, probe: () => Promise<T>, ok
   }
 }
 
-beforeAll(async () => {
-  for (const bin of [PGOD, PGOCTL]) {
-    if (!existsSync(bin)) throw new Error(`Cannot find "${bin}": run "bash scripts/build.sh" first`);
-  }
-  await run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE]);
-});
-
-afterAll(async () => {
-  await sweepRun();
-});
+beforeAll(() => preflight([PGOD, PGOCTL]));
+afterAll(sweepRun);
 
 describe("safe deploys with a real Docker engine", () => {
   test.concurrent("a commit whose container exits at once is rolled back, not retried, and a later good commit deploys", async () => {
@@ -104,7 +83,7 @@ describe("safe deploys with a real Docker engine", () => {
       expect(await headOf(s.checkout)).toBe(good);
       const back = await waitRunning(s.name);
       expect(await page(s.name)).toBe("good-one");
-      const st = await status(s);
+      const st = await statusOf(s);
       expect(st["commit"]).toBe(good!);
       expect(st["last result"]).toBe("rolled back");
       expect(st["rolled back"]).toStartWith(bad);
@@ -129,7 +108,7 @@ describe("safe deploys with a real Docker engine", () => {
         (p) => p === "good-two",
       );
       await s.pg.waitForLog(new RegExp(`msg=deployed service=${s.name} commit=${fixed.slice(0, 12)} trigger=poll`));
-      const later = await status(s);
+      const later = await statusOf(s);
       expect({ result: later["last result"], bad: later["rolled back"], good: later["last good"] }).toEqual({
         result: "deployed", bad: "none", good: fixed,
       });
@@ -155,7 +134,7 @@ describe("safe deploys with a real Docker engine", () => {
       expect(back.id).not.toBe(first.id);
       expect(await healthOf(back.id)).toBe("healthy");
       expect(await page(s.name)).toBe("healthy-one");
-      const st = await status(s);
+      const st = await statusOf(s);
       expect(st["last result"]).toBe("rolled back");
       expect(st["rolled back"]).toStartWith(bad);
       expect(st["last good"]).toBe(good!);
@@ -171,7 +150,7 @@ describe("safe deploys with a real Docker engine", () => {
       expect(s.pg.lines(composeExec(s.name, "up")).length).toBe(ups);
       expect((await runningOf(s.name)).map((c) => c.id)).toEqual([healed.id]);
       expect(await headOf(s.checkout)).toBe(good);
-      expect((await status(s))["rolled back"]).toStartWith(bad);
+      expect((await statusOf(s))["rolled back"]).toStartWith(bad);
     });
   });
 
@@ -202,7 +181,7 @@ describe("safe deploys with a real Docker engine", () => {
       expect(lines[3]).toMatch(row(one, "start", "deployed"));
       const last2 = clean(await pgoctl(again, `${s.name}//history`, "2"));
       expect(last2.stdout.trimEnd().split("\n")).toEqual(lines.slice(0, 2));
-      expect((await status(again))["rolled back"]).toStartWith(bad);
+      expect((await statusOf(again))["rolled back"]).toStartWith(bad);
 
       // A newer commit deploys; then rollback to the first one pins it.
       const two = await s.repo.commit({ "compose.yaml": serving("v2") }, "v2");
@@ -213,7 +192,7 @@ describe("safe deploys with a real Docker engine", () => {
       expect(await headOf(s.checkout)).toBe(one);
       expect(await page(s.name)).toBe("v1");
       const pinnedAt = await waitRunning(s.name);
-      const pinned = await status(again);
+      const pinned = await statusOf(again);
       expect(pinned["pinned"]).toStartWith(one);
       expect(pinned["commit"]).toBe(one);
 
@@ -222,7 +201,7 @@ describe("safe deploys with a real Docker engine", () => {
       const sync = clean(await pgoctl(again, `${s.name}//sync`));
       expect(sync).toEqual({ code: 0, stdout: `pinned at ${one.slice(0, 12)}: "unpin" first to pull new commits\n`, stderr: "" });
       const synced = Date.now();
-      await waitFor("a poll after the sync", () => status(again), (st) => Date.parse(st["last poll"] ?? "") > synced);
+      await waitFor("a poll after the sync", () => statusOf(again), (st) => Date.parse(st["last poll"] ?? "") > synced);
       expect(await headOf(s.checkout)).toBe(one);
       expect((await runningOf(s.name)).map((c) => c.id)).toEqual([pinnedAt.id]);
       expect(await page(s.name)).toBe("v1");
@@ -231,7 +210,7 @@ describe("safe deploys with a real Docker engine", () => {
       expect(un).toEqual({ code: 0, stdout: "unpinned: new commits are pulled again\n", stderr: "" });
       await waitFor("the checkout at v3", () => headOf(s.checkout), (c) => c === three);
       await waitFor("the v3 page", () => page(s.name), (p) => p === "v3");
-      expect((await status(again))["pinned"]).toBe("no");
+      expect((await statusOf(again))["pinned"]).toBe("no");
     });
   });
 

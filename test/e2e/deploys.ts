@@ -7,9 +7,6 @@ import { join } from "node:path";
 import { Env, makeKey, Pgod, Repo, sshListening, uniqueName } from "./harness.ts";
 import type { Client, ServiceSpec } from "./harness.ts";
 
-/** Poll interval for a pgod whose deploys must come from something other than polling. */
-export const QUIET_INTERVAL = "10m";
-
 /** One service served by its own pgod, with a client key committed in its repository. */
 export interface Served extends Client {
   name: string;

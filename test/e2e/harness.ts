@@ -2,8 +2,8 @@
  * Helpers for the end-to-end tests: they run the built `dist/pgod` against the real Docker engine,
  * with real git repositories in temp dirs, and check the outcome with `docker` itself.
  */
-import { closeSync, openSync, readFileSync } from "node:fs";
-import { chmod, chown, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
+import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 
@@ -15,6 +15,8 @@ export const IMAGE = "pgo-busybox:1";
 
 /** Poll interval given to pgod with `-t`. */
 export const INTERVAL = "2s";
+/** Poll interval for a pgod whose test needs no cycle after the first one (deploys come from elsewhere). */
+export const QUIET_INTERVAL = "10m";
 
 /** Every project, user and temp dir of this run starts with this, so a sweep can find leftovers. */
 export const RUN_PREFIX: string = `e2e-${randomId(6)}-`;
@@ -160,6 +162,20 @@ export async function removeProject(project: string): Promise<void> {
   const nets = await run(["docker", "network", "ls", "--quiet", "--filter", `label=com.docker.compose.project=${project}`], { check: false });
   const ids = nets.stdout.split("\n").filter(Boolean);
   if (ids.length > 0) await run(["docker", "network", "rm", ...ids], { check: false });
+}
+
+/**
+ * Throws unless the binaries `bins` are built and the images `images` exist: a test file's
+ * `beforeAll`, so that a missing build says so once instead of failing every test.
+ */
+export async function preflight(bins: string[] = [PGOD], images: string[] = [IMAGE]): Promise<void> {
+  for (const bin of bins) {
+    if (!existsSync(bin)) throw new Error(`Cannot find "${bin}": run "bash scripts/build.sh" first`);
+  }
+  for (const image of images) {
+    const r = await run(["docker", "image", "inspect", "--format", "{{.Id}}", image], { check: false });
+    if (r.code !== 0) throw new Error(`Cannot find image "${image}": run "bash scripts/deps.sh" first`);
+  }
 }
 
 /** Removes every compose project of this run that a test left behind. */
@@ -518,6 +534,34 @@ export interface Client {
   port: number;
   key: Key;
   knownHosts: string;
+}
+
+/** `status` of service `c.name` over OpenSSH's ssh, parsed into its `key: value` lines; throws unless it exits 0. */
+export async function statusOf(c: Pick<Client, "port" | "key"> & { name: string }): Promise<Record<string, string>> {
+  const r = await openssh({ port: c.port, key: c.key, knownHosts: "/dev/null" }, `${c.name}//status`);
+  if (r.code !== 0) throw new Error(`status exited ${r.code}: ${r.stderr}`);
+  const out: Record<string, string> = {};
+  for (const line of r.stdout.split("\n")) {
+    const m = /^([a-z ]+):\s+(.*)$/.exec(line);
+    if (m) out[m[1]!] = m[2]!;
+  }
+  return out;
+}
+
+/** Processes whose argv holds every one of `words` as a whole argument, as `pid: argv`. */
+export async function processesWith(words: string[]): Promise<string[]> {
+  const found: string[] = [];
+  for (const pid of await readdir("/proc")) {
+    if (!/^\d+$/.test(pid)) continue;
+    let argv: string[];
+    try {
+      argv = (await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0").filter(Boolean);
+    } catch {
+      continue; // gone meanwhile
+    }
+    if (words.every((w) => argv.includes(w))) found.push(`${pid}: ${argv.join(" ")}`);
+  }
+  return found;
 }
 
 /** Runs `dist/pgoctl -i KEY -p PORT --known-hosts FILE 127.0.0.1:<target> args...` to completion. */

@@ -9,18 +9,12 @@ import { rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { serveGitHttp } from "../git_http.ts";
 import {
-  chownTree, composeExec, composeFile, lsRemote, containersOf, headOf, IMAGE, inspect, PGOD, run, runningOf, scenario, sweepRun,
-  uniqueName, waitFor, waitRunning,
+  chownTree, composeExec, composeFile, containersOf, headOf, inspect, lsRemote, preflight, run, runningOf, scenario,
+  sweepRun, uniqueName, waitFor, waitRunning,
 } from "./harness.ts";
 
-beforeAll(async () => {
-  if (!existsSync(PGOD)) throw new Error(`Cannot find "${PGOD}": run "bash scripts/build.sh" first`);
-  await run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE]);
-});
-
-afterAll(async () => {
-  await sweepRun();
-});
+beforeAll(() => preflight());
+afterAll(sweepRun);
 
 describe("pgod with a real Docker engine", () => {
   test.concurrent("the service comes up from its repository", async () => {

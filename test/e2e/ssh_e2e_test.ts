@@ -6,34 +6,15 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, statSync } from "node:fs";
-import { readdir, readFile, writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { hostname, userInfo } from "node:os";
 import { join } from "node:path";
 import {
-  composeExec, composeFile, configText, containersOf, Env, fingerprintOf, headOf, IMAGE, lsRemote, makeKey, metricsAddress,
-  openssh, Pgod, PGOD, PGOCTL, pgoctl, randomId, Repo, run, runningOf, scenario, sshListening, sweepRun, uniqueName, waitFor,
-  waitRunning,
+  composeExec, composeFile, configText, containersOf, Env, fingerprintOf, headOf, IMAGE, lsRemote, makeKey,
+  metricsAddress, openssh, PGOCTL, pgoctl, PGOD, Pgod, preflight, processesWith, QUIET_INTERVAL, randomId, Repo,
+  run, runningOf, scenario, sshListening, sweepRun, uniqueName, waitFor, waitRunning,
 } from "./harness.ts";
 import type { Client, Key, Ran } from "./harness.ts";
-
-/** Poll interval for a pgod whose test needs no cycle after the first one. */
-const QUIET_INTERVAL = "10m";
-
-/** Processes whose argv holds every one of `words` as a whole argument, as `pid: argv`. */
-async function processesWith(words: string[]): Promise<string[]> {
-  const found: string[] = [];
-  for (const pid of await readdir("/proc")) {
-    if (!/^\d+$/.test(pid)) continue;
-    let argv: string[];
-    try {
-      argv = (await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0").filter(Boolean);
-    } catch {
-      continue; // gone meanwhile
-    }
-    if (words.every((w) => argv.includes(w))) found.push(`${pid}: ${argv.join(" ")}`);
-  }
-  return found;
-}
 
 /** One service served by its own pgod, with a client key committed in its repository. */
 interface Served extends Client {
@@ -113,16 +94,8 @@ function sample(text: string, name: string, labels: Record<string, string>): num
   return undefined;
 }
 
-beforeAll(async () => {
-  for (const bin of [PGOD, PGOCTL]) {
-    if (!existsSync(bin)) throw new Error(`Cannot find "${bin}": run "bash scripts/build.sh" first`);
-  }
-  await run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE]);
-});
-
-afterAll(async () => {
-  await sweepRun();
-});
+beforeAll(() => preflight([PGOD, PGOCTL]));
+afterAll(sweepRun);
 
 describe("the SSH interface of pgod with a real Docker engine", () => {
   test.concurrent("ps lists the running container through pgoctl and through OpenSSH's ssh", async () => {

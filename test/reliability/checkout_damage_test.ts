@@ -6,10 +6,10 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, statSync } from "node:fs";
 import { rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { lsRemote, run, runningOf, scenario, sweepRun, waitRunning } from "../e2e/harness.ts";
-import { checkoutSound, gitIn, preflight, serve, version, versionOf } from "./faults.ts";
+import { lsRemote, preflight, run, runningOf, scenario, sweepRun, waitRunning } from "../e2e/harness.ts";
+import { checkoutSound, gitIn, serve, version, versionOf } from "./faults.ts";
 
-beforeAll(preflight);
+beforeAll(() => preflight());
 afterAll(sweepRun);
 
 const GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"];

@@ -5,11 +5,11 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFile, rm, writeFile } from "node:fs/promises";
-import { containersOf, lsRemote, runningOf, scenario, sweepRun, waitFor } from "../e2e/harness.ts";
-import { preflight, serve, statusOf, version, versionOf } from "./faults.ts";
+import { containersOf, lsRemote, preflight, runningOf, scenario, statusOf, sweepRun, waitFor } from "../e2e/harness.ts";
+import { serve, version, versionOf } from "./faults.ts";
 import type { Served } from "./faults.ts";
 
-beforeAll(preflight);
+beforeAll(() => preflight());
 afterAll(sweepRun);
 
 /** Checks pgod still works on its old config: another poll of the remote, and SSH answers. */

@@ -6,10 +6,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { containersOf, run, runningOf, scenario, sshListening, sweepRun, waitFor, waitRunning } from "../e2e/harness.ts";
-import { checkoutSound, hashOf, historyOf, preflight, serve, statusOf, version, versionOf } from "./faults.ts";
+import {
+  containersOf, preflight, run, runningOf, scenario, sshListening, statusOf, sweepRun, waitFor, waitRunning,
+} from "../e2e/harness.ts";
+import { checkoutSound, hashOf, historyOf, serve, version, versionOf } from "./faults.ts";
 
-beforeAll(preflight);
+beforeAll(() => preflight());
 afterAll(sweepRun);
 
 /** Bytes free on the file system of `dir`. */

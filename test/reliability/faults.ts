@@ -2,17 +2,10 @@
  * Helpers shared by the fault tests: a served service (repository with a client key, pgod, SSH
  * port), timestamps of log lines, and the health checks on what pgod keeps on disk.
  */
-import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { composeFile, IMAGE, makeKey, openssh, PGOD, run, sshListening, uniqueName, waitRunning } from "../e2e/harness.ts";
+import { composeFile, makeKey, run, sshListening, uniqueName, waitRunning } from "../e2e/harness.ts";
 import type { Container, Env, Key, Pgod, Repo, ServiceSpec } from "../e2e/harness.ts";
-
-/** Throws unless dist/pgod and the test image exist. */
-export async function preflight(): Promise<void> {
-  if (!existsSync(PGOD)) throw new Error(`Cannot find "${PGOD}": run "bash scripts/build.sh" first`);
-  await run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE]);
-}
 
 /** A service whose repository holds `compose.yaml` (VERSION=1) and a client key in `ssh/`. */
 export interface Served {
@@ -53,18 +46,6 @@ export async function serve(
   const first = await (o.running ?? waitRunning)(name);
   await pg.waitForLog(new RegExp(`msg=deployed service=${name} `));
   return { name, repo, key, pg, port, hostKey, checkout: join(pg.dir, name), first };
-}
-
-/** `pgoctl status` of a served service, through OpenSSH's ssh; throws unless it exits 0. */
-export async function statusOf(s: Pick<Served, "name" | "key" | "port">): Promise<Record<string, string>> {
-  const r = await openssh({ port: s.port, key: s.key, knownHosts: "/dev/null" }, `${s.name}//status`);
-  if (r.code !== 0) throw new Error(`status exited ${r.code}: ${r.stderr}`);
-  const out: Record<string, string> = {};
-  for (const line of r.stdout.split("\n")) {
-    const m = /^([a-z ]+):\s+(.*)$/.exec(line);
-    if (m) out[m[1]!] = m[2]!;
-  }
-  return out;
 }
 
 /** The time (ms) of a log line, from its leading ISO timestamp. */

@@ -10,9 +10,11 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { rename } from "node:fs/promises";
 import { join } from "node:path";
-import { containersOf, headOf, lsRemote, runningOf, scenario, sweepRun, uniqueName, waitFor, waitRunning } from "../e2e/harness.ts";
+import {
+  containersOf, headOf, lsRemote, preflight, runningOf, scenario, statusOf, sweepRun, uniqueName, waitFor, waitRunning,
+} from "../e2e/harness.ts";
 import type { Env } from "../e2e/harness.ts";
-import { preflight, serve, statusOf, timeOf, version, versionOf } from "./faults.ts";
+import { serve, timeOf, version, versionOf } from "./faults.ts";
 import type { Served } from "./faults.ts";
 import { GitFront, HttpRemote } from "./remotes.ts";
 
@@ -21,7 +23,7 @@ const GIT_TIMEOUT_MS = 3000;
 /** The poll interval the harness gives pgod (`-t 2s`). */
 const INTERVAL_MS = 2000;
 
-beforeAll(preflight);
+beforeAll(() => preflight());
 afterAll(sweepRun);
 
 /** One fault: how pgod reaches the remote, how to break and mend it, and the error it must show. */

@@ -9,11 +9,10 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
 import { connect, type Socket } from "node:net";
-import { IMAGE, openssh, PGOD, run, scenario, sweepRun, waitFor, waitRunning } from "../e2e/harness.ts";
+import { openssh, preflight, processesWith, scenario, sweepRun, waitFor, waitRunning } from "../e2e/harness.ts";
 import type { ClientChannel } from "ssh2";
-import { percentile, processesWith, RssSampler, rssMiB, serveOne, sshRequest } from "./util.ts";
+import { percentile, rssMiB, RssSampler, serveOne, sshRequest } from "./util.ts";
 import type { Answer, Service } from "./util.ts";
 
 /** A client with a valid key must get its answer within this, whatever else goes on. */
@@ -21,14 +20,8 @@ const PROMPT_MS = 2_000;
 /** pgod's resident memory must stay below this (an idle pgod uses about 100 MiB). */
 const RSS_LIMIT_MIB = 300;
 
-beforeAll(async () => {
-  if (!existsSync(PGOD)) throw new Error(`Cannot find "${PGOD}": run "bash scripts/build.sh" first`);
-  await run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE]);
-});
-
-afterAll(async () => {
-  await sweepRun();
-});
+beforeAll(() => preflight());
+afterAll(sweepRun);
 
 /** Sends `n` pings one after the other with the service's key; returns the answers. */
 async function pings(s: Service, n: number, gapMs = 200): Promise<Answer[]> {

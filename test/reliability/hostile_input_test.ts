@@ -6,11 +6,11 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
-import { existsSync, lstatSync } from "node:fs";
+import { lstatSync } from "node:fs";
 import { mkdir, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import {
-  chownTree, composeFile, headOf, IMAGE, makeKey, openssh, PGOD, run, runningOf, scenario, sshListening, sweepRun,
+  chownTree, composeFile, headOf, makeKey, openssh, preflight, run, runningOf, scenario, sshListening, sweepRun,
   uniqueName, waitFor, waitRunning,
 } from "../e2e/harness.ts";
 import type { Repo } from "../e2e/harness.ts";
@@ -21,14 +21,8 @@ const REFUSE_WITHIN_MS = 5_000;
 /** pgod's resident memory must stay below this (an idle pgod uses about 100 MiB). */
 const RSS_LIMIT_MIB = 300;
 
-beforeAll(async () => {
-  if (!existsSync(PGOD)) throw new Error(`Cannot find "${PGOD}": run "bash scripts/build.sh" first`);
-  await run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE]);
-});
-
-afterAll(async () => {
-  await sweepRun();
-});
+beforeAll(() => preflight());
+afterAll(sweepRun);
 
 /** Replaces `path` in the work clone by a symlink to `target` (made as written, relative or not), then commits. */
 async function commitSymlink(repo: Repo, path: string, target: string, message: string): Promise<string> {

@@ -6,22 +6,16 @@
  * Run `bash scripts/build.sh` first.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync } from "node:fs";
-import { IMAGE, PGOD, run, scenario, sweepRun, waitFor, waitRunning } from "../e2e/harness.ts";
+import { readFileSync } from "node:fs";
+import { preflight, scenario, sweepRun, waitFor, waitRunning } from "../e2e/harness.ts";
 import { percentile, RssSampler, rssMiB, serveOne, settleRss, sshRequest } from "./util.ts";
 import type { Answer } from "./util.ts";
 
 const CLIENTS = Number(process.env["PGO_LOAD_CLIENTS"] ?? 50);
 const DURATION_MS = Number(process.env["PGO_LOAD_SECONDS"] ?? 60) * 1000;
 
-beforeAll(async () => {
-  if (!existsSync(PGOD)) throw new Error(`Cannot find "${PGOD}": run "bash scripts/build.sh" first`);
-  await run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE]);
-});
-
-afterAll(async () => {
-  await sweepRun();
-});
+beforeAll(() => preflight());
+afterAll(sweepRun);
 
 /** CPU seconds (user + system) a process has used, from /proc/<pid>/stat. */
 function cpuSeconds(pid: number): number {

@@ -7,10 +7,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { composeFile, configText, containersOf, Pgod, run, RUN_PREFIX, scenario, sweepRun, uniqueName, waitFor } from "../e2e/harness.ts";
-import { preflight } from "./faults.ts";
+import {
+  composeFile, configText, containersOf, Pgod, preflight, run, RUN_PREFIX, scenario, sweepRun, uniqueName, waitFor,
+} from "../e2e/harness.ts";
 
-beforeAll(preflight);
+beforeAll(() => preflight());
 afterAll(sweepRun);
 
 const SERVICES = 20;

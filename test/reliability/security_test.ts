@@ -10,21 +10,15 @@ import { existsSync } from "node:fs";
 import { chown, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
-  chownTree, composeFile, IMAGE, makeKey, metricsAddress, openssh, PGOD, run, runningOf, scenario, sshListening, sweepRun,
-  uniqueName, waitFor, waitRunning,
+  chownTree, composeFile, IMAGE, makeKey, metricsAddress, openssh, preflight, run, runningOf, scenario, sshListening,
+  sweepRun, uniqueName, waitFor, waitRunning,
 } from "../e2e/harness.ts";
 import type { Client } from "../e2e/harness.ts";
 import { keyWithText, sshRequest } from "./util.ts";
 import type { Answer } from "./util.ts";
 
-beforeAll(async () => {
-  if (!existsSync(PGOD)) throw new Error(`Cannot find "${PGOD}": run "bash scripts/build.sh" first`);
-  await run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE]);
-});
-
-afterAll(async () => {
-  await sweepRun();
-});
+beforeAll(() => preflight());
+afterAll(sweepRun);
 
 /** A TCP port on 127.0.0.1 that nothing listens on (it was free a moment ago). */
 function closedPort(): number {

@@ -7,10 +7,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { appendFile, readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { composeExec, containersOf, openssh, runningOf, scenario, sshListening, sweepRun, waitFor } from "../e2e/harness.ts";
-import { hashOf, historyOf, preflight, serve, statusOf, version, versionOf } from "./faults.ts";
+import {
+  composeExec, containersOf, openssh, preflight, runningOf, scenario, sshListening, statusOf, sweepRun, waitFor,
+} from "../e2e/harness.ts";
+import { hashOf, historyOf, serve, version, versionOf } from "./faults.ts";
 
-beforeAll(preflight);
+beforeAll(() => preflight());
 afterAll(sweepRun);
 
 describe("pgod killed with SIGKILL", () => {

@@ -3,7 +3,7 @@
  * connection per request), latency statistics, and a service set up as a non-root user.
  */
 import { readFileSync } from "node:fs";
-import { readdir, readFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { Client } from "ssh2";
 import { sshAlgorithms } from "../../src/ssh_server.ts";
 import {
@@ -165,18 +165,3 @@ export async function settleRss(pid: number, ok: (mib: number) => boolean, timeo
   return waitFor("pgod's memory to settle", () => rssMiB(pid), ok, { timeoutMs, intervalMs: 500 });
 }
 
-/** Processes whose argv holds every one of `words` as a whole argument, as `pid: argv`. */
-export async function processesWith(words: string[]): Promise<string[]> {
-  const found: string[] = [];
-  for (const pid of await readdir("/proc")) {
-    if (!/^\d+$/.test(pid)) continue;
-    let argv: string[];
-    try {
-      argv = (await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0").filter(Boolean);
-    } catch {
-      continue; // gone meanwhile
-    }
-    if (words.every((w) => argv.includes(w))) found.push(`${pid}: ${argv.join(" ")}`);
-  }
-  return found;
-}

@@ -4,18 +4,14 @@
  * once on two cores, every figure here grows several times over.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { existsSync, readFileSync } from "node:fs";
-import { composeExec, composeFile, containersOf, headOf, IMAGE, PGOD, run, scenario, sweepRun, waitFor, waitRunning } from "../harness.ts";
-import { post, pushEvent, QUIET_INTERVAL, serve, webhookAddress } from "../deploys.ts";
+import { readFileSync } from "node:fs";
+import {
+  composeExec, composeFile, containersOf, headOf, preflight, QUIET_INTERVAL, scenario, sweepRun, waitFor, waitRunning,
+} from "../harness.ts";
+import { post, pushEvent, serve, webhookAddress } from "../deploys.ts";
 
-beforeAll(async () => {
-  if (!existsSync(PGOD)) throw new Error(`Cannot find "${PGOD}": run "bash scripts/build.sh" first`);
-  await run(["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE]);
-});
-
-afterAll(async () => {
-  await sweepRun();
-});
+beforeAll(() => preflight());
+afterAll(sweepRun);
 
 /** The share of CPU time the machine spent idle over `ms` (from /proc/stat). */
 async function idleShare(ms: number): Promise<number> {

@@ -13,11 +13,11 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { composeExec, IMAGE, run, scenario, waitFor } from "../../e2e/harness.ts";
+import { composeExec, IMAGE, preflight, run, scenario, statusOf, waitFor } from "../../e2e/harness.ts";
 import type { Container, Env } from "../../e2e/harness.ts";
-import { preflight, serve, statusOf, version } from "../faults.ts";
+import { serve, version } from "../faults.ts";
 
-beforeAll(preflight);
+beforeAll(() => preflight());
 
 afterAll(async () => {
   // The machine's engine was never touched; say so loudly if it is not answering.
