@@ -129,9 +129,9 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
   // go through `docker compose` as always.
   if (!deps.runner) {
     void findComposePlugin(runner, { PATH: CHILD_PATH, HOME: "/root", ...engineEnv() }).then((path) => {
-      if (path === null) return log.info("running docker compose through the docker CLI");
       composePlugin.path = path;
-      log.info("running the docker compose plugin directly", { path });
+      if (path === null) log.info("running docker compose through the docker CLI");
+      else log.info("running the docker compose plugin directly", { path });
     });
   }
 

@@ -40,27 +40,36 @@ export interface Git {
 }
 
 /**
+ * An http(s) URL without its user information, and that information as the value of a Basic
+ * `Authorization` header (null when the URL has none); null for other or unparsable URLs.
+ */
+export function httpCredentials(url: string): { bare: string; authorization: string | null } | null {
+  if (!/^https?:\/\//i.test(url)) return null;
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return null;
+  }
+  if (u.username === "" && u.password === "") return { bare: u.toString(), authorization: null };
+  const secret = Buffer.from(`${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`).toString("base64");
+  u.username = "";
+  u.password = "";
+  return { bare: u.toString(), authorization: `Basic ${secret}` };
+}
+
+/**
  * A remote URL without its secret, and the secret as git config passed in the environment:
  * credentials in an http(s) URL become an `Authorization` header for that URL only, so they are
  * in no argv (which every user of the machine can read in /proc) and not in the checkout's
  * .git/config. Other URLs are returned as they are.
  */
 export function remoteAccess(url: string): { url: string; env: Record<string, string> } {
-  if (!/^https?:\/\//i.test(url)) return { url, env: {} };
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    return { url, env: {} };
-  }
-  if (u.username === "" && u.password === "") return { url, env: {} };
-  const secret = Buffer.from(`${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`).toString("base64");
-  u.username = "";
-  u.password = "";
-  const bare = u.toString();
+  const c = httpCredentials(url);
+  if (c === null || c.authorization === null) return { url, env: {} };
   return {
-    url: bare,
-    env: { GIT_CONFIG_COUNT: "1", GIT_CONFIG_KEY_0: `http.${bare}.extraHeader`, GIT_CONFIG_VALUE_0: `Authorization: Basic ${secret}` },
+    url: c.bare,
+    env: { GIT_CONFIG_COUNT: "1", GIT_CONFIG_KEY_0: `http.${c.bare}.extraHeader`, GIT_CONFIG_VALUE_0: `Authorization: ${c.authorization}` },
   };
 }
 

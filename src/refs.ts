@@ -3,6 +3,7 @@
  * an idle poll then starts no process at all (`git ls-remote` is three, bench/README.md). A server
  * that does not speak it gives UnsupportedRemote, and the caller asks `git ls-remote` instead.
  */
+import { httpCredentials } from "./git.ts";
 
 /** The server answered, but not in git's smart HTTP protocol (a dumb server, a login page, ...). */
 export class UnsupportedRemote extends Error {
@@ -60,23 +61,13 @@ export async function advertisedHead(url: string, branch: string, o: RefsOptions
   return pick(rest, want, branch);
 }
 
-/** `url` without its user information, and that information as an Authorization header. */
+/** `url` without its user information and trailing slashes, and the headers of every request. */
 function splitCredentials(url: string): { base: string; headers: Record<string, string> } {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    throw new UnsupportedRemote("its URL cannot be parsed");
-  }
+  const c = httpCredentials(url);
+  if (c === null) throw new UnsupportedRemote("its URL cannot be parsed");
   const headers: Record<string, string> = { "User-Agent": "git/pgod" };
-  if (u.username !== "" || u.password !== "") {
-    const user = decodeURIComponent(u.username);
-    const pass = decodeURIComponent(u.password);
-    headers["Authorization"] = `Basic ${Buffer.from(`${user}:${pass}`).toString("base64")}`;
-    u.username = "";
-    u.password = "";
-  }
-  return { base: u.toString().replace(/\/+$/, ""), headers };
+  if (c.authorization !== null) headers["Authorization"] = c.authorization;
+  return { base: c.bare.replace(/\/+$/, ""), headers };
 }
 
 async function ask(
