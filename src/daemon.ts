@@ -12,7 +12,7 @@ import type { Config } from "./config.ts";
 import { caddyImport } from "./caddy.ts";
 import { makeDockerContainers } from "./containers.ts";
 import { unmountStale } from "./mount.ts";
-import { makeMemoryCgroup, removeMemoryCgroup } from "./policy.ts";
+import { makeMemoryCgroup, removeMemoryCgroup } from "./cgroup.ts";
 import type { Containers } from "./containers.ts";
 import { ConfigError, errorMessage, formatProblem } from "./errors.ts";
 import { makeRunner } from "./exec.ts";

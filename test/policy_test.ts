@@ -7,10 +7,10 @@ import type { Runner } from "../src/exec.ts";
 import { makeRunner } from "../src/exec.ts";
 import { memoryLogger } from "../src/log.ts";
 import type { PolicyContext, Violation } from "../src/policy.ts";
-import {
-  composeModel, evaluatePolicy, formatViolations, makeMemoryCgroup, removeMemoryCgroup, resolveExisting, RULES,
-  pullsImages, screenComposeTree, screenYaml,
-} from "../src/policy.ts";
+import { makeMemoryCgroup, removeMemoryCgroup } from "../src/cgroup.ts";
+import { composeModel } from "../src/compose_model.ts";
+import { evaluatePolicy, formatViolations, resolveExisting, RULES } from "../src/policy.ts";
+import { pullsImages, screenComposeTree, screenYaml } from "../src/yaml_screen.ts";
 import type { Account } from "../src/users.ts";
 import { tempDir } from "./helpers.ts";
 
