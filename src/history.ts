@@ -2,6 +2,9 @@
  * The durable deploy history of a service: one JSON line per deploy attempt, appended to
  * `<dir>/.state/<name>/history`. It survives restarts; a torn last line (a crash mid-write) is
  * skipped when read. The file is kept under a size bound by dropping its oldest half.
+ * An attempt is written twice: a `started` line when it begins and a line with its result when
+ * it ends, both with the same `id`; readers see one entry. A `started` line with no result left
+ * by a crash or SIGKILL is closed as `interrupted` at the next start (closeInterrupted).
  */
 import { mkdir, open, readFile, rename, stat } from "node:fs/promises";
 import { dirname } from "node:path";
@@ -10,7 +13,7 @@ import { dirname } from "node:path";
 export type HistoryTrigger = "start" | "poll" | "pgoctl" | "webhook" | "rollback";
 
 /** How a deploy attempt ended. */
-export type HistoryResult = "deployed" | "rolled back" | "refused by policy" | "failed";
+export type HistoryResult = "deployed" | "rolled back" | "refused by policy" | "failed" | "started" | "interrupted";
 
 /** One deploy attempt. */
 export interface HistoryEntry {
@@ -22,6 +25,8 @@ export interface HistoryEntry {
   durationMs: number;
   /** Why it failed or was refused (no secrets). */
   detail?: string;
+  /** Ties an attempt's `started` line to its result line. */
+  id?: string;
 }
 
 const MAX_BYTES = 256 * 1024;
@@ -52,8 +57,38 @@ export async function appendHistory(file: string, e: HistoryEntry): Promise<void
   }
 }
 
-/** Reads the entries, oldest first; unreadable lines are skipped. */
+/**
+ * Reads the entries, oldest first; unreadable lines are skipped. An attempt's result line takes
+ * the place of its `started` line; a `started` line without one is an attempt still running (or
+ * cut short, until closeInterrupted closes it).
+ */
 export async function readHistory(file: string): Promise<HistoryEntry[]> {
+  const out: HistoryEntry[] = [];
+  const at = new Map<string, number>();
+  for (const e of await readLines(file)) {
+    const i = e.id !== undefined ? at.get(e.id) : undefined;
+    if (i !== undefined && e.result !== "started") out[i] = e;
+    else {
+      if (e.id !== undefined) at.set(e.id, out.length);
+      out.push(e);
+    }
+  }
+  return out;
+}
+
+/**
+ * Appends an `interrupted` result for every attempt that started and never ended (pgod was
+ * killed or crashed during it); call it once at start, before any new attempt. Returns them.
+ */
+export async function closeInterrupted(file: string, now: number): Promise<HistoryEntry[]> {
+  const unfinished = (await readHistory(file)).filter((e) => e.result === "started");
+  for (const e of unfinished) {
+    await appendHistory(file, { ...e, result: "interrupted", durationMs: Math.max(0, now - e.time), detail: "pgod stopped during the attempt (killed or crashed)" });
+  }
+  return unfinished;
+}
+
+async function readLines(file: string): Promise<HistoryEntry[]> {
   let text: string;
   try {
     text = await readFile(file, "utf8");
@@ -77,7 +112,7 @@ function isEntry(v: unknown): v is HistoryEntry {
   if (typeof v !== "object" || v === null) return false;
   const o = v as Record<string, unknown>;
   return typeof o["commit"] === "string" && typeof o["time"] === "number" && typeof o["trigger"] === "string" &&
-    typeof o["result"] === "string" && typeof o["durationMs"] === "number";
+    typeof o["result"] === "string" && typeof o["durationMs"] === "number" && (o["id"] === undefined || typeof o["id"] === "string");
 }
 
 /** The lines `history [N]` prints, newest first. */

@@ -3,7 +3,7 @@
  * change, bring containers back when they are gone, keep them down while a stop file exists.
  * Each service runs independently; an error in one is caught here and never reaches another.
  */
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readFileSync } from "node:fs";
 import { chmod, chown, lstat, mkdir, rename, rm, stat } from "node:fs/promises";
@@ -11,7 +11,7 @@ import { dirname, join } from "node:path";
 import type { ServiceConfig } from "./config.ts";
 import { composeDependencies, COMPOSE_FILES, findComposeFile, makeCompose } from "./compose.ts";
 import type { Compose } from "./compose.ts";
-import { allRunning, readiness } from "./containers.ts";
+import { allRunning } from "./containers.ts";
 import type { Containers } from "./containers.ts";
 import { errorMessage } from "./errors.ts";
 import type { Runner } from "./exec.ts";
@@ -19,9 +19,11 @@ import { makeGit, NET_TIMEOUT_MS, remoteAccess } from "./git.ts";
 import type { Git } from "./git.ts";
 import { writeImportFile } from "./caddy.ts";
 import { writeFileAtomic } from "./files.ts";
-import { appendHistory, readHistory } from "./history.ts";
+import { appendHistory, closeInterrupted, readHistory } from "./history.ts";
 import type { HistoryEntry } from "./history.ts";
 import { ensureMounted } from "./mount.ts";
+import { waitSettled } from "./settle.ts";
+import type { Settled } from "./settle.ts";
 import { readState, writeState } from "./state.ts";
 import type { ServiceState } from "./state.ts";
 import { composeModel } from "./compose_model.ts";
@@ -102,6 +104,16 @@ export interface ReconcileDeps {
   /** Where mounts are read from (default /proc/self/mountinfo). */
   mountinfo?: string;
   onDeploy?: (service: string, result: DeployResult) => void;
+}
+
+/** One deploy attempt's outcome, with when it started and its history id. */
+interface Attempt {
+  code: number;
+  why: string;
+  gone?: boolean;
+  aborted?: boolean;
+  started: number;
+  id: string;
 }
 
 /** The policy verdict on a compose tree (null: it may be deployed), and whether a pull has work. */
@@ -187,7 +199,9 @@ export class ServiceWorker {
     this.abort.abort();
     this.wake?.();
     if (!this.loop) return;
-    await Promise.race([this.loop, this.d.clock.sleep(graceMs)]);
+    const done = new AbortController();
+    await Promise.race([this.loop, this.d.clock.sleep(graceMs, done.signal)]);
+    done.abort();
   }
 
   /** Asks for a cycle soon; triggers that arrive during a cycle coalesce into one follow-up. */
@@ -247,7 +261,6 @@ export class ServiceWorker {
    */
   async deployNow(trigger: Trigger, io: DeployIO = {}, services: string[] = [], autoRollback = true, keepBad = false): Promise<number> {
     const a = await this.d.users.lookup(this.svc.user);
-    const started = this.d.clock.now();
     const say = (text: string): unknown => io.onStderr?.(new TextEncoder().encode(`${text}\n`));
     // The commit was evaluated a moment ago, before the checkout moved to it: once is enough.
     const fresh = this.assessed !== null && this.assessed.commit === this.head ? this.assessed : null;
@@ -258,9 +271,23 @@ export class ServiceWorker {
       await this.refuse(this.head ?? "unknown", trigger, verdict);
       return 65;
     }
-    const attempt = await this.bringUp(a, io, services, pulls);
+    if (await exists(this.stopFile)) {
+      // The administrator's switch wins over every way up (pgoctl, webhook, a retry).
+      const why = `Cannot deploy "${this.svc.name}": the stop file "${this.stopFile}" exists`;
+      await say(why);
+      this.st.lastError = why;
+      return 75;
+    }
+    let attempt = await this.attempt(a, io, services, pulls, trigger);
+    // A container removed while the deploy settles says nothing about the commit: up again, twice at most.
+    for (let retry = 1; attempt.gone && retry <= 2 && !this.abort.signal.aborted; retry++) {
+      await this.recordDeploy(false, trigger, attempt.started, attempt.id, `${attempt.why}: trying again`);
+      await say(`${attempt.why}: trying again`);
+      attempt = await this.attempt(a, io, services, pulls, trigger);
+    }
+    const started = attempt.started;
     if (attempt.code === 0) {
-      await this.recordDeploy(true, trigger, started, null);
+      await this.recordDeploy(true, trigger, started, attempt.id, null);
       // A newer commit that deploys well ends the wait for a fix; the rollback itself does not,
       // nor does the good commit brought up again (at a restart, or after its containers went),
       // nor an older commit brought back by `pgoctl rollback` (keepBad).
@@ -270,17 +297,24 @@ export class ServiceWorker {
       return 0;
     }
     await say(attempt.why);
+    if (attempt.aborted || attempt.gone) {
+      // pgod stopping, or containers removed again and again: nothing said about the commit;
+      // no rollback, and the next cycle (or the next start) deploys it again.
+      this.retryDeploy = true;
+      await this.recordDeploy(false, trigger, started, attempt.id, attempt.why, attempt.aborted ? "interrupted" : "failed");
+      return attempt.code;
+    }
     if (!(await this.engineAnswers())) {
       // An engine that went away says nothing about the commit: no rollback, and the same deploy
       // is tried again at the next cycle, even if old containers come back with the engine.
       this.retryDeploy = true;
-      await this.recordDeploy(false, trigger, started, `${attempt.why}: the Docker engine is not answering`);
+      await this.recordDeploy(false, trigger, started, attempt.id, `${attempt.why}: the Docker engine is not answering`);
       return attempt.code;
     }
     const bad = this.head;
     const good = this.state.good;
     if (bad === null || good === undefined || good === bad || !autoRollback) {
-      await this.recordDeploy(false, trigger, started, attempt.why);
+      await this.recordDeploy(false, trigger, started, attempt.id, attempt.why);
       return attempt.code;
     }
     // Roll back: the last commit that deployed well goes back up, and the bad one is not retried
@@ -288,7 +322,7 @@ export class ServiceWorker {
     await say(`Rolling back to ${good.slice(0, 12)}`);
     this.log.error("deploy failed, rolling back", { commit: bad.slice(0, 12), to: good.slice(0, 12), reason: attempt.why });
     await this.saveState({ bad });
-    await this.record({ commit: bad, time: started, trigger, result: "rolled back", durationMs: this.d.clock.now() - started, detail: attempt.why });
+    await this.record({ commit: bad, time: started, trigger, result: "rolled back", durationMs: this.d.clock.now() - started, detail: attempt.why, id: attempt.id });
     this.d.onDeploy?.(this.svc.name, "rolled back");
     const git = (this.d.makeGit ?? makeGit)(this.d.runner, a, this.svc.name, this.svc.repository);
     await git.checkout(this.checkout, this.svc.branch, good);
@@ -357,8 +391,17 @@ export class ServiceWorker {
     return this.status();
   }
 
+  /** One deploy attempt: logged and written to the history when it starts, then brought up. */
+  private async attempt(a: Account, io: DeployIO, services: string[], pulls: boolean, trigger: Trigger): Promise<Attempt> {
+    const started = this.d.clock.now();
+    const id = randomBytes(6).toString("hex");
+    this.log.info("deploying", { commit: this.head?.slice(0, 12), trigger });
+    await this.record({ commit: this.head ?? "unknown", time: started, trigger, result: "started", durationMs: 0, id });
+    return { ...(await this.bringUp(a, io, services, pulls)), started, id };
+  }
+
   /** Pull and up (with registry logins), then wait until the containers run and are healthy. */
-  private async bringUp(a: Account, io: DeployIO, services: string[], pulls = true): Promise<{ code: number; why: string }> {
+  private async bringUp(a: Account, io: DeployIO, services: string[], pulls = true): Promise<{ code: number; why: string; gone?: boolean; aborted?: boolean }> {
     const c = this.compose(a, this.composeFile());
     try {
       await this.ensureData(a);
@@ -378,36 +421,18 @@ export class ServiceWorker {
       return { code: 1, why: errorMessage(e) };
     }
     // The engine may go away while containers start: a failed attempt like any other.
-    const why = await this.waitReady(services.length > 0 ? services : this.expected).catch((e: unknown) => errorMessage(e));
-    return why === null ? { code: 0, why: "" } : { code: 1, why };
+    const r = await waitSettled({
+      project: this.svc.name, expected: services.length > 0 ? services : this.expected, containers: this.d.containers,
+      clock: this.d.clock, timeoutMs: this.svc.healthTimeoutMs, signal: this.abort.signal,
+      ...(this.d.settleMs !== undefined ? { settleMs: this.d.settleMs } : {}), ...(this.d.pollMs !== undefined ? { pollMs: this.d.pollMs } : {}),
+    }).catch((e: unknown): Settled => ({ state: "failed", why: errorMessage(e) }));
+    if (r.state === "ready") return { code: 0, why: "" };
+    return { code: 1, why: r.why, gone: r.state === "gone", aborted: r.state === "aborted" };
   }
 
   /** Whether the Docker engine answers (a list of this project's containers). */
   private engineAnswers(): Promise<boolean> {
     return this.d.containers.ofProject(this.svc.name).then(() => true, () => false);
-  }
-
-  /** Polls the project's containers until they run (and are healthy); null, or why not in time. */
-  private async waitReady(expected: string[]): Promise<string | null> {
-    const deadline = this.d.clock.now() + this.svc.healthTimeoutMs;
-    const settle = this.d.settleMs ?? 2000;
-    let readySince: number | null = null;
-    let why = "";
-    for (;;) {
-      const r = readiness(expected, await this.d.containers.ofProject(this.svc.name));
-      if (r.state === "failed") return r.why;
-      const now = this.d.clock.now();
-      if (r.state === "ready") {
-        readySince ??= now;
-        // Ready for a moment is not enough: a container that exits at once must be seen exiting.
-        if (now - readySince >= settle) return null;
-      } else {
-        readySince = null;
-        why = r.why;
-      }
-      if (now >= deadline) return `not running and healthy after ${Math.round(this.svc.healthTimeoutMs / 1000)}s: ${why || "unstable"}`;
-      await this.d.clock.sleep(Math.min(this.d.pollMs ?? 500, Math.max(1, deadline - now)));
-    }
   }
 
   /** Pulls images now (with registry logins), streaming compose's output; call it inside `exclusive`. */
@@ -464,15 +489,16 @@ export class ServiceWorker {
   }
 
 
-  private async recordDeploy(ok: boolean, trigger: Trigger, started: number, error: string | null): Promise<void> {
+  private async recordDeploy(ok: boolean, trigger: Trigger, started: number, id: string, error: string | null, result: "failed" | "interrupted" = "failed"): Promise<void> {
     await this.record({
-      commit: this.head ?? "unknown", time: started, trigger, result: ok ? "deployed" : "failed",
-      durationMs: this.d.clock.now() - started, ...(error ? { detail: error } : {}),
+      commit: this.head ?? "unknown", time: started, trigger, result: ok ? "deployed" : result,
+      durationMs: this.d.clock.now() - started, ...(error ? { detail: error } : {}), id,
     });
     this.st.lastResult = ok ? "deployed" : "failed";
     this.d.onDeploy?.(this.svc.name, this.st.lastResult);
     if (!ok) {
       this.st.lastError = error;
+      this.log.warn(result === "interrupted" ? "deploy interrupted" : "deploy failed", { commit: this.head?.slice(0, 12), trigger, reason: error ?? "" });
       return;
     }
     this.deployedOnce = true;
@@ -521,6 +547,9 @@ export class ServiceWorker {
       const account = await this.d.users.lookup(this.svc.user);
       const git = (this.d.makeGit ?? makeGit)(this.d.runner, account, this.svc.name, this.svc.repository);
       if (!this.prepared) {
+        for (const e of await closeInterrupted(this.historyFile, this.d.clock.now())) {
+          this.log.warn("a deploy attempt was cut short when pgod last stopped", { commit: e.commit.slice(0, 12), trigger: e.trigger });
+        }
         await this.prepare(account);
         this.prepared = true;
       }

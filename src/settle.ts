@@ -1,0 +1,62 @@
+/**
+ * The wait after `docker compose up`: poll a project's containers until every expected service
+ * runs (and is healthy) for a settle time. `up --detach` returns once each container exists, so a
+ * container missing afterwards was removed (`docker rm -f`): that ends the wait at once instead of
+ * counting as "not there yet" until the health timeout. Shutdown ends the wait at its next poll.
+ */
+import { readiness } from "./containers.ts";
+import type { Containers } from "./containers.ts";
+import type { Clock } from "./scheduler.ts";
+
+/** How a wait ended: ready, failed (exited, unhealthy, too slow), a container removed, or pgod stopping. */
+export type Settled =
+  | { state: "ready" }
+  | { state: "failed"; why: string }
+  | { state: "gone"; why: string }
+  | { state: "aborted"; why: string };
+
+export interface SettleOptions {
+  project: string;
+  /** Compose services that must run; empty: every container of the project. */
+  expected: readonly string[];
+  containers: Containers;
+  clock: Clock;
+  timeoutMs: number;
+  /** How long containers must stay ready (default 2 s). */
+  settleMs?: number;
+  /** How often the engine is asked (default 500 ms). */
+  pollMs?: number;
+  /** Aborted when pgod stops. */
+  signal?: AbortSignal;
+}
+
+/** Waits until the project's containers are ready and stay so, or says why not. */
+export async function waitSettled(o: SettleOptions): Promise<Settled> {
+  const deadline = o.clock.now() + o.timeoutMs;
+  const settle = o.settleMs ?? 2000;
+  const seen = new Set<string>();
+  let readySince: number | null = null;
+  let why = "";
+  for (;;) {
+    if (o.signal?.aborted) return { state: "aborted", why: "pgod is stopping" };
+    const cs = await o.containers.ofProject(o.project);
+    const missing = o.expected.find((s) => !cs.some((c) => c.service === s && c.state !== "removing"));
+    const vanished = [...seen].find((id) => !cs.some((c) => c.id === id && c.state !== "removing"));
+    if (missing !== undefined) return { state: "gone", why: `the container of "${missing}" was removed during the deploy` };
+    if (vanished !== undefined) return { state: "gone", why: `container ${vanished.slice(0, 12)} was removed during the deploy` };
+    for (const c of cs) seen.add(c.id);
+    const r = readiness(o.expected, cs);
+    if (r.state === "failed") return { state: "failed", why: r.why };
+    const now = o.clock.now();
+    if (r.state === "ready") {
+      readySince ??= now;
+      // Ready for a moment is not enough: a container that exits at once must be seen exiting.
+      if (now - readySince >= settle) return { state: "ready" };
+    } else {
+      readySince = null;
+      why = r.why;
+    }
+    if (now >= deadline) return { state: "failed", why: `not running and healthy after ${Math.round(o.timeoutMs / 1000)}s: ${why || "unstable"}` };
+    await o.clock.sleep(Math.min(o.pollMs ?? 500, Math.max(1, deadline - now)), o.signal);
+  }
+}
