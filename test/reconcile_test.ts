@@ -555,3 +555,81 @@ test("a commit whose rollback fails as well is not held against it and is tried 
   expect(git(checkout, "rev-parse", "HEAD")).toBe(next);
   expect(worker.status()).toMatchObject({ lastResult: "deployed", commit: next, good: next, bad: null, lastError: null });
 });
+
+test("a container removed while a deploy settles ends the wait at once and the deploy is tried again", async () => {
+  const { worker, docker, deps, clock, log } = setup();
+  const engine = docker.containers();
+  let removed = false;
+  deps.containers = {
+    // The first look after the first up finds the container gone, as after `docker rm -f`.
+    ofProject: async (p) => {
+      if (!removed && docker.running().includes(p)) {
+        removed = true;
+        rmSync(join(docker.bin, "state", p));
+      }
+      return engine.ofProject(p);
+    },
+    all: () => engine.all(),
+  };
+  const before = clock.now();
+  await Promise.race([worker.cycle("start"), Bun.sleep(30_000).then(() => { throw new Error("the deploy waited for the health timeout"); })]);
+  expect(clock.now()).toBe(before); // no health_timeout waited out
+  expect(docker.composeCalls().filter((c) => c.startsWith("up "))).toHaveLength(2);
+  expect(docker.running()).toEqual(["web"]);
+  expect(worker.status()).toMatchObject({ lastResult: "deployed", lastError: null });
+  const { readHistory } = await import("../src/history.ts");
+  const h = await readHistory(worker.historyFile);
+  expect(h.map((e) => `${e.trigger} ${e.result}`)).toEqual(["start failed", "start deployed"]);
+  expect(h[0]!.detail).toContain('the container of "web" was removed during the deploy: trying again');
+  expect(log.lines.filter((l) => l.includes('msg=deploying'))).toHaveLength(2);
+  expect(log.lines.filter((l) => l.includes('msg="deploy failed"'))).toHaveLength(1);
+  expect(log.lines.filter((l) => l.includes("msg=deployed"))).toHaveLength(1);
+});
+
+test("stopping the loop ends a wait for health within a second and records the attempt as interrupted", async () => {
+  const { worker, docker, deps } = setup();
+  const engine = docker.containers();
+  let polls = 0;
+  deps.containers = {
+    ofProject: async (p) => {
+      polls++;
+      return (await engine.ofProject(p)).map((c) => ({ ...c, health: "starting" }));
+    },
+    all: () => engine.all(),
+  };
+  worker.start();
+  await waitFor(() => polls >= 1, 20_000, "the wait for health");
+  const t0 = Date.now();
+  await Promise.race([worker.stop(), Bun.sleep(10_000)]);
+  expect(Date.now() - t0).toBeLessThan(1000);
+  const { readHistory } = await import("../src/history.ts");
+  expect((await readHistory(worker.historyFile)).map((e) => `${e.trigger} ${e.result}`)).toEqual(["start interrupted"]);
+  expect(worker.status().bad).toBeNull();
+});
+
+test("a deploy retried after a failure logs each attempt, its result and deployed, and keeps both in the history", async () => {
+  const { worker, docker, log } = setup();
+  docker.fail("up");
+  await worker.cycle("start");
+  expect(worker.status().lastResult).toBe("failed");
+  docker.heal("up");
+  await worker.cycle("poll");
+  expect(worker.status()).toMatchObject({ lastResult: "deployed", lastError: null });
+  const events = log.lines.map((l) => /msg=("[^"]*"|\S+)/.exec(l)?.[1]).filter((m) => m === "deploying" || m === '"deploy failed"' || m === "deployed");
+  expect(events).toEqual(["deploying", '"deploy failed"', "deploying", "deployed"]);
+  const { readHistory } = await import("../src/history.ts");
+  expect((await readHistory(worker.historyFile)).map((e) => `${e.trigger} ${e.result}`)).toEqual(["start failed", "poll deployed"]);
+});
+
+test("an attempt that pgod never finished is closed as interrupted at the next start", async () => {
+  const { worker, deps, repo, log } = setup();
+  await worker.cycle("start");
+  const { appendHistory, readHistory } = await import("../src/history.ts");
+  await appendHistory(worker.historyFile, { commit: "c".repeat(40), time: 5, trigger: "poll", result: "started", durationMs: 0, id: "cut" });
+  expect((await readHistory(worker.historyFile)).at(-1)!.result).toBe("started");
+  const again = new ServiceWorker(service("web", repo.remote), deps);
+  await again.cycle("start");
+  const h = await readHistory(again.historyFile);
+  expect(h.map((e) => `${e.commit.slice(0, 1)} ${e.result}`).slice(0, 2)).toEqual([`${h[0]!.commit.slice(0, 1)} deployed`, "c interrupted"]);
+  expect(log.lines.some((l) => l.includes("cut short"))).toBe(true);
+});
