@@ -30,6 +30,8 @@ export interface ServiceHandle {
   rollbackTo(rev: string | null, io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }): Promise<number>;
   unpin(): Promise<void>;
   syncNow(): Promise<ServiceStatus>;
+  /** The stop file's path while it exists (the administrator keeps the service down), else null. */
+  stopFileNow(): Promise<string | null>;
   readonly historyFile: string;
 }
 
@@ -89,12 +91,13 @@ export function checkArgs(command: string, args: readonly string[]): string[] {
     const name = a.startsWith("--") && eq > 0 ? a.slice(0, eq) : a;
     if (spec.flags.includes(a)) out.push(a);
     else if (spec.valued.includes(name)) {
-      if (name !== a) out.push(a);
-      else {
-        const v = args[++i];
-        if (v === undefined) throw new RequestError(EX.usage, `Option "${a}" of "${command}" needs a value`);
-        out.push(a, v);
+      const v = name !== a ? a.slice(eq + 1) : args[++i];
+      if (v === undefined) throw new RequestError(EX.usage, `Option "${a}" of "${command}" needs a value`);
+      if ((name === "-t" || name === "--timeout") && !/^[0-9]{1,6}$/.test(v)) {
+        throw new RequestError(EX.usage, `Invalid value "${v}" for "${name}" of "${command}": expected whole seconds`);
       }
+      if (name !== a) out.push(a);
+      else out.push(a, v);
     } else if (a.startsWith("-")) {
       throw new RequestError(EX.usage, `Option "${a}" is not allowed for "${command}"`);
     } else if (spec.services && SERVICE_NAME.test(a)) out.push(a);
@@ -206,7 +209,9 @@ async function run(cmd: Command, args: string[], h: ServiceHandle, io: SessionIO
         throw new RequestError(EX.usage, 'Usage: "rollback [commit]" with a commit id (or a prefix of at least 4 hex digits)');
       }
       ready(h);
+      await notStopped(h, cmd);
       return h.exclusive(async () => {
+        await notStopped(h, cmd);
         try {
           return await h.rollbackTo(args[0] ?? null, out);
         } catch (e) {
@@ -235,7 +240,9 @@ async function run(cmd: Command, args: string[], h: ServiceHandle, io: SessionIO
     case "up": {
       const a = checkArgs(cmd, args);
       ready(h);
+      await notStopped(h, cmd);
       return h.exclusive(async () => {
+        await notStopped(h, cmd);
         await h.setHold(null);
         return h.deployNow("pgoctl", out, a);
       });
@@ -251,15 +258,27 @@ async function run(cmd: Command, args: string[], h: ServiceHandle, io: SessionIO
     case "restart": {
       const a = checkArgs(cmd, args);
       ready(h);
+      const bringsUp = cmd === "start" || cmd === "restart";
+      if (bringsUp) await notStopped(h, cmd);
       return h.exclusive(async () => {
-        if (cmd === "down" || cmd === "stop") await h.setHold(cmd);
+        if (bringsUp) await notStopped(h, cmd);
         const c = await h.composeFor();
         const extra = cmd === "down" ? ["--remove-orphans"] : [];
         const code = (await c.run([cmd, ...extra, ...a], out)).exitCode;
-        if (code === 0 && (cmd === "start" || cmd === "restart")) await h.setHold(null);
+        // A hold only for what happened: a refused stop (unknown service, bad -t) holds nothing.
+        // The lock keeps the reconcile loop out between the command and the hold.
+        if (code === 0) await h.setHold(bringsUp ? null : cmd);
         return code;
       });
     }
+  }
+}
+
+/** Refuses a command that would bring the service up while the stop file exists (69). */
+async function notStopped(h: ServiceHandle, cmd: string): Promise<void> {
+  const file = await h.stopFileNow();
+  if (file !== null) {
+    throw new RequestError(EX.unavailable, `Cannot ${cmd} "${h.status().name}": the stop file "${file}" exists; the administrator must remove it first`);
   }
 }
 

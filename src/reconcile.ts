@@ -219,6 +219,11 @@ export class ServiceWorker {
     return { ...this.st };
   }
 
+  /** The stop file's path while it exists, else null. */
+  async stopFileNow(): Promise<string | null> {
+    return (await exists(this.stopFile)) ? this.stopFile : null;
+  }
+
   /** The checkout directory. */
   get dir(): string {
     return this.checkout;

@@ -11,7 +11,7 @@ import type { ClientKey, SessionIO } from "../src/ssh_server.ts";
 const KEY_A: ClientKey = { algo: "ssh-ed25519", blob: Buffer.from("key-a"), fingerprint: "SHA256:a" };
 const KEY_B: ClientKey = { algo: "ssh-ed25519", blob: Buffer.from("key-b"), fingerprint: "SHA256:b" };
 
-function fakeService(opts: { cloned?: boolean; exitCode?: number } = {}) {
+function fakeService(opts: { cloned?: boolean; exitCode?: number; stopFile?: string } = {}) {
   const calls: string[] = [];
   let hold: Hold | null = null;
   let locked = 0;
@@ -75,6 +75,7 @@ function fakeService(opts: { cloned?: boolean; exitCode?: number } = {}) {
       calls.push("sync");
       return status();
     },
+    stopFileNow: async () => opts.stopFile ?? null,
     historyFile: "/nonexistent/history",
   };
   return { handle, calls, hold: () => hold };
@@ -261,4 +262,40 @@ test("dispatch() runs a key's command= instead of the request, unless another li
 
   const either = harness(fakeService(), [{ command: "sync" }, undefined]);
   expect((await either.call("web//ping")).stdout).toBe("pong box\n");
+});
+
+test("dispatch() refuses up, start, restart and rollback while the stop file exists, naming it, and runs nothing", async () => {
+  const svc = fakeService({ stopFile: "/var/lib/pgo/web.stop" });
+  const { call } = harness(svc);
+  for (const cmd of ["up", "start", "restart", "rollback"]) {
+    const r = await call(`web//${cmd}`);
+    expect(r).toEqual({
+      status: EX.unavailable, stdout: "",
+      stderr: `Cannot ${cmd} "web": the stop file "/var/lib/pgo/web.stop" exists; the administrator must remove it first\n`,
+    });
+  }
+  expect(svc.calls).toEqual([]);
+  // Taking it down, or looking at it, still works.
+  expect((await call("web//down")).status).toBe(0);
+  expect((await call("web//ps")).status).toBe(0);
+  expect(svc.calls).toEqual(["locked down --remove-orphans", "ps"]);
+});
+
+test("dispatch() writes no hold when stop or down fails, nor for a bad -t value", async () => {
+  const failing = fakeService({ exitCode: 1 });
+  const { call } = harness(failing);
+  expect((await call("web//stop nosuchservice")).status).toBe(1);
+  expect((await call("web//down")).status).toBe(1);
+  expect(failing.hold()).toBeNull();
+  const svc = fakeService();
+  const h = harness(svc);
+  for (const req of ["web//stop -t soon", "web//down --timeout=-1", "web//restart -t 1.5"]) {
+    const r = await h.call(req);
+    expect(r.status).toBe(EX.usage);
+    expect(r.stderr).toContain("expected whole seconds");
+  }
+  expect(svc.hold()).toBeNull();
+  expect(svc.calls).toEqual([]);
+  expect((await h.call("web//stop -t 5")).status).toBe(0);
+  expect(svc.hold()).toBe("stop");
 });

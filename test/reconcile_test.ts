@@ -633,3 +633,19 @@ test("an attempt that pgod never finished is closed as interrupted at the next s
   expect(h.map((e) => `${e.commit.slice(0, 1)} ${e.result}`).slice(0, 2)).toEqual([`${h[0]!.commit.slice(0, 1)} deployed`, "c interrupted"]);
   expect(log.lines.some((l) => l.includes("cut short"))).toBe(true);
 });
+
+test("a stop file present at start keeps the service from ever starting, and deployNow refuses while it exists", async () => {
+  const { worker, docker, deps } = setup();
+  writeFileSync(join(deps.dir, "web.stop"), "");
+  await worker.cycle("start");
+  await worker.cycle("webhook");
+  expect(docker.composeCalls().filter((c) => c.startsWith("up ") || c.startsWith("pull "))).toEqual([]);
+  expect(worker.status()).toMatchObject({ stopFile: true, lastResult: "stopped" });
+  let said = "";
+  const code = await worker.deployNow("pgoctl", { onStderr: (c) => void (said += new TextDecoder().decode(c)) });
+  expect(code).not.toBe(0);
+  expect(said).toContain(`the stop file "${join(deps.dir, "web.stop")}" exists`);
+  expect(await worker.stopFileNow()).toBe(join(deps.dir, "web.stop"));
+  expect(docker.composeCalls().filter((c) => c.startsWith("up "))).toEqual([]);
+  expect(docker.running()).toEqual([]);
+});

@@ -312,6 +312,7 @@ function fakeHandle(rng: Rng, calls: string[], cloned: boolean): ServiceHandle {
       await maybeFail("sync");
       return status();
     },
+    stopFileNow: async () => null,
     historyFile: "/nonexistent/history",
   };
 }
