@@ -11,7 +11,7 @@ import { parseConfig } from "./config.ts";
 import type { Config } from "./config.ts";
 import { caddyImport } from "./caddy.ts";
 import { makeDockerContainers } from "./containers.ts";
-import { unmountStale } from "./mount.ts";
+import { mountRecord, unmountStale } from "./mount.ts";
 import { makeMemoryCgroup, removeMemoryCgroup } from "./cgroup.ts";
 import type { Containers } from "./containers.ts";
 import { ConfigError, errorMessage, formatProblem } from "./errors.ts";
@@ -83,12 +83,12 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
   const containers = deps.containers ?? makeDockerContainers();
   const clock = deps.clock ?? realClock;
   // Three independent chores, run side by side: start-up time is time the SSH port is closed.
-  const [, , composeCgroup] = await Promise.all([
-    cleanupStale(config, dir, { runner, containers, logger: log }),
-    unmountStale(resolve(flags.datadir), new Set(config.services.map((s) => s.name)), { runner }).then(
+  const [, composeCgroup] = await Promise.all([
+    // Shares first: their records live in the state folders that the cleanup removes.
+    unmountStale(resolve(flags.datadir), new Set(config.services.map((s) => s.name)), { runner, stateDir: join(dir, ".state") }).then(
       (gone) => gone.forEach((p) => log.info("unmounted the data share of a service that is no longer configured", { dir: p })),
       (e: unknown) => log.warn("cannot unmount stale data shares", { error: errorMessage(e) }),
-    ),
+    ).then(() => cleanupStale(config, dir, { runner, containers, logger: log })),
     // docker compose has no limit on YAML aliases (DECISIONS.md #10): its config runs get 1 GiB.
     makeMemoryCgroup(`compose-${process.pid}`, 1024 * 1024 * 1024).catch(() => null),
   ]);
@@ -112,7 +112,13 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
   const done = new Promise<number>((r) => (finish = r));
   const unsubscribe = (deps.signals ?? processSignals)((sig) => {
     log.info("signal received", { signal: sig });
-    finish(sig === "SIGHUP" ? EXIT.restart : EXIT.ok);
+    if (sig !== "SIGHUP") return finish(EXIT.ok);
+    // A reload restarts pgod only onto a config that will start: an invalid one is reported and
+    // the running config kept, instead of a restart that exits 1 and leaves the unit failed.
+    void validConfig(configFile, log).then((ok) => {
+      if (ok) finish(EXIT.restart);
+      else log.error("reload refused: the config file is invalid, keeping the running config", { file: configFile });
+    });
   });
   let close: (() => Promise<void>) | null = null;
   let stopping = false;
@@ -157,6 +163,17 @@ function reportConfigError(log: Logger, file: string, e: unknown): void {
     for (const p of e.problems) log.error(formatProblem(p));
   } else {
     log.error(`Cannot read config "${file}": ${errorMessage(e)}`);
+  }
+}
+
+/** Whether the config file can be read and is valid; every problem is logged with its line. */
+export async function validConfig(file: string, log: Logger): Promise<boolean> {
+  try {
+    parseConfig(await readFile(file, "utf8"), file);
+    return true;
+  } catch (e) {
+    reportConfigError(log, file, e);
+    return false;
   }
 }
 
@@ -244,9 +261,36 @@ export async function cleanupStale(
     d.logger.info("removing the checkout of a service that is no longer configured", { dir: path });
     await rm(path, { recursive: true, force: true }).catch((err) => d.logger.warn("cannot remove", { dir: path, error: errorMessage(err) }));
   }
-  // Leftovers of an interrupted clone.
+  // Leftovers of an interrupted clone or evaluation.
   for (const e of entries) {
-    if (e.startsWith(".clone-") || e.startsWith(".trash-")) await rm(join(dir, e), { recursive: true, force: true }).catch(() => {});
+    if (e.startsWith(".clone-") || e.startsWith(".trash-") || e.startsWith(".stage-")) await rm(join(dir, e), { recursive: true, force: true }).catch(() => {});
+  }
+  await removeLeftovers(dir, names, new Set(config.services.map((s) => s.user)), d.logger);
+}
+
+/**
+ * Removes what pgod made under `dir` for services that are gone: `.state/<name>` (history, hold,
+ * state; kept while it still records a mounted share), `.docker/<name>` (DOCKER_CONFIG), and
+ * `.home/<user>` of users no configured service runs as. Never anything under --datadir.
+ */
+async function removeLeftovers(dir: string, names: ReadonlySet<string>, users: ReadonlySet<string>, log: Logger): Promise<void> {
+  const folders: [string, ReadonlySet<string>, string][] = [
+    [".state", names, "state"], [".docker", names, "DOCKER_CONFIG"], [".home", users, "home"],
+  ];
+  for (const [folder, keep, what] of folders) {
+    const parent = join(dir, folder);
+    for (const e of await readdir(parent).catch(() => [] as string[])) {
+      if (keep.has(e)) continue;
+      const path = join(parent, e);
+      const s = await lstat(path).catch(() => null);
+      if (!s?.isDirectory()) continue;
+      if (folder === ".state" && existsSync(mountRecord(parent, e))) {
+        log.warn("keeping the state of a removed service: its data share is still mounted", { dir: path });
+        continue;
+      }
+      log.info(`removing the ${what} folder of a service that is no longer configured`, { dir: path });
+      await rm(path, { recursive: true, force: true }).catch((err) => log.warn("cannot remove", { dir: path, error: errorMessage(err) }));
+    }
   }
 }
 

@@ -18,6 +18,8 @@ export interface PgodFlags {
 
 interface FlagSpec {
   long: string;
+  /** Other long names accepted, such as the original pgod's `--metric`. */
+  aliases?: readonly string[];
   short?: string;
   kind: "string" | "bool" | "duration";
   key: keyof PgodFlags;
@@ -30,7 +32,7 @@ export const PGOD_FLAGS: readonly FlagSpec[] = [
   { long: "config", short: "c", kind: "string", key: "config", def: "/etc/pgo.toml", help: "config file to read" },
   { long: "dir", short: "d", kind: "string", key: "dir", def: "/var/lib/pgo", help: "directory for checkouts, stop files and state" },
   { long: "ssh", short: "s", kind: "string", key: "ssh", def: ":2222", help: "address of the SSH server" },
-  { long: "metrics", short: "m", kind: "string", key: "metrics", def: ":9112", help: "address of the HTTP server for /metrics and /healthz" },
+  { long: "metrics", aliases: ["metric"], short: "m", kind: "string", key: "metrics", def: ":9112", help: "address of the HTTP server for /metrics and /healthz" },
   { long: "webhook", kind: "string", key: "webhook", def: "", help: "address of the HTTP server for push webhooks (off unless given)" },
   { long: "duration", short: "t", kind: "duration", key: "durationMs", def: "5m0s", help: "base interval between polls (Go duration, jittered up to +50%)" },
   { long: "datadir", kind: "string", key: "datadir", def: "/data", help: "root of the per-service data directories" },
@@ -59,10 +61,15 @@ export function parsePgodFlags(argv: readonly string[]): PgodFlags {
       throw new UsageError(`Unexpected argument "${arg}": pgod takes only options`);
     }
     const eq = arg.indexOf("=");
-    const name = eq >= 0 ? arg.slice(0, eq) : arg;
+    let name = eq >= 0 ? arg.slice(0, eq) : arg;
     let value: string | undefined = eq >= 0 ? arg.slice(eq + 1) : undefined;
+    if (!name.startsWith("--") && name.length > 2) {
+      // As the original's flag library takes it: a short option with its value attached (`-t30s`).
+      value = arg.slice(2);
+      name = arg.slice(0, 2);
+    }
     const spec = name.startsWith("--")
-      ? PGOD_FLAGS.find((f) => f.long === name.slice(2))
+      ? PGOD_FLAGS.find((f) => f.long === name.slice(2) || f.aliases?.includes(name.slice(2)))
       : PGOD_FLAGS.find((f) => f.short !== undefined && f.short === name.slice(1));
     if (!spec) throw new UsageError(`Unknown option "${name}"`);
     if (spec.kind === "bool") {

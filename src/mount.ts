@@ -1,5 +1,11 @@
-/** NFS shares on `<datadir>/<name>`: mounted once before a service starts, unmounted when it goes. */
-import { readFile } from "node:fs/promises";
+/**
+ * NFS shares on `<datadir>/<name>`: mounted once before a service starts, unmounted when it goes.
+ * Each share pgod mounts is recorded in `<dir>/.state/<name>/mount`; only recorded shares are
+ * ever unmounted, so an administrator's own mount under the data root is never touched.
+ */
+import { readdir, readFile, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { writeFileAtomic } from "./files.ts";
 import type { Mount } from "./config.ts";
 import type { Runner } from "./exec.ts";
 import { CHILD_PATH } from "./users.ts";
@@ -24,6 +30,13 @@ export interface MountDeps {
   runner: Runner;
   /** Default /proc/self/mountinfo. */
   mountinfo?: string;
+  /** `<dir>/.state`: where the shares pgod mounted are recorded, one `<name>/mount` file each. */
+  stateDir?: string;
+}
+
+/** The file recording the share pgod mounted for `service`. */
+export function mountRecord(stateDir: string, service: string): string {
+  return join(stateDir, service, "mount");
 }
 
 async function mounted(d: MountDeps): Promise<Set<string>> {
@@ -37,18 +50,30 @@ export async function ensureMounted(service: string, m: Mount, target: string, d
   await d.runner(["mount", "-t", "nfs", "-o", options, source, target], {
     env: { PATH: CHILD_PATH }, timeoutMs: 120_000, tag: { service, cmd: "mount", subcmd: "mount" },
   });
+  if (d.stateDir !== undefined) await writeFileAtomic(mountRecord(d.stateDir, service), `${target}\n`);
   return true;
 }
 
-/** Unmounts every mount point directly under `datadir` whose name is not in `keep`; returns them. */
-export async function unmountStale(datadir: string, keep: ReadonlySet<string>, d: MountDeps): Promise<string[]> {
+/**
+ * Unmounts the shares pgod recorded mounting (in `d.stateDir`) for services not in `keep`, and
+ * drops their records; a share that is no longer mounted only loses its record. Mounts pgod did
+ * not record are left alone. Returns the mount points unmounted.
+ */
+export async function unmountStale(datadir: string, keep: ReadonlySet<string>, d: MountDeps & { stateDir: string }): Promise<string[]> {
   const gone: string[] = [];
-  for (const p of await mounted(d)) {
-    if (!p.startsWith(`${datadir}/`)) continue;
-    const name = p.slice(datadir.length + 1);
-    if (name.includes("/") || keep.has(name)) continue;
-    await d.runner(["umount", p], { env: { PATH: CHILD_PATH }, timeoutMs: 120_000, tag: { service: name, cmd: "mount", subcmd: "umount" } });
-    gone.push(p);
+  const names = await readdir(d.stateDir).catch(() => [] as string[]);
+  const now = await mounted(d);
+  for (const name of names) {
+    if (keep.has(name)) continue;
+    const record = mountRecord(d.stateDir, name);
+    const target = (await readFile(record, "utf8").catch(() => "")).trim();
+    // Only the data directory of that very service, whatever the record says.
+    if (target !== join(datadir, name)) continue;
+    if (now.has(target)) {
+      await d.runner(["umount", target], { env: { PATH: CHILD_PATH }, timeoutMs: 120_000, tag: { service: name, cmd: "mount", subcmd: "umount" } });
+      gone.push(target);
+    }
+    await rm(record, { force: true });
   }
   return gone;
 }

@@ -459,7 +459,7 @@ export class ServiceWorker {
     if (!this.svc.mount) return;
     const target = join(this.d.datadir, this.svc.name);
     try {
-      if (await ensureMounted(this.svc.name, this.svc.mount, target, { runner: this.d.runner, ...(this.d.mountinfo ? { mountinfo: this.d.mountinfo } : {}) })) {
+      if (await ensureMounted(this.svc.name, this.svc.mount, target, { runner: this.d.runner, stateDir: join(this.d.dir, ".state"), ...(this.d.mountinfo ? { mountinfo: this.d.mountinfo } : {}) })) {
         this.log.info("mounted the data share", { dir: target });
       }
     } catch (e) {

@@ -82,3 +82,81 @@ test("cleanupStale() downs projects pgod ran from its dir that are gone from the
   expect(existsSync(join(dir, "notes"))).toBe(true);
   expect(existsSync(join(dir, ".clone-x-1"))).toBe(false);
 });
+
+/** A real pgod process (bun on src/cmd/pgod.ts) on loopback ports, with its stderr collected. */
+function spawnPgod(args: string[]) {
+  let log = "";
+  const proc = Bun.spawn([process.execPath, join(import.meta.dir, "..", "src", "cmd", "pgod.ts"), ...args], {
+    stdout: "pipe", stderr: "pipe", env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: "/root" },
+  });
+  void (async () => {
+    for await (const c of proc.stderr) log += new TextDecoder().decode(c);
+  })();
+  return { proc, log: () => log };
+}
+
+async function until(what: string, fn: () => boolean, ms = 60_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await Bun.sleep(25);
+  }
+}
+
+test("SIGHUP with an invalid config logs every problem and keeps pgod running; with a valid one pgod exits 2", async () => {
+  const r = root();
+  const file = join(r, "pgo.toml");
+  writeFileSync(file, "# no services\n");
+  const pg = spawnPgod(["-c", file, "-d", join(r, "dir"), "--datadir", join(r, "data"), "-s", "127.0.0.1:0", "-m", "127.0.0.1:0", "--restart=false"]);
+  try {
+    await until("pgod to start", () => pg.log().includes("msg=starting"));
+    await until("pgod to listen", () => pg.log().includes("SSH server listening"));
+    writeFileSync(file, '[[services]]\nname = "a"\nbogus = 1\n');
+    pg.proc.kill("SIGHUP");
+    await until("the reload to be refused", () => pg.log().includes("reload refused"));
+    expect(pg.log()).toContain(`${file}:3: services[1].bogus: Unknown key`);
+    expect(pg.log()).toMatch(/services\[1\]\.(user|repository)/);
+    expect(pg.proc.exitCode).toBeNull();
+    writeFileSync(file, VALID);
+    pg.proc.kill("SIGHUP");
+    expect(await Promise.race([pg.proc.exited, Bun.sleep(30_000).then(() => "still running")])).toBe(2);
+  } finally {
+    pg.proc.kill("SIGKILL");
+  }
+}, 120_000);
+
+test("pgod exits 1 at start for a missing config and for -d /, and makes nothing", async () => {
+  const r = root();
+  const missing = spawnPgod(["-c", join(r, "nope.toml"), "-d", join(r, "dir"), "--datadir", join(r, "data"), "-s", "127.0.0.1:0", "-m", "127.0.0.1:0"]);
+  expect(await missing.proc.exited).toBe(1);
+  expect(missing.log()).toMatch(/Cannot read config .*nope\.toml.*ENOENT/);
+  expect(existsSync(join(r, "dir"))).toBe(false);
+  const file = join(r, "pgo.toml");
+  writeFileSync(file, VALID);
+  const slash = spawnPgod(["-c", file, "-d", "/", "--datadir", join(r, "data"), "-s", "127.0.0.1:0", "-m", "127.0.0.1:0"]);
+  expect(await slash.proc.exited).toBe(1);
+  expect(slash.log()).toMatch(/Invalid value .*\/.* for .*--dir.*: must not be/);
+  expect(existsSync(join(r, "data"))).toBe(false);
+}, 120_000);
+
+test("cleanupStale() removes a gone service's state, DOCKER_CONFIG and home folders, never its data or what is configured", async () => {
+  const r = root();
+  const dir = join(r, "dir");
+  const data = join(r, "data");
+  for (const p of [
+    "old/.git", ".state/old", ".docker/old", ".home/olduser", ".state/a", ".docker/a", ".home/root", ".state/shared", ".stage-old",
+  ]) mkdirSync(join(dir, p), { recursive: true });
+  writeFileSync(join(dir, ".state", "old", "history"), "{}\n");
+  writeFileSync(join(dir, ".docker", "old", "config.json"), "{}");
+  // A removed service whose share is still mounted keeps its state (and the record of its share).
+  writeFileSync(join(dir, ".state", "shared", "mount"), join(data, "shared"));
+  mkdirSync(join(data, "old"), { recursive: true });
+  writeFileSync(join(data, "old", "db"), "keep");
+  const docker = new FakeDocker(r);
+  await cleanupStale(parseConfig(VALID, "pgo.toml"), dir, {
+    runner: docker.runner(), containers: { all: async () => [], ofProject: async () => [] }, logger: memoryLogger(),
+  });
+  for (const gone of ["old", ".state/old", ".docker/old", ".home/olduser", ".stage-old"]) expect([gone, existsSync(join(dir, gone))]).toEqual([gone, false]);
+  for (const kept of [".state/a", ".docker/a", ".home/root", ".state/shared/mount"]) expect([kept, existsSync(join(dir, kept))]).toEqual([kept, true]);
+  expect(existsSync(join(data, "old", "db"))).toBe(true);
+});

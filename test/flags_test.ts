@@ -42,3 +42,25 @@ test("parseDuration() reads Go durations", () => {
   expect(() => parseDuration("")).toThrow();
   expect(formatDuration(300_000)).toBe("5m0s");
 });
+
+test("parsePgodFlags() takes the original pgod's command lines: --metric, attached short values and = forms", () => {
+  // Every long flag of the original pgod (cmd/pgod/main.go): config, ssh, metric, dir, datadir, debug, restart, version, duration.
+  const original = [
+    "--config", "/etc/pgo.toml", "--ssh", ":2222", "--metric", "127.0.0.1:9112", "--dir", "/var/lib/pgo", "--datadir", "/srv/data",
+    "--debug", "--restart=false", "--duration", "5m",
+  ];
+  expect(parsePgodFlags(original)).toMatchObject({
+    config: "/etc/pgo.toml", ssh: ":2222", metrics: "127.0.0.1:9112", dir: "/var/lib/pgo", datadir: "/srv/data", debug: true, restart: false, durationMs: 300_000,
+  });
+  expect(parsePgodFlags(["--metric=:9200"]).metrics).toBe(":9200");
+  expect(parsePgodFlags(["-m", ":9300"]).metrics).toBe(":9300");
+  expect(parsePgodFlags(["--version"]).version).toBe(true);
+  expect(parsePgodFlags(["-t30s", "-c/x.toml", "-d=/d"])).toMatchObject({ durationMs: 30_000, config: "/x.toml", dir: "/d" });
+  expect(() => parsePgodFlags(["--metricz"])).toThrow(new UsageError('Unknown option "--metricz"'));
+});
+
+test("pgod(8) names every alias of a flag and says what differs from the original", async () => {
+  const page = await Bun.file(new URL("../man/pgod.8", import.meta.url)).text();
+  for (const f of PGOD_FLAGS) for (const a of f.aliases ?? []) expect(page).toMatch(new RegExp(`\\\\-\\\\-${a}\\b`));
+  expect(page).toContain(".SS Differences from the original pgod");
+});

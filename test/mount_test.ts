@@ -1,5 +1,5 @@
 import { afterEach, expect, test } from "bun:test";
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ensureMounted, mountPoints, nfsSource, unmountStale } from "../src/mount.ts";
 import { FakeDocker, tempDir } from "./helpers.ts";
@@ -40,11 +40,28 @@ test("ensureMounted() fails clearly when mount fails", async () => {
   await expect(ensureMounted("web", { host: "h", path: "/p" }, "/data/web", { runner, mountinfo })).rejects.toThrow("Connection refused");
 });
 
-test("unmountStale() unmounts only shares of services no longer configured", async () => {
-  const { runner, mountinfo, log } = setup();
-  await ensureMounted("a", { host: "h", path: "/a" }, "/data/a", { runner, mountinfo });
-  await ensureMounted("b", { host: "h", path: "/b" }, "/data/b", { runner, mountinfo });
-  expect(await unmountStale("/data", new Set(["a"]), { runner, mountinfo })).toEqual(["/data/b"]);
+test("unmountStale() unmounts only the shares pgod recorded mounting, for services no longer configured", async () => {
+  const { runner, mountinfo, log, fake } = setup();
+  const stateDir = join(fake.bin, "state-dir");
+  await ensureMounted("a", { host: "h", path: "/a" }, "/data/a", { runner, mountinfo, stateDir });
+  await ensureMounted("b", { host: "h", path: "/b" }, "/data/b", { runner, mountinfo, stateDir });
+  expect(readFileSync(join(stateDir, "b", "mount"), "utf8")).toBe("/data/b\n");
+  expect(await unmountStale("/data", new Set(["a"]), { runner, mountinfo, stateDir })).toEqual(["/data/b"]);
   expect(log().at(-1)).toBe("umount /data/b");
   expect([...mountPoints(readFileSync(mountinfo, "utf8"))]).toEqual(["/", "/data/a"]);
+  expect(existsSync(join(stateDir, "b", "mount"))).toBe(false);
+  expect(existsSync(join(stateDir, "a", "mount"))).toBe(true);
+});
+
+test("unmountStale() leaves an administrator's own mount under the data root alone", async () => {
+  const { runner, mountinfo, fake } = setup();
+  const stateDir = join(fake.bin, "state-dir");
+  // The admin's /data/backup, and a share of a removed service that pgod did not record.
+  appendFileSync(mountinfo, "40 1 0:40 / /data/backup rw - nfs nas:/backup rw\n41 1 0:41 / /data/old rw - nfs nas:/old rw\n");
+  // A record that names another directory than the service's own is not followed either.
+  mkdirSync(join(stateDir, "evil"), { recursive: true });
+  writeFileSync(join(stateDir, "evil", "mount"), "/data/backup\n");
+  expect(await unmountStale("/data", new Set(["a"]), { runner, mountinfo, stateDir })).toEqual([]);
+  expect(existsSync(join(fake.bin, "mount.log"))).toBe(false);
+  expect([...mountPoints(readFileSync(mountinfo, "utf8"))]).toEqual(["/", "/data/backup", "/data/old"]);
 });
