@@ -10,6 +10,7 @@ import { join } from "node:path";
 import {
   composeExec, containersOf, openssh, preflight, runningOf, scenario, sshListening, statusOf, sweepRun, waitFor,
 } from "../e2e/harness.ts";
+import { readHistory } from "../../src/history.ts";
 import { hashOf, historyOf, serve, version, versionOf } from "./faults.ts";
 
 beforeAll(() => preflight());
@@ -23,7 +24,8 @@ describe("pgod killed with SIGKILL", () => {
       const hostKeyFile = join(env.dir, "ssh_host_ed25519_key");
       const keyBytes = await hashOf(hostKeyFile);
       const before = await historyOf(env.dir, name);
-      expect(before.entries.map((e) => e["result"])).toEqual(["deployed"]);
+      // Each attempt is written when it starts and again with its result.
+      expect(before.entries.map((e) => e["result"])).toEqual(["started", "deployed"]);
 
       const since = pg.log().length;
       const v2 = await s.repo.commit({ "compose.yaml": version(2) }, "version 2");
@@ -46,6 +48,10 @@ describe("pgod killed with SIGKILL", () => {
       expect(after.endsWithNewline).toBe(true);
       expect(after.torn.length).toBe(1);
       expect(after.entries.at(-1)).toMatchObject({ commit: v2, result: "deployed", trigger: "start" });
+      // The attempt SIGKILL cut short is in the history as interrupted, then the one that deployed.
+      const merged = (await readHistory(join(env.dir, ".state", name, "history"))).map((e) => `${e.commit.slice(0, 12)} ${e.trigger} ${e.result}`);
+      expect(merged.slice(-2)).toEqual([`${v2.slice(0, 12)} poll interrupted`, `${v2.slice(0, 12)} start deployed`]);
+      expect(again.lines(new RegExp(`msg="a deploy attempt was cut short when pgod last stopped" service=${name} commit=${v2.slice(0, 12)} `))).toHaveLength(1);
       const state = JSON.parse(await readFile(join(env.dir, ".state", name, "state.json"), "utf8")) as Record<string, unknown>;
       expect(state["good"]).toBe(v2);
       const client = { ...s, port };
@@ -53,6 +59,7 @@ describe("pgod killed with SIGKILL", () => {
       const hist = await openssh({ port, key: s.key, knownHosts: "/dev/null" }, `${name}//history`);
       expect(hist.code).toBe(0);
       expect(hist.stdout.split("\n")[0]).toMatch(new RegExp(`${v2.slice(0, 12)}\\s+start\\s+deployed`));
+      expect(hist.stdout.split("\n")[1]).toMatch(new RegExp(`${v2.slice(0, 12)}\\s+poll\\s+interrupted`));
       // The next cycle sees nothing to do: still exactly one container.
       await again.waitForLog(/msg=exec argv="git ls-remote/, { since: again.log().length });
       expect((await runningOf(name)).map((x) => x.id)).toEqual([c!.id]);
