@@ -287,6 +287,9 @@ describe("pgod with a real Docker engine", () => {
       const otherBefore = await waitRunning(other);
       const keptBefore = await waitRunning(kept);
       expect(existsSync(join(env.dir, gone, ".git"))).toBe(true);
+      for (const p of [join(".state", gone, "history"), join(".docker", gone)]) expect([p, existsSync(join(env.dir, p))]).toEqual([p, true]);
+      const { datadir } = env.paths();
+      expect(existsSync(join(datadir, gone))).toBe(true);
 
       const second = await env.pgod([{ name: kept, repository: repo.bare }], { tag: "second" });
       // Stale projects are handled before the loops start.
@@ -294,6 +297,10 @@ describe("pgod with a real Docker engine", () => {
       expect(second.lines(new RegExp(`msg="bringing down a project that is no longer configured" project=${gone}`)).length).toBe(1);
       expect(await containersOf(gone)).toEqual([]);
       expect(existsSync(join(env.dir, gone))).toBe(false);
+      // Its state and DOCKER_CONFIG folders go with it; its data directory stays.
+      for (const p of [join(".state", gone), join(".docker", gone)]) expect([p, existsSync(join(env.dir, p))]).toEqual([p, false]);
+      expect(existsSync(join(datadir, gone))).toBe(true);
+      expect(existsSync(join(env.dir, ".state", kept, "history"))).toBe(true);
       expect((await runningOf(other)).map((c) => c.id)).toEqual([otherBefore.id]);
       expect(second.lines(new RegExp(`project=(${other}|${kept})\\b`))).toEqual([]);
       const keptAfter = await waitRunning(kept);
