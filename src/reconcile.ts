@@ -781,7 +781,7 @@ export class ServiceWorker {
         project: this.svc.name, repoDir: dir, dataDir: join(this.d.datadir, this.svc.name),
         ...(this.svc.networks ? { networks: this.svc.networks } : {}),
       });
-      return { why: v.length === 0 ? null : formatViolations(file, v), pulls: pullsImages(model) };
+      return { why: v.length === 0 ? null : redact(formatViolations(file, v), this.secretValues), pulls: pullsImages(model) };
     } catch (e) {
       return { why: redact(errorMessage(e), this.secretValues), pulls: true };
     }
