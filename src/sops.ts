@@ -214,6 +214,9 @@ async function decryptDotenv(
   const metaItems = new Map<string, string>();
   for (const raw of text.split("\n")) {
     const line = raw.replace(/\r$/, "");
+    // SOPS encrypts comments in place (`#ENC[…,type:comment]`) and leaves them out of the MAC:
+    // an encrypted comment is dropped, a plain one kept.
+    if (line.trimStart().startsWith("#ENC[")) continue;
     if (line.trim() === "" || line.trimStart().startsWith("#")) {
       items.push({ key: "", value: line });
       continue;

@@ -155,14 +155,16 @@ describe("decryptSops()", () => {
 
   test("decrypts a dotenv file", async () => {
     const id = await generateX25519Identity();
-    const text = await encryptSops({ DB_PASSWORD: "pa55word-x", API_TOKEN: "tok-123456" }, "env", [await identityToRecipient(id)]);
+    const made = await encryptSops({ DB_PASSWORD: "pa55word-x", API_TOKEN: "tok-123456", EMPTY: "" }, "env", [await identityToRecipient(id)]);
+    // As sops writes them: an encrypted comment in place, an empty value left in clear.
+    const text = `#ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAAAAAAAAAAAAAAAAAAAA==,type:comment]\n${made.replace(/^EMPTY=.*$/m, "EMPTY=")}`;
     const r = await decryptSops(text, "x.sops.env", async (enc) => {
       const { Decrypter, armor } = await import("age-encryption");
       const d = new Decrypter();
       d.addIdentity(id);
       return d.decrypt(armor.decode(Buffer.from(enc).toString()));
     });
-    expect(r.text).toBe("DB_PASSWORD=pa55word-x\nAPI_TOKEN=tok-123456\n");
+    expect(r.text).toBe("DB_PASSWORD=pa55word-x\nAPI_TOKEN=tok-123456\nEMPTY=\n");
     expect(r.values).toEqual(["pa55word-x", "tok-123456"]);
   });
 

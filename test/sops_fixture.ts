@@ -39,6 +39,8 @@ export async function encryptSops(tree: Tree, format: "yaml" | "json" | "env", r
       return out;
     }
     hash.update(typeof node === "string" ? node : String(node), "utf8");
+    // SOPS leaves an empty value in clear (it is still in the MAC).
+    if (node === "") return "";
     return encValue(node, key, `${path.join(":")}:`);
   };
   const enc = (await walk(tree, [])) as Record<string, unknown>;
