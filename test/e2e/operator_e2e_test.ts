@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
-  containersOf, IMAGE, makeKey, openssh, preflight, run, scenario, sshListening, statusOf, sweepRun, uniqueName, waitFor,
+  composeExec, containersOf, IMAGE, makeKey, openssh, preflight, run, scenario, sshListening, statusOf, sweepRun, uniqueName, waitFor,
 } from "./harness.ts";
 import { timeOf } from "../reliability/faults.ts";
 
@@ -51,7 +51,7 @@ describe("operator safety", () => {
       const repo = await env.repo({ "compose.yaml": slowHealthy("1") });
       const pg = await env.pgod([{ name, repository: repo.bare }]);
       // During the wait: the container exists, pgod waits for it to turn healthy.
-      await pg.waitForLog(new RegExp(`msg=deploying service=${name} `), { timeoutMs: 120_000 });
+      await pg.waitForLog(composeExec(name, "up"), { timeoutMs: 120_000 });
       const [c] = await waitFor("the first container", () => containersOf(name), (cs) => cs.length === 1 && cs[0]!.state === "running", { timeoutMs: 60_000 });
       await run(["docker", "rm", "-f", c!.id]);
       const during = await backWithin(name, c!.id);
@@ -72,7 +72,7 @@ describe("operator safety", () => {
       const [e] = await waitFor("the healed container", () => containersOf(name), (cs) => cs.length === 1 && cs[0]!.state === "running");
       const since = pg.log().length;
       await repo.commit({ "compose.yaml": slowHealthy("2", 60) }, "version 2");
-      await pg.waitForLog(new RegExp(`msg=deploying service=${name} `), { since, timeoutMs: 120_000 });
+      await pg.waitForLog(composeExec(name, "up"), { since, timeoutMs: 120_000 });
       await waitFor("the container of version 2", () => containersOf(name), (cs) => cs.some((x) => x.id !== e!.id && x.state === "running"), { timeoutMs: 60_000 });
       const t0 = Date.now();
       expect(await pg.signal("SIGTERM", 30_000)).toBe(0);
