@@ -160,6 +160,8 @@ export interface SwarmApi {
   tasks(serviceIds: string[]): Promise<SwarmTask[]>;
   /** The engine's own node ID ("" when it is not in a swarm). */
   nodeId(): Promise<string>;
+  /** How many containers of the stack exist on this node (any state). */
+  containers(stack: string): Promise<number>;
 }
 
 /** Talks to the engine through its socket. */
@@ -180,6 +182,11 @@ export function makeSwarmApi(socket: string, timeoutMs = 10_000): SwarmApi {
       const f = encodeURIComponent(JSON.stringify({ service: ids }));
       const body = await get(`/tasks?filters=${f}`);
       return Array.isArray(body) ? (body as SwarmTask[]) : [];
+    },
+    async containers(stack) {
+      const f = encodeURIComponent(JSON.stringify({ label: [`com.docker.stack.namespace=${stack}`] }));
+      const body = await get(`/containers/json?all=1&filters=${f}`);
+      return Array.isArray(body) ? body.length : 0;
     },
     async nodeId() {
       const info = await get("/info");
@@ -343,9 +350,9 @@ export function makeSwarm(runner: Runner, t: ComposeTarget, o: SwarmOptions): Co
     const r = await docker(["stack", "rm", t.project], "stack", io);
     if (r.exitCode !== 0) return r;
     // stack rm returns before the services, tasks and networks are gone; a deploy right after
-    // would find the old network. Wait (bounded) until the engine lists no service of the stack.
+    // would find the old network. Wait (bounded, 60 s) until no service or container is left.
     for (let i = 0; i < 120; i++) {
-      if ((await o.api.services(t.project)).length === 0) break;
+      if ((await o.api.services(t.project)).length === 0 && (await o.api.containers(t.project)) === 0) break;
       await Bun.sleep(o.pollMs ?? 500);
     }
     return r;
