@@ -39,7 +39,9 @@ export async function waitSettled(o: SettleOptions): Promise<Settled> {
   let why = "";
   for (;;) {
     if (o.signal?.aborted) return { state: "aborted", why: "pgod is stopping" };
-    const cs = await o.containers.ofProject(o.project);
+    // A busy engine can take seconds to answer: shutdown does not wait for that answer.
+    const cs = await untilAborted(o.containers.ofProject(o.project), o.signal);
+    if (cs === null) return { state: "aborted", why: "pgod is stopping" };
     const missing = o.expected.find((s) => !cs.some((c) => c.service === s && c.state !== "removing"));
     const vanished = [...seen].find((id) => !cs.some((c) => c.id === id && c.state !== "removing"));
     if (missing !== undefined) return { state: "gone", why: `the container of "${missing}" was removed during the deploy` };
@@ -59,4 +61,14 @@ export async function waitSettled(o: SettleOptions): Promise<Settled> {
     if (now >= deadline) return { state: "failed", why: `not running and healthy after ${Math.round(o.timeoutMs / 1000)}s: ${why || "unstable"}` };
     await o.clock.sleep(Math.min(o.pollMs ?? 500, Math.max(1, deadline - now)), o.signal);
   }
+}
+
+/** `p`'s value, or null as soon as `signal` aborts (p is left to settle on its own). */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T | null> {
+  if (!signal) return p;
+  return new Promise<T | null>((resolve, reject) => {
+    const stop = (): void => resolve(null);
+    signal.addEventListener("abort", stop, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener("abort", stop));
+  });
 }
