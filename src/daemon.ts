@@ -19,6 +19,7 @@ import { makeRunner } from "./exec.ts";
 import type { Runner } from "./exec.ts";
 import { keyAllows, keysEqual } from "./keys.ts";
 import { Metrics, startMetricsServer } from "./metrics.ts";
+import { LongRunning } from "./long_running.ts";
 import { startSshServer } from "./ssh_server.ts";
 import { startWebhookServer } from "./webhook.ts";
 import type { SshServer } from "./ssh_server.ts";
@@ -272,6 +273,7 @@ async function startServers(d: {
     hostname: hostname(),
     logger: d.logger,
     count: (command, result) => d.metrics.sshRequests.inc({ command, result }),
+    longRunning: new LongRunning(),
   };
   let ssh: SshServer;
   try {
