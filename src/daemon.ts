@@ -21,7 +21,7 @@ import { keyAllows, keysEqual } from "./keys.ts";
 import { Metrics, startMetricsServer } from "./metrics.ts";
 import { LongRunning } from "./long_running.ts";
 import { startSshServer } from "./ssh_server.ts";
-import { startWebhookServer } from "./webhook.ts";
+import { readDeliveries, startWebhookServer } from "./webhook.ts";
 import type { SshServer } from "./ssh_server.ts";
 import type { PgodFlags } from "./flags.ts";
 import type { Logger } from "./log.ts";
@@ -294,6 +294,7 @@ async function startServers(d: {
   }
   let hooks: { close(): Promise<void> } | null = null;
   if (d.flags.webhook !== "") {
+    const deliveriesFile = join(d.dir, ".state", "webhook_deliveries.json");
     try {
       hooks = startWebhookServer(d.flags.webhook, {
         targets: new Map([...d.workers].map(([name, w]) => [name, {
@@ -302,7 +303,8 @@ async function startServers(d: {
           trigger: () => w.trigger("webhook"),
         }])),
         logger: d.logger,
-        seen: new Map(),
+        seen: await readDeliveries(deliveriesFile, Date.now(), d.logger),
+        deliveriesFile,
       });
     } catch (e) {
       await ssh.close();
