@@ -459,4 +459,36 @@ describe("the SSH interface of pgod with a real Docker engine", () => {
       expect(s.pg.exitCode).toBeNull();
     });
   });
+  test.concurrent("a key past its 4 long-running commands gets exit status 75, and a slot is free again once a client goes away", async () => {
+    await scenario("long-running cap", async (env) => {
+      const s = await serve(env, "cap");
+      await waitRunning(s.name);
+      expect((await pgoctl(s, `${s.name}//ping`)).code).toBe(0); // records the host key once
+      const follow = (): ReturnType<typeof Bun.spawn> =>
+        Bun.spawn([PGOCTL, "-i", s.key.file, "-p", String(s.port), "--known-hosts", s.knownHosts, `127.0.0.1:${s.name}//logs`, "-f"], {
+          cwd: "/", stdin: "ignore", stdout: "ignore", stderr: "ignore",
+        });
+      const children = (): Promise<string[]> => processesWith(["--project-name", s.name, "logs"]);
+      const clients = [follow(), follow(), follow(), follow()];
+      try {
+        await waitFor("four docker compose logs -f", children, (ps) => ps.length === 4, { timeoutMs: 60_000 });
+        const fifth = await pgoctl(s, `${s.name}//exec`, "web", "true");
+        expect(fifth).toEqual({
+          code: 75,
+          stdout: "",
+          stderr: `Cannot run "exec" for "${s.name}": this key runs 4 long-running commands ("exec", "logs -f"), the limit is 4\n`,
+        });
+        // Short commands are not capped.
+        expect((await pgoctl(s, `${s.name}//ps`)).code).toBe(0);
+        clients[0]!.kill("SIGTERM");
+        await clients[0]!.exited;
+        await waitFor("the first client's docker compose logs -f to end", children, (ps) => ps.length === 3, { timeoutMs: 30_000 });
+        expect(await waitFor("a slot to be free", () => pgoctl(s, `${s.name}//exec`, "web", "true"), (r) => r.code !== 75, { timeoutMs: 10_000 }))
+          .toEqual({ code: 0, stdout: "", stderr: "" });
+      } finally {
+        for (const c of clients) c.kill("SIGTERM");
+      }
+      await waitFor("no docker compose logs left", children, (ps) => ps.length === 0, { timeoutMs: 30_000 });
+    });
+  });
 });
