@@ -194,7 +194,7 @@ async function run(
       if (container === undefined || rest.length === 0) throw new RequestError(EX.usage, 'Usage: "exec <container> <command> [args...]"');
       if (!SERVICE_NAME.test(container)) throw new RequestError(EX.usage, `Invalid container "${container}": expected a compose service name`);
       ready(h);
-      const release = d.longRunning?.take(who.service, who.key, "exec");
+      const release = await d.longRunning?.take(who.service, who.key, "exec", io.signal);
       try {
         const c = await h.composeFor();
         return (await c.run(["exec", "-T", container, ...rest], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
@@ -207,7 +207,7 @@ async function run(
       const a = checkArgs(cmd, args);
       ready(h);
       const follows = cmd === "logs" && a.some((x) => x === "-f" || x === "--follow");
-      const release = follows ? d.longRunning?.take(who.service, who.key, "logs -f") : undefined;
+      const release = follows ? await d.longRunning?.take(who.service, who.key, "logs -f", io.signal) : undefined;
       try {
         const c = await h.composeFor();
         return (await c.run([cmd, ...a], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;

@@ -273,7 +273,7 @@ async function startServers(d: {
     hostname: hostname(),
     logger: d.logger,
     count: (command, result) => d.metrics.sshRequests.inc({ command, result }),
-    longRunning: new LongRunning(),
+    longRunning: new LongRunning({}, d.logger),
   };
   let ssh: SshServer;
   try {

@@ -88,10 +88,15 @@ export interface SshLimits {
   maxUnauthenticated: number;
   /** Logged-in connections in all; past this a new login is refused. */
   maxAuthenticated: number;
-  /** Logged-in connections of one key; past this a new login with that key is refused. */
+  /** Logged-in connections of one key; past this a new login with that key is refused while the pool is busy. */
   maxPerKey: number;
-  /** Logged-in connections from one source address; past this a new login from there is refused. */
+  /** Logged-in connections from one source address; past this a new login from there is refused while the pool is busy. */
   maxPerAddress: number;
+  /**
+   * The pool is busy from this many logged-in connections on: below it, a key or an address may
+   * use the free room beyond its own limit (a CI job's burst), from it on it gets no more.
+   */
+  busyFrom: number;
   /** Time from login, and from opening a channel, to its exec request; past this the connection (or channel) is closed. */
   execWaitMs: number;
   /** Time from TCP accept to a successful login. */
@@ -112,6 +117,7 @@ export const DEFAULT_LIMITS: Readonly<SshLimits> = {
   maxAuthenticated: 128,
   maxPerKey: 16,
   maxPerAddress: 32,
+  busyFrom: 64,
   execWaitMs: 10_000,
   loginGraceMs: 30_000,
   maxAuthTries: 6,
@@ -358,7 +364,7 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
       ctx.accept(); // the key would do: the client signs next
       return;
     }
-    const full = overLimit(key.fingerprint, conn.addr, 0);
+    const full = overLimit(key.fingerprint, conn.addr);
     if (full) {
       warnFull(full, key.fingerprint, conn.addr);
       ctx.reject(["publickey"]);
@@ -370,20 +376,22 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
   }
 
   /**
-   * Which limit on logged-in connections a login with this key from this address would pass,
-   * counting `extra` more than are logged in now; null when none. Per key and per address first,
-   * so one key holder (or one host) can never take the whole pool from other teams.
+   * Which limit on logged-in connections a login with this key from this address would pass;
+   * null when none. Once the pool is busy, a key past its own limit (or an address past its
+   * own) gets no more, so one key holder or one host can never take the whole pool from other
+   * teams; below that, a burst of one key may use the room nobody else needs.
    */
-  function overLimit(fp: string, addr: string, extra: number): "key" | "address" | "all" | null {
-    let sameKey = extra;
-    let sameAddr = extra;
+  function overLimit(fp: string, addr: string): "key" | "address" | "all" | null {
+    if (authenticated.size >= limits.maxAuthenticated) return "all";
+    if (authenticated.size < limits.busyFrom) return null;
+    let sameKey = 0;
+    let sameAddr = 0;
     for (const c of authenticated) {
       if (c.key?.fingerprint === fp) sameKey++;
       if (c.addr === addr) sameAddr++;
     }
     if (sameKey >= limits.maxPerKey) return "key";
     if (sameAddr >= limits.maxPerAddress) return "address";
-    if (authenticated.size + extra >= limits.maxAuthenticated) return "all";
     return null;
   }
 
@@ -422,7 +430,7 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
     log.debug("SSH login", { conn: conn.id, addr: conn.addr, user: conn.user, key: conn.key?.fingerprint });
     // Logins accepted at the same moment may together pass a limit: the later ones go.
     authenticated.delete(conn);
-    const full = overLimit(conn.key?.fingerprint ?? "", conn.addr, 0);
+    const full = overLimit(conn.key?.fingerprint ?? "", conn.addr);
     authenticated.add(conn);
     if (full) {
       warnFull(full, conn.key?.fingerprint ?? "", conn.addr);

@@ -287,7 +287,7 @@ test("dispatch() caps exec and logs -f per key and per service with exit 75, and
     hostname: "box",
     logger: memoryLogger(),
     count: (c, r) => counted.push(`${c} ${r}`),
-    longRunning: new LongRunning({ perService: 3, perKey: 2 }),
+    longRunning: new LongRunning({ perService: 3, perKey: 2, waitMs: 0 }),
   };
   const call = (request: string, key: ClientKey) => {
     let stderr = "";
@@ -318,4 +318,30 @@ test("dispatch() caps exec and logs -f per key and per service with exit 75, and
   for (const g of gates.splice(0)) g();
   expect((await Promise.all([a2, plain, b1, c1])).map((r) => r.status)).toEqual([0, 0, 0, 0]);
   expect(deps.longRunning!.running("web")).toBe(0);
+});
+
+test("LongRunning.take() waits for a slot to free up, and refuses with 75 when none does in time or the client goes away", async () => {
+  const lr = new LongRunning({ perService: 1, perKey: 1, waitMs: 60_000 });
+  const first = await lr.take("web", "SHA256:a", "exec");
+  let second: (() => void) | null = null;
+  const waiting = lr.take("web", "SHA256:b", "exec").then((r) => (second = r));
+  await new Promise((r) => setTimeout(r, 20));
+  expect(second).toBeNull();
+  first();
+  await waiting;
+  expect(second).not.toBeNull();
+  expect(lr.running("web")).toBe(1);
+  // Nothing frees up: refused after the wait.
+  const short = new LongRunning({ perService: 1, perKey: 1, waitMs: 30 });
+  await short.take("web", "SHA256:a", "exec");
+  const t0 = Date.now();
+  await expect(short.take("web", "SHA256:c", "logs -f")).rejects.toMatchObject({ status: EXIT_TEMPFAIL });
+  expect(Date.now() - t0).toBeGreaterThanOrEqual(25);
+  // The client goes away while it waits: refused at once.
+  const ac = new AbortController();
+  const gone = lr.take("web", "SHA256:d", "exec", ac.signal);
+  ac.abort();
+  await expect(gone).rejects.toMatchObject({ status: EXIT_TEMPFAIL });
+  second!();
+  expect(lr.running("web")).toBe(0);
 });

@@ -8,6 +8,7 @@ import { fingerprint, keysEqual, parseAuthorizedKeys, type PublicKey } from "../
 import { memoryLogger } from "../src/log.ts";
 import {
   clampStatus,
+  DEFAULT_LIMITS,
   parseListenAddress,
   sshAlgorithms,
   startSshServer,
@@ -428,16 +429,24 @@ describe("startSshServer() keeps one key holder from locking other teams out", (
     });
   }
 
-  test("one key holding 150 idle connections gets 16 of them, and another team's ping answers within 2 s throughout", async () => {
+  test("one key trying to hold 150 idle connections gets the 64 of a quiet pool and no more, and another team's ping answers within 2 s", async () => {
     const { srv, log } = await start(pong, { known: knownBoth });
     const held = new Set<Client>();
-    const attack = Promise.allSettled(
-      Array.from({ length: 150 }, async () => {
-        const c = await connectFrom(srv.port, goodKey, "127.0.0.2");
-        held.add(c);
-        c.on("close", () => held.delete(c));
-      }),
-    );
+    // Six waves of 25 logins (fewer than the 64 connections that may wait to log in, whose cap
+    // would otherwise drop the holder's own connections before they log in).
+    const attack = (async () => {
+      const results: PromiseSettledResult<void>[] = [];
+      for (let wave = 0; wave < 6; wave++) {
+        results.push(...await Promise.allSettled(
+          Array.from({ length: 25 }, async () => {
+            const c = await connectFrom(srv.port, goodKey, "127.0.0.2");
+            held.add(c);
+            c.on("close", () => held.delete(c));
+          }),
+        ));
+      }
+      return results;
+    })();
     const ms: number[] = [];
     const ping = async (): Promise<void> => {
       const t0 = performance.now();
@@ -452,16 +461,18 @@ describe("startSshServer() keeps one key holder from locking other teams out", (
     // against a real pgod).
     await ping();
     const results = await attack;
-    expect(results.filter((r) => r.status === "fulfilled").length).toBe(16);
-    expect(held.size).toBe(16);
-    for (let i = 0; i < 4; i++) await ping(); // while the attacker holds its 16
+    // The pool turns busy at 64 logged in, the other team's one connection included if it was open then.
+    const won = results.filter((r) => r.status === "fulfilled").length;
+    expect(won === DEFAULT_LIMITS.busyFrom || won === DEFAULT_LIMITS.busyFrom - 1).toBe(true);
+    expect(held.size).toBe(won);
+    for (let i = 0; i < 4; i++) await ping(); // while the attacker holds its 64
     console.log(`150 logins by one key: ${held.size} held; the other team's ping took ${ms.join(", ")} ms (the first during the logins)`);
     expect(Math.max(...ms.slice(1))).toBeLessThan(2000);
     expect(log.lines.some((l) => l.includes("too many connections logged in with this key"))).toBe(true);
   }, 60_000);
 
   test("logins from one address past its cap are refused while other addresses still get in", async () => {
-    const { srv } = await start(pong, { known: knownBoth, limits: { maxPerAddress: 2 } });
+    const { srv } = await start(pong, { known: knownBoth, limits: { maxPerAddress: 2, busyFrom: 0 } });
     await connectFrom(srv.port, goodKey, "127.0.0.2");
     await connectFrom(srv.port, teamB, "127.0.0.2");
     await expect(connectFrom(srv.port, teamB, "127.0.0.2")).rejects.toThrow();
@@ -470,7 +481,7 @@ describe("startSshServer() keeps one key holder from locking other teams out", (
   });
 
   test("a connection that sends no exec request after login is closed after the wait, and its place is free again", async () => {
-    const { srv } = await start(pong, { limits: { execWaitMs: 200, maxPerKey: 1 } });
+    const { srv } = await start(pong, { limits: { execWaitMs: 200, maxPerKey: 1, busyFrom: 0 } });
     const idle = await connect(srv.port, goodKey);
     let closed = false;
     idle.on("close", () => (closed = true));
@@ -478,6 +489,17 @@ describe("startSshServer() keeps one key holder from locking other teams out", (
     await waitFor(() => closed, "the exec wait to close the idle connection", 5000);
     const c = await connect(srv.port, goodKey);
     expect((await run(c, "web//ping")).code).toBe(0);
+  });
+
+  test("a key may use a quiet pool beyond its limit, but not a busy one", async () => {
+    const { srv } = await start(pong, { known: knownBoth, limits: { maxPerKey: 2, busyFrom: 4, maxAuthenticated: 8 } });
+    // Quiet: one key takes 4, past its limit of 2.
+    for (let i = 0; i < 4; i++) await connectFrom(srv.port, goodKey, "127.0.0.2");
+    // Busy now: that key gets no more, another key gets its 2, and no more either.
+    await expect(connectFrom(srv.port, goodKey, "127.0.0.2")).rejects.toThrow();
+    const b = [await connectFrom(srv.port, teamB, "127.0.0.3"), await connectFrom(srv.port, teamB, "127.0.0.3")];
+    await expect(connectFrom(srv.port, teamB, "127.0.0.3")).rejects.toThrow();
+    expect((await run(b[0]!, "b//ping")).code).toBe(0);
   });
 
   test("a channel that sends no exec request ends its connection after the wait, though the connection made a request before", async () => {

@@ -459,7 +459,7 @@ describe("the SSH interface of pgod with a real Docker engine", () => {
       expect(s.pg.exitCode).toBeNull();
     });
   });
-  test.concurrent("a key past its 4 long-running commands gets exit status 75, and a slot is free again once a client goes away", async () => {
+  test.concurrent("a key past its 8 long-running commands waits for a slot, gets one when a client goes away, and 75 when none frees up", async () => {
     await scenario("long-running cap", async (env) => {
       const s = await serve(env, "cap");
       await waitRunning(s.name);
@@ -469,22 +469,31 @@ describe("the SSH interface of pgod with a real Docker engine", () => {
           cwd: "/", stdin: "ignore", stdout: "ignore", stderr: "ignore",
         });
       const children = (): Promise<string[]> => processesWith(["--project-name", s.name, "logs"]);
-      const clients = [follow(), follow(), follow(), follow()];
+      const clients = Array.from({ length: 8 }, follow);
       try {
-        await waitFor("four docker compose logs -f", children, (ps) => ps.length === 4, { timeoutMs: 60_000 });
-        const fifth = await pgoctl(s, `${s.name}//exec`, "web", "true");
-        expect(fifth).toEqual({
-          code: 75,
-          stdout: "",
-          stderr: `Cannot run "exec" for "${s.name}": this key runs 4 long-running commands ("exec", "logs -f"), the limit is 4\n`,
-        });
+        await waitFor("eight docker compose logs -f", children, (ps) => ps.length === 8, { timeoutMs: 90_000 });
         // Short commands are not capped.
         expect((await pgoctl(s, `${s.name}//ps`)).code).toBe(0);
+        // A ninth waits; when a client goes away, it gets that slot.
+        const t0 = performance.now();
+        const ninth = pgoctl(s, `${s.name}//exec`, "web", "true");
+        await s.pg.waitForLog(new RegExp(`msg="waiting for a slot for a long-running command" service=${s.name} command=exec `), { timeoutMs: 9_000 });
         clients[0]!.kill("SIGTERM");
-        await clients[0]!.exited;
-        await waitFor("the first client's docker compose logs -f to end", children, (ps) => ps.length === 3, { timeoutMs: 30_000 });
-        expect(await waitFor("a slot to be free", () => pgoctl(s, `${s.name}//exec`, "web", "true"), (r) => r.code !== 75, { timeoutMs: 10_000 }))
-          .toEqual({ code: 0, stdout: "", stderr: "" });
+        expect(await ninth).toEqual({ code: 0, stdout: "", stderr: "" });
+        const waited = performance.now() - t0;
+        // Eight run again (the ninth's slot is free, a new follower takes it); one more is refused after 10 s.
+        clients[0] = follow();
+        await waitFor("eight docker compose logs -f again", children, (ps) => ps.length === 8, { timeoutMs: 60_000 });
+        const t1 = performance.now();
+        const refused = await pgoctl(s, `${s.name}//exec`, "web", "true");
+        const refusedAfter = performance.now() - t1;
+        console.log(`long-running cap: the ninth exec waited ${Math.round(waited)} ms for a slot; one more was refused after ${Math.round(refusedAfter)} ms`);
+        expect(refused).toEqual({
+          code: 75,
+          stdout: "",
+          stderr: `Cannot run "exec" for "${s.name}": this key runs 8 long-running commands ("exec", "logs -f"), the limit is 8 (none ended within 10 s)\n`,
+        });
+        expect(refusedAfter).toBeGreaterThanOrEqual(9_500);
       } finally {
         for (const c of clients) c.kill("SIGTERM");
       }

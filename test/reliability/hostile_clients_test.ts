@@ -123,7 +123,7 @@ describe("hostile SSH clients against a real pgod", () => {
     });
   }, 300_000);
 
-  test("one key trying to hold 150 idle logged-in connections gets 16, and another key's ping is answered within 2 s throughout", async () => {
+  test("one key trying to hold 150 idle logged-in connections gets at most 64, and another key's ping is answered within 2 s throughout", async () => {
     await scenario("idle sessions", async (env) => {
       const holder = await keyWithText(await env.tempDir(0o700), "holder");
       const s = await serveOne(env, "idle", { interval: "10m", files: { "ssh/holder.pub": holder.pub } });
@@ -156,7 +156,7 @@ describe("hostile SSH clients against a real pgod", () => {
       };
       try {
         for (let i = 0; i < 150; i++) holdOne();
-        await waitFor("the holder's logins to be refused past its cap", () => refused, (n) => n >= 100, { timeoutMs: 60_000 });
+        await waitFor("the holder's logins to be refused past its cap", () => refused, (n) => n >= 80, { timeoutMs: 60_000 });
         const during = expectPrompt("while one key holds its connections", await pings(s, 10));
         // The holder's idle connections are closed after 10 s without a request: its 150 clients
         // keep coming back, and the other key is still served.
@@ -168,7 +168,7 @@ describe("hostile SSH clients against a real pgod", () => {
           `150 idle connections of one key: at most ${peakHeld} held, ${refused} logins refused; ` +
           `the other key's ping ms ${during.join(", ")}; during churn ${later.join(", ")}`,
         );
-        expect(peakHeld).toBeLessThanOrEqual(16);
+        expect(peakHeld).toBeLessThanOrEqual(64);
         expect(peakHeld).toBeGreaterThan(0);
         expect(s.pg.lines(/msg="Refusing SSH login: too many connections logged in with this key"/).length).toBeGreaterThanOrEqual(1);
       } finally {
