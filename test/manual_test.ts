@@ -100,11 +100,16 @@ test("the rendered pages have their sections, pgoctl(1) with FILES and HOME, USE
 
 test("the SSH and long-running limits pgod(8) and pgoctl(1) give are the ones in the code", () => {
   const text = rendered("pgod.8").replace(/\s+/g, " ");
-  expect(text).toContain(`${DEFAULT_LIMITS.maxPerKey} per key and ${DEFAULT_LIMITS.maxPerAddress} per client address`);
-  expect(text).toContain(`and ${DEFAULT_LIMITS.maxAuthenticated} in all`);
+  expect(text).toContain(`Logged-in connections: ${DEFAULT_LIMITS.maxAuthenticated} in all`);
+  expect(text).toContain(
+    `Once ${DEFAULT_LIMITS.busyFrom} are logged in, a key that has ${DEFAULT_LIMITS.maxPerKey} of them, or a client address that has ${DEFAULT_LIMITS.maxPerAddress},`,
+  );
   expect(text).toContain(`within ${DEFAULT_LIMITS.execWaitMs / 1000} seconds of logging in`);
   expect(text).toContain(`at most ${DEFAULT_LONG_RUNNING.perService} at once for one service`);
   expect(text).toContain(`at most ${DEFAULT_LONG_RUNNING.perKey} at once for one key`);
+  expect(text).toContain(`One more waits up to ${DEFAULT_LONG_RUNNING.waitMs / 1000} seconds for a free slot`);
   const ctl = rendered("pgoctl.1").replace(/\s+/g, " ");
   expect(ctl).toContain(`at most ${DEFAULT_LONG_RUNNING.perService} exec or logs -f for one service, and at most ${DEFAULT_LONG_RUNNING.perKey} for one key`);
+  expect(ctl).toContain(`waits up to ${DEFAULT_LONG_RUNNING.waitMs / 1000} seconds`);
+  expect(ctl).toContain(`while all clients have ${DEFAULT_LIMITS.maxAuthenticated} connections open to pgod, or while ${DEFAULT_LIMITS.busyFrom} are open and the key already has ${DEFAULT_LIMITS.maxPerKey} of them or its address ${DEFAULT_LIMITS.maxPerAddress}`);
 }, 60_000);
