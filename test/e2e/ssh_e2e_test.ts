@@ -448,7 +448,7 @@ describe("the SSH interface of pgod with a real Docker engine", () => {
       const unknownAnswer = {
         code: 64,
         stdout: "",
-        stderr: 'Unknown command "frobnicate": expected one of up, down, stop, start, restart, pull, ps, logs, exec, ping, status, check, history, rollback, unpin, sync\n',
+        stderr: 'Unknown command "frobnicate": expected one of up, down, stop, start, restart, pull, ps, logs, exec, ping, status, check, history, rollback, unpin, sync, recipient\n',
       };
       expect(unknown).toEqual(unknownAnswer);
       expect(sshUnknown).toEqual(unknownAnswer);
