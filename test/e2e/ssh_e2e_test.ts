@@ -477,7 +477,7 @@ describe("the SSH interface of pgod with a real Docker engine", () => {
         // A ninth waits; when a client goes away, it gets that slot.
         const t0 = performance.now();
         const ninth = pgoctl(s, `${s.name}//exec`, "web", "true");
-        await s.pg.waitForLog(new RegExp(`msg="waiting for a slot for a long-running command" service=${s.name} command=exec `), { timeoutMs: 9_000 });
+        await s.pg.waitForLog(new RegExp(`msg="waiting for a slot for a long-running command" service=${s.name} command=exec `), { timeoutMs: 60_000 });
         clients[0]!.kill("SIGTERM");
         expect(await ninth).toEqual({ code: 0, stdout: "", stderr: "" });
         const waited = performance.now() - t0;
