@@ -549,6 +549,7 @@ export class ServiceWorker {
 
 
   private async recordDeploy(ok: boolean, trigger: Trigger, started: number, id: string, error: string | null, result: "failed" | "interrupted" = "failed"): Promise<void> {
+    if (!ok) this.log.warn(result === "interrupted" ? "deploy interrupted" : "deploy failed", { commit: this.head?.slice(0, 12), trigger, reason: error ?? "" });
     await this.record({
       commit: this.head ?? "unknown", time: started, trigger, result: ok ? "deployed" : result,
       durationMs: this.d.clock.now() - started, ...(error ? { detail: error } : {}), id,
@@ -557,7 +558,6 @@ export class ServiceWorker {
     this.d.onDeploy?.(this.svc.name, this.st.lastResult);
     if (!ok) {
       this.st.lastError = error;
-      this.log.warn(result === "interrupted" ? "deploy interrupted" : "deploy failed", { commit: this.head?.slice(0, 12), trigger, reason: error ?? "" });
       return;
     }
     this.deployedOnce = true;
