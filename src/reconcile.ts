@@ -93,8 +93,8 @@ export interface ReconcileDeps {
   remoteRefs?: typeof advertisedHead;
   /** The Caddy import file's text, for the service that sets `import`. */
   importText?: string;
-  /** A memory-limited cgroup for `docker compose config` (DECISIONS.md #10), when cgroups work. */
-  composeCgroup?: string;
+  /** This service's own limited cgroup(s) for `docker compose config` (DECISIONS.md #10), when cgroups work. */
+  composeCgroup?: string | readonly string[];
   /** How long containers must stay ready after `up` before a deploy counts as good (default 2 s). */
   settleMs?: number;
   /** How often readiness is polled after `up` (default 500 ms). */
