@@ -249,7 +249,7 @@ export class ServiceWorker {
       if (r.why !== null) this.st.refused = { commit, reason: r.why };
       else if (this.st.refused?.commit !== commit) this.st.refused = null;
       return {
-        commit, branch: this.svc.branch, running: this.head, refusal: r.why, findings: r.findings ?? [],
+        commit, branch: this.svc.branch, running: this.st.deployedAt !== null ? this.head : null, refusal: r.why, findings: r.findings ?? [],
         ...(stale !== null ? { stale } : {}), ...(this.state.pin ? { pinned: this.state.pin.commit } : {}),
       };
     });

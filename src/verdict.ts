@@ -19,7 +19,7 @@ export interface Verdict {
   /** The commit judged: the newest of the branch that pgod could learn of. */
   commit: string;
   branch: string;
-  /** The commit checked out (what runs). */
+  /** The commit deployed (what runs), null before the first deploy. */
   running: string | null;
   /** Null when the commit may be deployed, else why not (the text the log and `status` show). */
   refusal: string | null;
@@ -99,11 +99,11 @@ export function formatFinding(f: Finding): string {
 export function formatVerdict(v: Verdict): string {
   const id = (c: string | null): string => (c === null ? "nothing" : c.slice(0, 12));
   const judged = `commit ${id(v.commit)}, the newest of branch "${v.branch}"`;
-  const runs = v.running === v.commit ? "it runs now" : `${id(v.running)} runs now`;
+  const runs = v.running === null ? "nothing is deployed" : v.running === v.commit ? "it runs now" : `${id(v.running)} runs now`;
   const lines: string[] = [];
   if (v.refusal === null) lines.push(`ok: ${judged}, may be deployed (${runs})`);
   else {
-    lines.push(`refused: ${judged} (${runs}${v.running === v.commit ? "" : " and keeps running"})`);
+    lines.push(`refused: ${judged} (${runs}${v.running === null || v.running === v.commit ? "" : " and keeps running"})`);
     lines.push(...(v.findings.length > 0 ? v.findings.map(formatFinding) : v.refusal.split("\n")));
   }
   if (v.pinned) lines.push(`pinned at ${id(v.pinned)}: nothing newer deploys until "unpin"`);
