@@ -8,6 +8,7 @@ import { dispatch } from "./commands.ts";
 import { findComposePlugin } from "./compose.ts";
 import type { RouterDeps } from "./commands.ts";
 import { parseConfig } from "./config.ts";
+import { warnIfConfigExposed } from "./config_secrets.ts";
 import type { Config } from "./config.ts";
 import { caddyImport } from "./caddy.ts";
 import { makeDockerContainers } from "./containers.ts";
@@ -69,6 +70,7 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
     reportConfigError(log, configFile, e);
     return EXIT.fatal;
   }
+  await warnIfConfigExposed(configFile, config, log);
   try {
     await mkdir(dir, { recursive: true });
     await chmod(dir, 0o711); // service users may enter their own checkout but not list the others
