@@ -246,6 +246,14 @@ test("check without policy findings prints the refusal, and says when the remote
   });
 });
 
+test("check before the first deploy says that nothing is deployed", async () => {
+  const verdict: Verdict = { ...OK, running: null, refusal: "why", findings: [] };
+  const { call } = harness(fakeService({ verdict }));
+  expect(await call("web//check")).toEqual({
+    status: 1, stdout: `refused: commit ${"c".repeat(12)}, the newest of branch "main" (nothing is deployed)\nwhy\n`, stderr: "",
+  });
+});
+
 test("status names the refused commit and the refusal, one reason a line", async () => {
   const refused = { commit: "b".repeat(40), reason: "first reason\nsecond reason" };
   const { call } = harness(fakeService({ refused }));

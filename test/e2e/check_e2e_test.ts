@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import {
-  chownTree, composeFile, headOf, makeKey, pgoctl, preflight, QUIET_INTERVAL, runningOf, scenario, sshListening, statusOf,
+  chownTree, composeFile, headOf, makeKey, pgoctl, preflight, QUIET_INTERVAL, run, runningOf, scenario, sshListening, statusOf,
   sweepRun, uniqueName, waitRunning,
 } from "./harness.ts";
 import { PGOCTL, PGOD } from "./harness.ts";
@@ -75,6 +75,17 @@ describe("check and status with a real pgod", () => {
       const synced = await pgoctl(client, `${name}//sync`);
       expect(synced.code).toBe(0);
       expect(await headOf(join(pg.dir, name))).toBe(fixed);
+
+      // The service's evaluations ran in a cgroup of its own (memory and pids with cgroup v1),
+      // which pgod removes when it stops.
+      const cgroups = async (): Promise<string[]> => (await run(
+        ["find", "/sys/fs/cgroup", "-maxdepth", "6", "-type", "d", "-name", `compose-${pg.proc.pid}-${name}`], { check: false },
+      )).stdout.split("\n").filter(Boolean);
+      const made = await cgroups();
+      expect(made.length).toBeGreaterThan(0);
+      expect(made.every((d) => d.includes("/pgo/"))).toBe(true);
+      expect(await pg.signal("SIGTERM")).toBe(0);
+      expect(await cgroups()).toEqual([]);
     });
   }, 300_000);
 });
