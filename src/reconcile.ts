@@ -248,8 +248,12 @@ export class ServiceWorker {
       const r = await this.evaluateCommit(git, a, commit).finally(() => (this.assessed = kept));
       if (r.why !== null) this.st.refused = { commit, reason: r.why };
       else if (this.st.refused?.commit !== commit) this.st.refused = null;
+      // A commit that was rolled back passes the policy but does not deploy again either.
+      const bad = r.why === null && commit === this.state.bad && commit !== this.head
+        ? `Commit ${commit.slice(0, 12)} was rolled back after a failed deploy; it is not tried again until a newer commit arrives`
+        : null;
       return {
-        commit, branch: this.svc.branch, running: this.st.deployedAt !== null ? this.head : null, refusal: r.why, findings: r.findings ?? [],
+        commit, branch: this.svc.branch, running: this.st.deployedAt !== null ? this.head : null, refusal: r.why ?? bad, findings: r.findings ?? [],
         ...(stale !== null ? { stale } : {}), ...(this.state.pin ? { pinned: this.state.pin.commit } : {}),
       };
     });

@@ -432,6 +432,8 @@ test("a commit whose containers exit at once is rolled back to the last good com
   docker.clear();
   await worker.cycle("poll");
   expect(docker.composeCalls()).toEqual([]); // the bad commit is not tried again
+  // check says so: it would not deploy, though the policy allows it.
+  expect(await worker.check()).toMatchObject({ commit: bad, running: good, refusal: expect.stringContaining(`Commit ${bad.slice(0, 12)} was rolled back`) });
   const next = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8").replace("# fake: exits\n", "# fixed\n") });
   await worker.cycle("poll");
   expect(worker.status()).toMatchObject({ lastResult: "deployed", commit: next, good: next, bad: null });
