@@ -278,8 +278,8 @@ const QUICK_TIMEOUT_MS = 60_000;
 /** What makeSwarm needs besides the runner. */
 export interface SwarmOptions {
   api: SwarmApi;
-  /** A memory cgroup for `docker compose config`. */
-  cgroupDir?: string;
+  /** The service's cgroup(s) for `docker compose config` (see makeCgroups). */
+  cgroupDir?: string | readonly string[];
   /** Called with the plan of each deploy (metrics, warnings). */
   onPlan?: (plan: StackPlan) => void;
   /** Waits while the stack is being removed; ms between polls (default 500). */
