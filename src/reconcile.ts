@@ -27,11 +27,12 @@ import { readState, writeState } from "./state.ts";
 import type { ServiceState } from "./state.ts";
 import { composeModel } from "./compose_model.ts";
 import { evaluatePolicy, formatViolations } from "./policy.ts";
-import { pullsImages, screenComposeTree } from "./yaml_screen.ts";
+import { pullsImages, screenComposeTree, screenYaml } from "./yaml_screen.ts";
 import { readServiceKeys } from "./keys.ts";
 import { locateFindings } from "./verdict.ts";
 import type { Finding, Verdict } from "./verdict.ts";
-import { makeSwarm, makeSwarmApi, stackReadiness } from "./swarm.ts";
+import { makeSwarm, makeSwarmApi, stackReadiness, stackWarnings } from "./swarm.ts";
+import { parse as parseYaml } from "yaml";
 import type { Replicas, StackPlan, SwarmApi } from "./swarm.ts";
 import { decryptTree, plainName, redact, serviceKeys } from "./secrets.ts";
 import { advertisedHead, isHttpRemote, RemoteTimeout, UnsupportedRemote } from "./refs.ts";
@@ -293,13 +294,35 @@ export class ServiceWorker {
       const bad = r.why === null && commit === this.state.bad && commit !== this.head
         ? `Commit ${commit.slice(0, 12)} was rolled back after a failed deploy; it is not tried again until a newer commit arrives`
         : null;
+      const warnings = this.svc.engine === "swarm" ? await this.swarmWarnings(git, commit) : [];
       return {
         commit, branch: this.svc.branch, running: this.st.deployedAt !== null ? this.head : null, refusal: r.why ?? bad, findings: r.findings ?? [],
         ...(stale !== null ? { stale } : {}), ...(this.state.pin ? { pinned: this.state.pin.commit } : {}),
+        ...(warnings.length > 0 ? { warnings } : {}),
       };
     });
   }
 
+
+  /** The keys of `commit`'s compose file (as written) that `docker stack deploy` leaves out. */
+  private async swarmWarnings(git: Git, commit: string): Promise<string[]> {
+    let file = this.svc.compose;
+    let text: string | null = null;
+    for (const f of file !== undefined ? [file] : COMPOSE_FILES) {
+      text = await git.show(this.checkout, commit, f);
+      if (text !== null) {
+        file = f;
+        break;
+      }
+    }
+    if (text === null) return [];
+    try {
+      screenYaml(text, file ?? "compose.yaml");
+      return stackWarnings(parseYaml(text));
+    } catch {
+      return []; // the verdict itself says what is wrong with the file
+    }
+  }
 
   private get holdFile(): string {
     return join(this.d.dir, ".state", this.svc.name, "hold");
