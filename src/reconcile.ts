@@ -28,6 +28,8 @@ import { composeModel } from "./compose_model.ts";
 import { evaluatePolicy, formatViolations } from "./policy.ts";
 import { pullsImages, screenComposeTree } from "./yaml_screen.ts";
 import { readServiceKeys } from "./keys.ts";
+import { describe, judgeCommit, UnknownTrustRoot } from "./signatures.ts";
+import { MAX_VERIFIED } from "./state.ts";
 import { advertisedHead, isHttpRemote, RemoteTimeout, UnsupportedRemote } from "./refs.ts";
 import type { PublicKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
@@ -40,7 +42,7 @@ import { baseEnv, engineEnv } from "./users.ts";
 export type Trigger = "start" | "poll" | "pgoctl" | "webhook" | "rollback";
 
 /** Outcome of the last deploy attempt. */
-export type DeployResult = "deployed" | "failed" | "stopped" | "refused" | "rolled back";
+export type DeployResult = "deployed" | "failed" | "stopped" | "refused" | "rolled back" | "unverified";
 
 /** What `status` shows for a service. */
 export interface ServiceStatus {
@@ -61,6 +63,8 @@ export interface ServiceStatus {
   good: string | null;
   /** A commit that was rolled back; it is not tried again until a newer one arrives. */
   bad: string | null;
+  /** With `verify = "commits"`: why the newest commit of the branch did not verify. */
+  unverified?: string;
 }
 
 /** Why a service is held down. */
@@ -102,6 +106,8 @@ export interface ReconcileDeps {
   /** Where mounts are read from (default /proc/self/mountinfo). */
   mountinfo?: string;
   onDeploy?: (service: string, result: DeployResult) => void;
+  /** With `verify = "commits"`: whether the newest commit judged verified. */
+  onVerify?: (service: string, ok: boolean) => void;
 }
 
 /** The policy verdict on a compose tree (null: it may be deployed), and whether a pull has work. */
@@ -140,6 +146,8 @@ export class ServiceWorker {
   private httpRefs = true;
   /** The verdict on a commit evaluated just before the checkout moved to it, for the deploy that follows. */
   private assessed: { commit: string } & Assessment | null = null;
+  /** With `verify = "commits"`: whether the checkout's commit was judged since this worker started. */
+  private trustChecked = false;
 
   constructor(readonly svc: ServiceConfig, private readonly d: ReconcileDeps) {
     this.log = d.logger.with({ service: svc.name });
@@ -223,6 +231,7 @@ export class ServiceWorker {
 
   /** The policy verdict on the checkout: null when it may be deployed, else why not. */
   async check(): Promise<string | null> {
+    if (this.st.unverified !== undefined) return this.st.unverified;
     const a = await this.d.users.lookup(this.svc.user);
     return (await this.assess(a, this.checkout)).why;
   }
@@ -279,7 +288,7 @@ export class ServiceWorker {
     }
     const bad = this.head;
     const good = this.state.good;
-    if (bad === null || good === undefined || good === bad || !autoRollback) {
+    if (bad === null || good === undefined || good === bad || !autoRollback || !this.verifiedCommit(good)) {
       await this.recordDeploy(false, trigger, started, attempt.why);
       return attempt.code;
     }
@@ -335,9 +344,12 @@ export class ServiceWorker {
       target = await git.resolveCommit(this.checkout, rev);
       if (target === null) throw new Error(`Cannot find commit "${rev}" in the checkout`);
     } else {
-      const earlier = (await readHistory(this.historyFile)).filter((e) => e.result === "deployed" && e.commit !== this.head);
+      const earlier = (await readHistory(this.historyFile)).filter((e) => e.result === "deployed" && e.commit !== this.head && this.verifiedCommit(e.commit));
       target = earlier.at(-1)?.commit ?? null;
       if (target === null) throw new Error("Cannot roll back: no earlier commit deployed well");
+    }
+    if (!this.verifiedCommit(target)) {
+      throw new Error(`Cannot roll back to ${target.slice(0, 12)}: it did not verify when it was deployed (verify = "commits")`);
     }
     const verdict = await this.evaluateCommit(git, a, target);
     if (verdict !== null) {
@@ -530,6 +542,10 @@ export class ServiceWorker {
         this.st.commit = this.head;
         deploy = true;
       }
+      if (this.svc.verify && !this.trustChecked) {
+        await this.trustCheckout(git);
+        this.trustChecked = true;
+      }
       if (await exists(this.stopFile)) {
         this.st.stopFile = true;
         if (!this.stoppedByFile) {
@@ -654,6 +670,7 @@ export class ServiceWorker {
     if (probe && skip(await this.remoteHead(git))) return false;
     const fetched = await git.fetch(this.checkout, this.svc.branch);
     if (skip(fetched)) return false;
+    if (this.svc.verify && !(await this.verifies(git, fetched, "poll"))) return false;
     const relevant = await this.relevantChange(git, head, fetched);
     if (relevant) {
       // DECISIONS.md #2: a new compose model is evaluated before the checkout moves to it.
@@ -667,6 +684,7 @@ export class ServiceWorker {
     await git.checkout(this.checkout, this.svc.branch, fetched);
     this.head = fetched;
     this.st.commit = fetched;
+    if (this.svc.verify) await this.markVerified(fetched);
     this.refused = null;
     this.refusal = null;
     this.log.info("new commit", { from: head.slice(0, 12), to: fetched.slice(0, 12), redeploy: relevant });
@@ -739,14 +757,87 @@ export class ServiceWorker {
     }
   }
 
-  /** Records a refused compose file: log, status, metric and history; what runs keeps running. */
-  private async refuse(commit: string, trigger: Trigger, why: string): Promise<void> {
+  /** Records a refused compose file (or unverified commit): log, status, metric and history; what runs keeps running. */
+  private async refuse(commit: string, trigger: Trigger, why: string, result: "refused" | "unverified" = "refused"): Promise<void> {
     this.refusal = `Refused commit ${commit.slice(0, 12)}: ${why}`;
     this.st.lastError = this.refusal;
-    this.st.lastResult = "refused";
-    this.log.error("compose file refused, keeping what runs", { commit: commit.slice(0, 12), trigger, reason: why });
-    this.d.onDeploy?.(this.svc.name, "refused");
-    await this.record({ commit, time: this.d.clock.now(), trigger, result: "refused by policy", durationMs: 0, detail: why });
+    this.st.lastResult = result;
+    this.log.error(result === "refused" ? "compose file refused, keeping what runs" : "commit not verified, keeping what runs", { commit: commit.slice(0, 12), trigger, reason: why });
+    this.d.onDeploy?.(this.svc.name, result);
+    await this.record({ commit, time: this.d.clock.now(), trigger, result: result === "refused" ? "refused by policy" : "unverified", durationMs: 0, detail: why });
+  }
+
+  /** The commit new ones are judged from: the last verified one, else `trust_root` (src/signatures.ts). */
+  private get anchor(): string {
+    const v = this.state.verified;
+    return v !== undefined && v.root === this.svc.trustRoot ? v.last : this.svc.trustRoot!;
+  }
+
+  /** Whether a commit may run: without `verify` any; with it, the trust root or one that verified. */
+  private verifiedCommit(commit: string): boolean {
+    if (!this.svc.verify) return true;
+    const v = this.state.verified;
+    return commit === this.svc.trustRoot || (v !== undefined && v.root === this.svc.trustRoot && v.commits.includes(commit));
+  }
+
+  /**
+   * Judges `commit` by its signature before the checkout moves to it; records a refusal (result
+   * `unverified`) when it does not verify. A trust root unknown to the repository throws.
+   */
+  private async verifies(git: Git, commit: string, trigger: Trigger): Promise<boolean> {
+    const anchor = this.anchor;
+    const signers = join(this.d.dir, ".signers", `${this.svc.name}.allowed`);
+    let v;
+    try {
+      v = await judgeCommit(git, this.checkout, {
+        anchor, commit, warn: (m) => this.log.warn(m),
+        writeSigners: async (text) => {
+          // Root's file, readable by the service user who runs git: public keys only.
+          await mkdir(dirname(signers), { recursive: true });
+          await chmod(dirname(signers), 0o755);
+          await writeFileAtomic(signers, text, 0o644);
+          return signers;
+        },
+      }, anchor === this.svc.trustRoot ? "trust_root" : "the last verified commit");
+    } catch (e) {
+      if (e instanceof UnknownTrustRoot) throw new Error(`Cannot deploy "${this.svc.name}": ${e.message}; nothing is deployed until "trust_root" names a commit of the branch`);
+      throw e;
+    }
+    this.d.onVerify?.(this.svc.name, v.ok);
+    if (v.ok) {
+      this.log.info("commit verified", { commit: commit.slice(0, 12), signer: v.signer ?? "trust root" });
+      delete this.st.unverified;
+      return true;
+    }
+    this.refused = commit;
+    this.st.unverified = `${describe(v)}`;
+    await this.refuse(commit, trigger, `not verified: ${describe(v)}`, "unverified");
+    return false;
+  }
+
+  /** Remembers a verified commit the checkout moved to: the next commits are judged by its keys. */
+  private async markVerified(commit: string): Promise<void> {
+    const v = this.state.verified;
+    const commits = v !== undefined && v.root === this.svc.trustRoot ? v.commits.filter((c) => c !== commit) : [];
+    await this.saveState({ verified: { root: this.svc.trustRoot!, last: commit, commits: [...commits, commit].slice(-MAX_VERIFIED) } });
+  }
+
+  /**
+   * Judges the checkout's commit once per start (after a clone, or when `verify` was just turned
+   * on): one that does not verify is replaced by the last verified commit, or the trust root.
+   */
+  private async trustCheckout(git: Git): Promise<void> {
+    const head = this.head!;
+    if (this.verifiedCommit(head)) return;
+    if (await this.verifies(git, head, "start")) {
+      await this.markVerified(head);
+      return;
+    }
+    const anchor = this.anchor;
+    this.log.warn("the checkout's commit does not verify: checking out the last verified commit", { commit: head.slice(0, 12), to: anchor.slice(0, 12) });
+    await git.checkout(this.checkout, this.svc.branch, anchor);
+    this.head = anchor;
+    this.st.commit = anchor;
   }
 
   /** Appends to the durable history; a full disk is logged, never fatal. */
