@@ -800,7 +800,9 @@ export class ServiceWorker {
         },
       }, anchor === this.svc.trustRoot ? "trust_root" : "the last verified commit");
     } catch (e) {
-      if (e instanceof UnknownTrustRoot) throw new Error(`Cannot deploy "${this.svc.name}": ${e.message}; nothing is deployed until "trust_root" names a commit of the branch`);
+      if (e instanceof UnknownTrustRoot) {
+        throw new Error(`Cannot deploy "${this.svc.name}": ${e.message}, so no commit can be verified; nothing is deployed until "trust_root" names a commit of the branch`);
+      }
       throw e;
     }
     this.d.onVerify?.(this.svc.name, v.ok);

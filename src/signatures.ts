@@ -31,7 +31,7 @@ export interface JudgeOptions {
 /** Thrown when the trust anchor is not a commit of the repository: nothing can be verified. */
 export class UnknownTrustRoot extends Error {
   constructor(readonly anchor: string, what: string) {
-    super(`Cannot verify commits: ${what} ${anchor} is not a commit of the repository`);
+    super(`${what} ${anchor} is not a commit of the repository`);
     this.name = "UnknownTrustRoot";
   }
 }
