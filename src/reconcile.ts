@@ -541,6 +541,7 @@ export class ServiceWorker {
         this.head = await this.ensureCheckout(account, git);
         this.st.commit = this.head;
         deploy = true;
+        this.trustChecked = false; // a fresh clone holds the branch's newest commit, not a verified one
       }
       if (this.svc.verify && !this.trustChecked) {
         await this.trustCheckout(git);
@@ -666,7 +667,11 @@ export class ServiceWorker {
   private async follow(git: Git, a: Account, probe = true): Promise<boolean> {
     if (this.state.pin) return false; // pinned by `pgoctl rollback`: no automatic pulls
     const head = this.head!;
-    const skip = (c: string): boolean => c === head || c === this.refused || c === this.state.bad;
+    const skip = (c: string): boolean => {
+      // A branch moved back to what runs (an unverified push undone) has nothing left unverified.
+      if (c === head && this.st.unverified !== undefined) this.verifiedHead();
+      return c === head || c === this.refused || c === this.state.bad;
+    };
     if (probe && skip(await this.remoteHead(git))) return false;
     const fetched = await git.fetch(this.checkout, this.svc.branch);
     if (skip(fetched)) return false;
@@ -805,16 +810,22 @@ export class ServiceWorker {
       }
       throw e;
     }
-    this.d.onVerify?.(this.svc.name, v.ok);
     if (v.ok) {
       this.log.info("commit verified", { commit: commit.slice(0, 12), signer: v.signer ?? "trust root" });
-      delete this.st.unverified;
+      this.verifiedHead();
       return true;
     }
+    this.d.onVerify?.(this.svc.name, false);
     this.refused = commit;
     this.st.unverified = `${describe(v)}`;
     await this.refuse(commit, trigger, `not verified: ${describe(v)}`, "unverified");
     return false;
+  }
+
+  /** The newest commit of the branch verified (or is what runs): nothing is held for its signature. */
+  private verifiedHead(): void {
+    delete this.st.unverified;
+    this.d.onVerify?.(this.svc.name, true);
   }
 
   /** Remembers a verified commit the checkout moved to: the next commits are judged by its keys. */

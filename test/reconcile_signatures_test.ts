@@ -134,3 +134,35 @@ test("pgoctl rollback goes only to a commit that verified when it was deployed",
   expect(await worker.exclusive(() => worker.rollbackTo(first))).toBe(0);
   expect(git(checkout, "rev-parse", "HEAD")).toBe(first);
 });
+
+test("an unverified push undone by a force-push back to what runs leaves nothing unverified", async () => {
+  const { worker, repo, checkout } = setup();
+  await worker.cycle("start");
+  const signed = commit(repo, compose(1), "alice");
+  await worker.cycle("poll");
+  commit(repo, compose(2));
+  await worker.cycle("poll");
+  expect(await worker.check()).toContain("unsigned");
+  git(repo.work, "push", "--quiet", "--force", "origin", `${signed}:main`);
+  await worker.cycle("poll");
+  expect(git(checkout, "rev-parse", "HEAD")).toBe(signed);
+  expect(worker.status().unverified).toBeUndefined();
+  expect(await worker.check()).toBeNull();
+});
+
+test("a checkout cloned again after damage goes back to the last verified commit, not the branch's newest", async () => {
+  const { worker, repo, checkout, docker } = setup();
+  await worker.cycle("start");
+  const signed = commit(repo, compose(1), "alice");
+  await worker.cycle("poll");
+  const unsigned = commit(repo, compose(2));
+  await worker.cycle("poll");
+  rmSync(join(checkout, ".git"), { recursive: true, force: true });
+  await worker.cycle("poll"); // finds the damage
+  docker.clear();
+  await worker.cycle("poll"); // clones again
+  expect(git(checkout, "rev-parse", "HEAD")).toBe(signed);
+  expect(git(checkout, "rev-parse", "HEAD")).not.toBe(unsigned);
+  expect(docker.composeCalls().some((c) => c.startsWith("up"))).toBe(true);
+  expect(worker.status().unverified).toContain("unsigned");
+});
