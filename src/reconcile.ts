@@ -28,8 +28,7 @@ import { composeModel } from "./compose_model.ts";
 import { evaluatePolicy, formatViolations } from "./policy.ts";
 import { pullsImages, screenComposeTree } from "./yaml_screen.ts";
 import { readServiceKeys } from "./keys.ts";
-import { describe, judgeCommit, UnknownTrustRoot } from "./signatures.ts";
-import { MAX_VERIFIED } from "./state.ts";
+import { addVerified, anchorOf, describe, judgeCommit, signersWriter, UnknownTrustRoot, wasVerified } from "./signatures.ts";
 import { advertisedHead, isHttpRemote, RemoteTimeout, UnsupportedRemote } from "./refs.ts";
 import type { PublicKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
@@ -774,15 +773,12 @@ export class ServiceWorker {
 
   /** The commit new ones are judged from: the last verified one, else `trust_root` (src/signatures.ts). */
   private get anchor(): string {
-    const v = this.state.verified;
-    return v !== undefined && v.root === this.svc.trustRoot ? v.last : this.svc.trustRoot!;
+    return anchorOf(this.state.verified, this.svc.trustRoot!);
   }
 
   /** Whether a commit may run: without `verify` any; with it, the trust root or one that verified. */
   private verifiedCommit(commit: string): boolean {
-    if (!this.svc.verify) return true;
-    const v = this.state.verified;
-    return commit === this.svc.trustRoot || (v !== undefined && v.root === this.svc.trustRoot && v.commits.includes(commit));
+    return !this.svc.verify || wasVerified(this.state.verified, this.svc.trustRoot!, commit);
   }
 
   /**
@@ -791,18 +787,10 @@ export class ServiceWorker {
    */
   private async verifies(git: Git, commit: string, trigger: Trigger): Promise<boolean> {
     const anchor = this.anchor;
-    const signers = join(this.d.dir, ".signers", `${this.svc.name}.allowed`);
     let v;
     try {
       v = await judgeCommit(git, this.checkout, {
-        anchor, commit, warn: (m) => this.log.warn(m),
-        writeSigners: async (text) => {
-          // Root's file, readable by the service user who runs git: public keys only.
-          await mkdir(dirname(signers), { recursive: true });
-          await chmod(dirname(signers), 0o755);
-          await writeFileAtomic(signers, text, 0o644);
-          return signers;
-        },
+        anchor, commit, warn: (m) => this.log.warn(m), writeSigners: signersWriter(join(this.d.dir, ".signers", `${this.svc.name}.allowed`)),
       }, anchor === this.svc.trustRoot ? "trust_root" : "the last verified commit");
     } catch (e) {
       if (e instanceof UnknownTrustRoot) {
@@ -830,9 +818,7 @@ export class ServiceWorker {
 
   /** Remembers a verified commit the checkout moved to: the next commits are judged by its keys. */
   private async markVerified(commit: string): Promise<void> {
-    const v = this.state.verified;
-    const commits = v !== undefined && v.root === this.svc.trustRoot ? v.commits.filter((c) => c !== commit) : [];
-    await this.saveState({ verified: { root: this.svc.trustRoot!, last: commit, commits: [...commits, commit].slice(-MAX_VERIFIED) } });
+    await this.saveState({ verified: addVerified(this.state.verified, this.svc.trustRoot!, commit) });
   }
 
   /**

@@ -5,9 +5,14 @@
  * never from the checkout's files; the signature is checked by git (`git verify-commit`, which
  * runs `ssh-keygen -Y verify`) against an allowed-signers file made from those keys.
  */
+import { chmod, mkdir } from "node:fs/promises";
+import { dirname } from "node:path";
+import { writeFileAtomic } from "./files.ts";
 import { parseAuthorizedKeys, MAX_KEY_FILE_BYTES, MAX_KEY_FILES } from "./keys.ts";
 import type { PublicKey } from "./keys.ts";
 import type { Git } from "./git.ts";
+import { MAX_VERIFIED } from "./state.ts";
+import type { Verified } from "./state.ts";
 
 /** Why a commit did not verify. */
 export type UnverifiedReason = "unsigned" | "unknown key" | "bad signature" | "not a descendant";
@@ -116,6 +121,35 @@ export function allowedSigners(keys: readonly SigningKey[]): string {
 /** The text for status and history: the reason and its detail. */
 export function describe(v: Extract<SignatureVerdict, { ok: false }>): string {
   return `${v.reason}: ${v.detail}`;
+}
+
+/** The commit the next one is judged from: the last verified one under `root`, else `root` itself. */
+export function anchorOf(v: Verified | undefined, root: string): string {
+  return v !== undefined && v.root === root ? v.last : root;
+}
+
+/** Whether `commit` is the trust root or verified under it (what a rollback may go back to). */
+export function wasVerified(v: Verified | undefined, root: string, commit: string): boolean {
+  return commit === root || (v !== undefined && v.root === root && v.commits.includes(commit));
+}
+
+/** The record after the checkout moved to the verified `commit`: it is the new anchor. */
+export function addVerified(v: Verified | undefined, root: string, commit: string): Verified {
+  const commits = v !== undefined && v.root === root ? v.commits.filter((c) => c !== commit) : [];
+  return { root, last: commit, commits: [...commits, commit].slice(-MAX_VERIFIED) };
+}
+
+/**
+ * A `writeSigners` for judgeCommit that writes `path` atomically: root's file in a folder of mode
+ * 0755, readable by the service user who runs git (public keys only).
+ */
+export function signersWriter(path: string): (text: string) => Promise<string> {
+  return async (text) => {
+    await mkdir(dirname(path), { recursive: true });
+    await chmod(dirname(path), 0o755);
+    await writeFileAtomic(path, text, 0o644);
+    return path;
+  };
 }
 
 function lastLine(s: string): string {

@@ -6,7 +6,7 @@ import { makeRunner } from "../src/exec.ts";
 import { makeGit } from "../src/git.ts";
 import type { Git } from "../src/git.ts";
 import { memoryLogger } from "../src/log.ts";
-import { allowedSigners, commitKeys, judgeCommit, signatureKind, UnknownTrustRoot } from "../src/signatures.ts";
+import { addVerified, allowedSigners, anchorOf, commitKeys, judgeCommit, signatureKind, UnknownTrustRoot, wasVerified } from "../src/signatures.ts";
 import type { SignatureVerdict } from "../src/signatures.ts";
 import { git, tempDir } from "./helpers.ts";
 
@@ -195,4 +195,21 @@ test("judgeCommit() refuses an RSA signature made with SHA-1 (ssh-rsa), and acce
   const v = await judge(r.dir, r.root, sha1);
   expect(v).toMatchObject({ ok: false, reason: "bad signature" });
   expect(v.ok ? "" : v.detail).toContain("ssh-rsa");
+});
+
+test("anchorOf(), wasVerified() and addVerified() keep what verified under one trust root, bounded, and start over under another", () => {
+  const [r1, r2, a, b] = ["1", "2", "a", "b"].map((c) => c.repeat(40)) as [string, string, string, string];
+  expect(anchorOf(undefined, r1)).toBe(r1);
+  const v = addVerified(addVerified(undefined, r1, a), r1, b);
+  expect(v).toEqual({ root: r1, last: b, commits: [a, b] });
+  expect(anchorOf(v, r1)).toBe(b);
+  expect([wasVerified(v, r1, a), wasVerified(v, r1, r1), wasVerified(v, r1, r2)]).toEqual([true, true, false]);
+  // A new trust_root in the config: nothing verified under the old one counts.
+  expect(anchorOf(v, r2)).toBe(r2);
+  expect(wasVerified(v, r2, a)).toBe(false);
+  expect(addVerified(v, r2, a)).toEqual({ root: r2, last: a, commits: [a] });
+  let many = addVerified(undefined, r1, a);
+  for (let i = 0; i < 250; i++) many = addVerified(many, r1, i.toString(16).padStart(40, "0"));
+  expect(many.commits).toHaveLength(200);
+  expect(many.commits).not.toContain(a);
 });
