@@ -56,6 +56,8 @@ export interface ServiceConfig {
   verify?: "commits";
   /** `trust_root`: the full id of the first commit the admin trusts; set exactly when `verify` is. */
   trustRoot?: string;
+  /** Files of extra age identities that may decrypt this service's `*.age` and SOPS files. */
+  ageIdentities?: string[];
   /** Line of this service's `[[services]]` header. */
   line: number;
 }
@@ -71,6 +73,7 @@ export const SERVICE_KEYS: readonly string[] = [
   "name", "user", "repository", "branch", "compose", "registries",
   "env", "urls", "networks", "import", "reload", "mount", "health_timeout", "webhook_secret",
   "verify", "trust_root",
+  "age_identities",
 ];
 
 /** Default of `health_timeout`: how long a deploy may take to become running and healthy. */
@@ -308,6 +311,12 @@ function checkService(
       }
     }
   }
+
+  const identities = strs("age_identities");
+  identities?.forEach((f, i) => {
+    if (!f.startsWith("/") || CONTROL.test(f)) report("age_identities", `Invalid entry ${i + 1} for "age_identities": expected an absolute path to an age identity file`);
+  });
+  if (identities !== undefined) svc.ageIdentities = identities;
 
   const networks = strs("networks");
   networks?.forEach((n, i) => {

@@ -6,6 +6,7 @@
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { chmod, chown, lstat, mkdir, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { ServiceConfig } from "./config.ts";
@@ -13,7 +14,7 @@ import { composeDependencies, COMPOSE_FILES, findComposeFile, makeCompose } from
 import type { Compose } from "./compose.ts";
 import { allRunning, readiness } from "./containers.ts";
 import type { Containers } from "./containers.ts";
-import { errorMessage } from "./errors.ts";
+import { errorMessage, SecretError } from "./errors.ts";
 import type { Runner } from "./exec.ts";
 import { makeGit, NET_TIMEOUT_MS, remoteAccess } from "./git.ts";
 import type { Git } from "./git.ts";
@@ -29,6 +30,7 @@ import { evaluatePolicy, formatViolations } from "./policy.ts";
 import { pullsImages, screenComposeTree } from "./yaml_screen.ts";
 import { readServiceKeys } from "./keys.ts";
 import { addVerified, anchorOf, describe, judgeCommit, signersWriter, UnknownTrustRoot, wasVerified } from "./signatures.ts";
+import { decryptTree, plainName, redact, serviceKeys } from "./secrets.ts";
 import { advertisedHead, isHttpRemote, RemoteTimeout, UnsupportedRemote } from "./refs.ts";
 import type { PublicKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
@@ -147,6 +149,8 @@ export class ServiceWorker {
   private assessed: { commit: string } & Assessment | null = null;
   /** With `verify = "commits"`: whether the checkout's commit was judged since this worker started. */
   private trustChecked = false;
+  /** Decrypted values seen lately: redacted from every message pgod writes or sends. */
+  private secretValues: string[] = [];
 
   constructor(readonly svc: ServiceConfig, private readonly d: ReconcileDeps) {
     this.log = d.logger.with({ service: svc.name });
@@ -228,6 +232,35 @@ export class ServiceWorker {
     return this.keyCache.keys;
   }
 
+  /** The service's age keys: its own identity (made on first use) and the admin's extra ones. */
+  private ageKeys(): ReturnType<typeof serviceKeys> {
+    return serviceKeys(join(this.d.dir, ".state", this.svc.name), this.svc.ageIdentities ?? []);
+  }
+
+  /** The age recipient (`age1…`) that this service's encrypted files are made for. */
+  async recipient(): Promise<string> {
+    return (await this.ageKeys()).recipient;
+  }
+
+  private get secretsManifest(): string {
+    return join(this.d.dir, ".state", this.svc.name, "secret-files.json");
+  }
+
+  /**
+   * Decrypts the encrypted files of `dir` beside themselves (see secrets.ts). For the checkout,
+   * the plain files of encrypted files that went away are removed (a manifest remembers them).
+   */
+  private async decryptInto(a: Account, dir: string): Promise<void> {
+    const main = dir === this.checkout;
+    const previous = main ? await readFile(this.secretsManifest, "utf8").then((t) => JSON.parse(t) as unknown, () => []) : [];
+    const before = Array.isArray(previous) ? previous.filter((p): p is string => typeof p === "string") : [];
+    const r = await decryptTree(dir, await this.ageKeys(), a, before);
+    this.secretValues = [...new Set([...this.secretValues, ...r.values])].slice(-1000);
+    const now = r.files.map((f) => f.plain);
+    if (main && JSON.stringify(now) !== JSON.stringify(before)) await writeFileAtomic(this.secretsManifest, JSON.stringify(now));
+    if (r.files.length > 0) this.log.debug("decrypted secrets", { files: r.files.map((f) => f.source).join(","), dir });
+  }
+
   /** The policy verdict on the checkout: null when it may be deployed, else why not. */
   async check(): Promise<string | null> {
     if (this.st.unverified !== undefined) return this.st.unverified;
@@ -260,7 +293,13 @@ export class ServiceWorker {
     // The commit was evaluated a moment ago, before the checkout moved to it: once is enough.
     const fresh = this.assessed !== null && this.assessed.commit === this.head ? this.assessed : null;
     this.assessed = null;
-    const { why: verdict, pulls } = fresh ?? await this.assess(a, this.checkout);
+    let { why: verdict, pulls } = fresh ?? await this.assess(a, this.checkout);
+    if (fresh !== null && verdict === null) {
+      // Judged in the stage worktree: the checkout gets the same plain files before up.
+      await this.decryptInto(a, this.checkout).catch((e: unknown) => {
+        verdict = errorMessage(e);
+      });
+    }
     if (verdict !== null) {
       await say(`Refused: ${verdict}`);
       await this.refuse(this.head ?? "unknown", trigger, verdict);
@@ -614,6 +653,8 @@ export class ServiceWorker {
     // Each service's registry credentials then sit in a directory only its user can read.
     await sharedParent(dirname(this.dockerConfig));
     await privateDir(this.dockerConfig, a);
+    // The service's age identity exists from the first start, so a team can ask for its recipient.
+    await this.ageKeys();
   }
 
   private get dockerConfig(): string {
@@ -742,6 +783,13 @@ export class ServiceWorker {
    * is then checked against the sandbox rules.
    */
   private async assess(a: Account, dir: string): Promise<Assessment> {
+    // Encrypted files become plain ones before compose reads anything, in the tree judged.
+    try {
+      await this.decryptInto(a, dir);
+    } catch (e) {
+      if (e instanceof SecretError) return { why: e.message, pulls: true };
+      throw e;
+    }
     const file = findComposeFile((f) => existsSync(join(dir, f)), this.svc.compose);
     if (file === null) {
       return { why: `Cannot find a compose file: looked for ${this.svc.compose !== undefined ? `"${this.svc.compose}"` : COMPOSE_FILES.map((f) => `"${f}"`).join(", ")}`, pulls: true };
@@ -755,9 +803,9 @@ export class ServiceWorker {
         project: this.svc.name, repoDir: dir, dataDir: join(this.d.datadir, this.svc.name),
         ...(this.svc.networks ? { networks: this.svc.networks } : {}),
       });
-      return { why: v.length === 0 ? null : formatViolations(file, v), pulls: pullsImages(model) };
+      return { why: v.length === 0 ? null : redact(formatViolations(file, v), this.secretValues), pulls: pullsImages(model) };
     } catch (e) {
-      return { why: errorMessage(e), pulls: true };
+      return { why: redact(errorMessage(e), this.secretValues), pulls: true };
     }
   }
 
@@ -865,7 +913,7 @@ export class ServiceWorker {
       }
       if (file === undefined) continue;
       const deps = await composeDependencies(read, file);
-      if (deps === "all" || changed.some((p) => deps.has(p))) return true;
+      if (deps === "all" || changed.some((p) => deps.has(p) || deps.has(plainName(p)?.plain ?? p))) return true;
     }
     return false;
   }
@@ -897,7 +945,7 @@ export class ServiceWorker {
     const code = await this.deployNow(trigger, { onStderr: (c) => void (errors.length < 64 && errors.push(c)) });
     if (code !== 0) {
       // deployNow recorded why (a failed login or mount never reached compose); add compose's words.
-      const said = tail(Buffer.concat(errors).toString("utf8"));
+      const said = redact(tail(Buffer.concat(errors).toString("utf8")), this.secretValues);
       const why = this.st.lastError ?? `docker compose up exited with status ${code}`;
       const msg = said && !why.includes(said) ? `${why}: ${said}` : why;
       this.st.lastError = msg;

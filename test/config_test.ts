@@ -50,6 +50,7 @@ health_timeout = "1m30s"
 webhook_secret = "0123456789abcdef-secret"
 verify = "commits"
 trust_root = "0123456789abcdef0123456789abcdef01234567"
+age_identities = [ "/etc/pgo/age/pgo.txt" ]
 `;
 
 describe("parseConfig()", () => {
@@ -120,6 +121,7 @@ describe("parseConfig()", () => {
       networks: ["reverseproxy"],
       mount: { host: "nfs.example.org", port: 2049, path: "/share/pgo" },
       healthTimeoutMs: 90_000,
+      ageIdentities: ["/etc/pgo/age/pgo.txt"],
       webhookSecret: "0123456789abcdef-secret",
       verify: "commits",
       trustRoot: "0123456789abcdef0123456789abcdef01234567",
@@ -441,6 +443,12 @@ x = 1
     const text = service(`branch = "dev"\r\nports = 1\r\n`).replaceAll("\n", "\r\n").replaceAll("\r\r", "\r");
     expect(problems(text)).toEqual([{ line: 6, key: "services[1].ports", message: `Unknown key "ports"` }]);
   });
+});
+
+test("parseConfig() refuses a relative age_identities path, naming the entry", () => {
+  expect(problems(service('age_identities = [ "keys.txt" ]\n'))).toEqual([
+    { line: 5, key: "services[1].age_identities", message: 'Invalid entry 1 for "age_identities": expected an absolute path to an age identity file' },
+  ]);
 });
 
 describe("SERVICE_KEYS", () => {
