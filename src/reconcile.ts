@@ -293,6 +293,13 @@ export class ServiceWorker {
     // The commit was evaluated a moment ago, before the checkout moved to it: once is enough.
     const fresh = this.assessed !== null && this.assessed.commit === this.head ? this.assessed : null;
     this.assessed = null;
+    if (this.svc.verify && this.head !== null && !this.verifiedCommit(this.head)) {
+      // Only a checkout whose trust root is unknown holds an unverified commit: pgoctl up must not run it.
+      const why = `not verified: commit ${this.head.slice(0, 12)} has not been verified (verify = "commits")`;
+      await say(`Refused: ${why}`);
+      await this.refuse(this.head, trigger, why, "unverified");
+      return 65;
+    }
     let { why: verdict, pulls } = fresh ?? await this.assess(a, this.checkout);
     if (fresh !== null && verdict === null) {
       // Judged in the stage worktree: the checkout gets the same plain files before up.

@@ -99,6 +99,10 @@ test("a trust root the repository does not have deploys nothing and names trust_
   await worker.cycle("start");
   await worker.cycle("poll");
   expect(docker.composeCalls()).toEqual([]);
+  // Nor does pgoctl up: the checkout holds the branch's newest commit, which nothing verified.
+  expect(await worker.exclusive(() => worker.deployNow("pgoctl"))).toBe(65);
+  expect(docker.composeCalls().filter((c) => c.startsWith("up"))).toEqual([]);
+  await worker.cycle("poll");
   expect(worker.status().lastError).toBe(
     `Cannot deploy "web": trust_root 0123456789abcdef0123456789abcdef01234567 is not a commit of the repository, so no commit can be verified; nothing is deployed until "trust_root" names a commit of the branch`,
   );

@@ -124,4 +124,30 @@ describe("deploying only signed commits with a real Docker engine", () => {
       expect(await versionOf(s.name)).toEqual(now);
     });
   }, 300_000);
+
+  test.concurrent("a trust root the repository does not have stops that service alone, with an error naming trust_root", async () => {
+    await scenario("unknown trust root", async (env) => {
+      const key = await makeKey(await env.tempDir(0o700), "team");
+      const [good, bad] = [uniqueName("plain"), uniqueName("noroot")];
+      const goodRepo = await env.repo(compose("0"));
+      const badRepo = await env.repo({ ...compose("0"), "ssh/team.pub": key.pub });
+      const missing = "0123456789abcdef0123456789abcdef01234567";
+      const pg = await env.pgod([
+        { name: bad, repository: badRepo.bare, extra: `verify = "commits"\ntrust_root = "${missing}"\n` },
+        { name: good, repository: goodRepo.bare },
+      ]);
+      const { port } = await sshListening(pg);
+      await waitRunning(good);
+      const [failed] = await pg.waitForLog(new RegExp(`msg="cycle failed" service=${bad} `));
+      expect(failed).toContain(`trust_root ${missing} is not a commit of the repository`);
+      expect(await runningOf(bad)).toEqual([]);
+      const st = await statusOf({ port, key, name: bad });
+      expect(st["last error"]).toBe(`Cannot deploy "${bad}": trust_root ${missing} is not a commit of the repository, so no commit can be verified; nothing is deployed until "trust_root" names a commit of the branch`);
+      // pgoctl up does not run the unverified clone either.
+      const up = await openssh({ port, key, knownHosts: "/dev/null" }, `${bad}//up`);
+      expect(up.code).toBe(65);
+      expect(up.stderr).toContain("not verified");
+      expect(await runningOf(bad)).toEqual([]);
+    });
+  }, 300_000);
 });
