@@ -860,7 +860,7 @@ export class ServiceWorker {
     }
     this.d.onVerify?.(this.svc.name, false);
     this.refused = commit;
-    this.st.unverified = `${describe(v)}`;
+    this.st.unverified = describe(v);
     await this.refuse(commit, trigger, `not verified: ${describe(v)}`, "unverified");
     return false;
   }
