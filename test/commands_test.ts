@@ -1,5 +1,5 @@
 import { expect, test } from "bun:test";
-import { checkArgs, dispatch, EX } from "../src/commands.ts";
+import { checkArgs, dispatch, EX, formatStatus } from "../src/commands.ts";
 import type { RouterDeps, ServiceHandle } from "../src/commands.ts";
 import type { Compose } from "../src/compose.ts";
 import type { RunResult } from "../src/exec.ts";
@@ -272,4 +272,16 @@ test("dispatch() runs a key's command= instead of the request, unless another li
 
   const either = harness(fakeService(), [{ command: "sync" }, undefined]);
   expect((await either.call("web//ping")).stdout).toBe("pong box\n");
+});
+
+test("formatStatus() shows why the newest commit did not verify, and no such line otherwise", () => {
+  const base: ServiceStatus = {
+    name: "web", commit: "a".repeat(40), deployedAt: null, lastResult: "unverified", lastError: null, stopFile: false,
+    nextPollAt: null, lastPollAt: null, hold: null, pinned: null, good: null, bad: null,
+  };
+  const why = "unknown key: commit bbbbbbbbbbbb is signed by SHA256:x that is not in \"ssh/\" of the last verified commit aaaaaaaaaaaa";
+  const lines = formatStatus({ ...base, unverified: why }, () => 0).split("\n");
+  expect(lines).toContain(`unverified:  ${why} (not deployed; what runs keeps running)`);
+  expect(lines).toContain("last result: unverified");
+  expect(formatStatus(base, () => 0)).not.toContain("unverified:");
 });
