@@ -159,7 +159,7 @@ test("signatureKind() tells SSH signatures from none and from others", () => {
 });
 
 /** An SSHSIG signature of `message` made here (not by ssh-keygen, which makes no SHA-1 ones). */
-function sshsig(keyFile: string, message: Buffer, hash: "sha1" | "sha512", alg: string): string {
+function sshsig(keyFile: string, message: Buffer, hash: "sha1" | "sha512", alg: string, namespace = "git"): string {
   const str = (b: Buffer | string): Buffer => {
     const x = Buffer.from(b);
     const n = Buffer.alloc(4);
@@ -168,9 +168,9 @@ function sshsig(keyFile: string, message: Buffer, hash: "sha1" | "sha512", alg: 
   };
   const blob = Buffer.from(readFileSync(`${keyFile}.pub`, "utf8").split(" ")[1]!, "base64");
   const h = createHash("sha512").update(message).digest();
-  const signed = Buffer.concat([Buffer.from("SSHSIG"), str("git"), str(""), str("sha512"), str(h)]);
+  const signed = Buffer.concat([Buffer.from("SSHSIG"), str(namespace), str(""), str("sha512"), str(h)]);
   const raw = sign(hash, signed, createPrivateKey(readFileSync(keyFile)));
-  const sig = Buffer.concat([Buffer.from("SSHSIG"), Buffer.from([0, 0, 0, 1]), str(blob), str("git"), str(""), str("sha512"), str(Buffer.concat([str(alg), str(raw)]))]);
+  const sig = Buffer.concat([Buffer.from("SSHSIG"), Buffer.from([0, 0, 0, 1]), str(blob), str(namespace), str(""), str("sha512"), str(Buffer.concat([str(alg), str(raw)]))]);
   return `-----BEGIN SSH SIGNATURE-----\n${sig.toString("base64").match(/.{1,70}/g)!.join("\n")}\n-----END SSH SIGNATURE-----`;
 }
 
@@ -212,4 +212,19 @@ test("anchorOf(), wasVerified() and addVerified() keep what verified under one t
   for (let i = 0; i < 250; i++) many = addVerified(many, r1, i.toString(16).padStart(40, "0"));
   expect(many.commits).toHaveLength(200);
   expect(many.commits).not.toContain(a);
+});
+
+test("judgeCommit() refuses a trusted key's signature moved onto another commit, and one made for another namespace", async () => {
+  const r = repo("forged", ["ed", "rsapem"]);
+  const signed = commit(r.dir, { "f.txt": "reviewed" }, "ed");
+  const evil = commit(r.dir, { "f.txt": "evil" });
+  const header = /^gpgsig (-----BEGIN SSH SIGNATURE-----\n(?: .*\n)*? -----END SSH SIGNATURE-----)$/m.exec(git(r.dir, "cat-file", "commit", signed) + "\n");
+  const copied = withSignature(r.dir, evil, header![1]!.replace(/\n /g, "\n"));
+  expect(await judge(r.dir, r.root, copied)).toMatchObject({ ok: false, reason: "bad signature" });
+  // A signature by a trusted key over the right bytes, but for ssh-keygen's "file" namespace.
+  const payload = Buffer.from(git(r.dir, "cat-file", "commit", evil) + "\n");
+  const otherNamespace = withSignature(r.dir, evil, sshsig(keys["rsapem"]!, payload, "sha512", "rsa-sha2-512", "file"));
+  expect(await judge(r.dir, r.root, otherNamespace)).toMatchObject({ ok: false });
+  const sameNamespace = withSignature(r.dir, evil, sshsig(keys["rsapem"]!, payload, "sha512", "rsa-sha2-512"));
+  expect(await judge(r.dir, r.root, sameNamespace)).toMatchObject({ ok: true });
 });
