@@ -80,6 +80,11 @@ describe("deploying only signed commits with a real Docker engine", () => {
       expect(history.stdout.split("\n")[0]).toMatch(new RegExp(`${unsigned.slice(0, 12)} +poll +unverified .*not verified: unsigned`));
       expect(await unverifiedGauge(s.pg, s.name)).toBe("1");
 
+      // Self-healing brings back the last verified commit, not the unsigned one.
+      await run(["docker", "rm", "--force", first.id]);
+      const healed = await waitFor("a container brought back", () => versionOf(s.name).catch(() => null), (c) => c !== null && c.id !== first.id);
+      expect(healed!.v).toBe("1");
+
       const next = await s.repo.commit(compose("3"), "signed again", { signingKey: s.key.file });
       await s.pg.waitForLog(new RegExp(`msg=deployed service=${s.name} commit=${next.slice(0, 12)} `));
       const third = await waitFor("the next signed commit's container", () => versionOf(s.name), (c) => c.v === "3");
