@@ -56,6 +56,8 @@ export interface ServiceConfig {
   verify?: "commits";
   /** `trust_root`: the full id of the first commit the admin trusts; set exactly when `verify` is. */
   trustRoot?: string;
+  /** `swarm` deploys with `docker stack deploy` on a Swarm manager; absent means docker compose. */
+  engine?: "swarm";
   /** Files of extra age identities that may decrypt this service's `*.age` and SOPS files. */
   ageIdentities?: string[];
   /** Line of this service's `[[services]]` header. */
@@ -72,8 +74,7 @@ export interface Config {
 export const SERVICE_KEYS: readonly string[] = [
   "name", "user", "repository", "branch", "compose", "registries",
   "env", "urls", "networks", "import", "reload", "mount", "health_timeout", "webhook_secret",
-  "verify", "trust_root",
-  "age_identities",
+  "verify", "trust_root", "age_identities", "engine",
 ];
 
 /** Default of `health_timeout`: how long a deploy may take to become running and healthy. */
@@ -311,6 +312,11 @@ function checkService(
       }
     }
   }
+
+  const engine = str("engine");
+  if (engine !== undefined && engine !== "compose" && engine !== "swarm") {
+    invalid("engine", engine, 'expected "compose" or "swarm"');
+  } else if (engine === "swarm") svc.engine = "swarm";
 
   const identities = strs("age_identities");
   identities?.forEach((f, i) => {

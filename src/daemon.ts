@@ -105,6 +105,7 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
       ...(composeCgroup ? { composeCgroup } : {}),
       onDeploy: metrics.deployed,
       onVerify: metrics.verified,
+      onReplicas: metrics.replicasOf,
     }));
   }
   log.info("starting", { services: workers.size, config: configFile, dir, interval_ms: flags.durationMs });

@@ -12,7 +12,7 @@ import { dirname, join } from "node:path";
 import type { ServiceConfig } from "./config.ts";
 import { composeDependencies, COMPOSE_FILES, findComposeFile, makeCompose } from "./compose.ts";
 import type { Compose } from "./compose.ts";
-import { allRunning, readiness } from "./containers.ts";
+import { allRunning, dockerSocket, readiness } from "./containers.ts";
 import type { Containers } from "./containers.ts";
 import { errorMessage, SecretError } from "./errors.ts";
 import type { Runner } from "./exec.ts";
@@ -30,6 +30,8 @@ import { evaluatePolicy, formatViolations } from "./policy.ts";
 import { pullsImages, screenComposeTree } from "./yaml_screen.ts";
 import { readServiceKeys } from "./keys.ts";
 import { addVerified, anchorOf, describe, judgeCommit, signersWriter, UnknownTrustRoot, wasVerified } from "./signatures.ts";
+import { makeSwarm, makeSwarmApi, stackReadiness } from "./swarm.ts";
+import type { Replicas, StackPlan, SwarmApi } from "./swarm.ts";
 import { decryptTree, plainName, redact, serviceKeys } from "./secrets.ts";
 import { advertisedHead, isHttpRemote, RemoteTimeout, UnsupportedRemote } from "./refs.ts";
 import type { PublicKey } from "./keys.ts";
@@ -109,6 +111,10 @@ export interface ReconcileDeps {
   onDeploy?: (service: string, result: DeployResult) => void;
   /** With `verify = "commits"`: whether the newest commit judged verified. */
   onVerify?: (service: string, ok: boolean) => void;
+  /** The engine's swarm state, for services with `engine = "swarm"` (default: its socket). */
+  swarm?: SwarmApi;
+  /** Desired and running replicas of a swarm service's stack, whenever pgod looks. */
+  onReplicas?: (service: string, replicas: Replicas[]) => void;
 }
 
 /** The policy verdict on a compose tree (null: it may be deployed), and whether a pull has work. */
@@ -149,6 +155,8 @@ export class ServiceWorker {
   private assessed: { commit: string } & Assessment | null = null;
   /** With `verify = "commits"`: whether the checkout's commit was judged since this worker started. */
   private trustChecked = false;
+  /** The last stack file made for a swarm service. */
+  private stackPlan: StackPlan | null = null;
   /** Decrypted values seen lately: redacted from every message pgod writes or sends. */
   private secretValues: string[] = [];
 
@@ -417,6 +425,7 @@ export class ServiceWorker {
   /** Pull and up (with registry logins), then wait until the containers run and are healthy. */
   private async bringUp(a: Account, io: DeployIO, services: string[], pulls = true): Promise<{ code: number; why: string }> {
     const c = this.compose(a, this.composeFile());
+    const started = Date.now();
     try {
       await this.ensureData(a);
       const code = await this.d.slots.run(() =>
@@ -429,13 +438,15 @@ export class ServiceWorker {
           return up.exitCode;
         })
       );
-      if (code !== 0) return { code, why: `docker compose up exited with status ${code}` };
+      if (code !== 0) return { code, why: `${this.svc.engine === "swarm" ? "docker stack deploy" : "docker compose up"} exited with status ${code}` };
     } catch (e) {
       // A failed registry login or mount: compose never ran.
       return { code: 1, why: errorMessage(e) };
     }
     // The engine may go away while containers start: a failed attempt like any other.
-    const why = await this.waitReady(services.length > 0 ? services : this.expected).catch((e: unknown) => errorMessage(e));
+    const waitFor = services.length > 0 ? services : this.expected;
+    const ready = this.svc.engine === "swarm" ? this.waitStack(waitFor, started) : this.waitReady(waitFor);
+    const why = await ready.catch((e: unknown) => errorMessage(e));
     return why === null ? { code: 0, why: "" } : { code: 1, why };
   }
 
@@ -626,7 +637,9 @@ export class ServiceWorker {
         return errorMessage(e);
       });
       if (!deploy && this.st.hold === null) {
-        const running = allRunning(this.expected, await this.d.containers.ofProject(this.svc.name));
+        const running = this.svc.engine === "swarm"
+          ? await this.stackPresent()
+          : allRunning(this.expected, await this.d.containers.ofProject(this.svc.name));
         if (!running) {
           this.log.warn("containers missing or not running, bringing them up");
           deploy = true;
@@ -926,9 +939,59 @@ export class ServiceWorker {
   }
 
   private compose(a: Account, file: string): Compose {
-    return makeCompose(this.d.runner, {
-      project: this.svc.name, dir: this.checkout, file, account: a, env: this.svc.env, dockerConfig: this.dockerConfig,
+    const target = { project: this.svc.name, dir: this.checkout, file, account: a, env: this.svc.env, dockerConfig: this.dockerConfig };
+    if (this.svc.engine !== "swarm") return makeCompose(this.d.runner, target);
+    return makeSwarm(this.d.runner, target, {
+      api: this.swarmApi,
+      ...(this.d.composeCgroup ? { cgroupDir: this.d.composeCgroup } : {}),
+      onPlan: (plan) => {
+        this.stackPlan = plan;
+        for (const w of plan.warnings) this.log.warn("left out of the stack", { detail: w });
+      },
     });
+  }
+
+  private get swarmApi(): SwarmApi {
+    return (this.d.swarm ??= makeSwarmApi(dockerSocket()));
+  }
+
+  /** What the last stack deploy left out (keys stack deploy ignores), for `check`. */
+  get stackWarnings(): string[] {
+    return this.stackPlan?.warnings ?? [];
+  }
+
+  /** Whether every swarm service of the stack exists (Swarm heals tasks itself); sets the replica metrics. */
+  private async stackPresent(): Promise<boolean> {
+    const services = await this.swarmApi.services(this.svc.name);
+    const tasks = await this.swarmApi.tasks(services.map((s) => s.ID));
+    const r = stackReadiness(this.svc.name, this.expected, services, tasks, 0);
+    this.d.onReplicas?.(this.svc.name, r.replicas);
+    const names = new Set(services.map((s) => s.Spec.Name));
+    return this.expected.length > 0 ? this.expected.every((e) => names.has(`${this.svc.name}_${e}`)) : services.length > 0;
+  }
+
+  /** Polls the stack until it converged (see stackReadiness); null, or why not in time. */
+  private async waitStack(expected: string[], since: number): Promise<string | null> {
+    const deadline = this.d.clock.now() + this.svc.healthTimeoutMs;
+    const settle = this.d.settleMs ?? 2000;
+    let readySince: number | null = null;
+    let why = "";
+    for (;;) {
+      const services = await this.swarmApi.services(this.svc.name);
+      const r = stackReadiness(this.svc.name, expected, services, await this.swarmApi.tasks(services.map((s) => s.ID)), since);
+      this.d.onReplicas?.(this.svc.name, r.replicas);
+      if (r.state === "failed") return r.why;
+      const now = this.d.clock.now();
+      if (r.state === "ready") {
+        readySince ??= now;
+        if (now - readySince >= settle) return null;
+      } else {
+        readySince = null;
+        why = r.why;
+      }
+      if (now >= deadline) return `not converged after ${Math.round(this.svc.healthTimeoutMs / 1000)}s: ${why || "unstable"}`;
+      await this.d.clock.sleep(Math.min(this.d.pollMs ?? 500, Math.max(1, deadline - now)));
+    }
   }
 
   /** The compose file in the checkout, or an error naming what was looked for. */
@@ -969,6 +1032,7 @@ export class ServiceWorker {
       // No compose file: compose can still find the project's containers by its labels.
     }
     if (file) await this.compose(a, file).must(["down", "--remove-orphans"]);
+    else if (this.svc.engine === "swarm") await this.d.runner(["docker", "stack", "rm", this.svc.name], { env: { ...baseEnv(a), ...engineEnv() }, as: a, timeoutMs: 60_000 });
     else await downProject(this.d.runner, this.svc.name, baseEnv(a), a);
   }
 }

@@ -51,6 +51,7 @@ webhook_secret = "0123456789abcdef-secret"
 verify = "commits"
 trust_root = "0123456789abcdef0123456789abcdef01234567"
 age_identities = [ "/etc/pgo/age/pgo.txt" ]
+engine = "swarm"
 `;
 
 describe("parseConfig()", () => {
@@ -122,6 +123,7 @@ describe("parseConfig()", () => {
       mount: { host: "nfs.example.org", port: 2049, path: "/share/pgo" },
       healthTimeoutMs: 90_000,
       ageIdentities: ["/etc/pgo/age/pgo.txt"],
+      engine: "swarm",
       webhookSecret: "0123456789abcdef-secret",
       verify: "commits",
       trustRoot: "0123456789abcdef0123456789abcdef01234567",
@@ -448,6 +450,12 @@ x = 1
 test("parseConfig() refuses a relative age_identities path, naming the entry", () => {
   expect(problems(service('age_identities = [ "keys.txt" ]\n'))).toEqual([
     { line: 5, key: "services[1].age_identities", message: 'Invalid entry 1 for "age_identities": expected an absolute path to an age identity file' },
+  ]);
+});
+
+test("parseConfig() refuses an unknown engine", () => {
+  expect(problems(service('engine = "kubernetes"\n')).map((p) => p.message)).toEqual([
+    'Invalid value "kubernetes" for "engine": expected "compose" or "swarm"',
   ]);
 });
 
