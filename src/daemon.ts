@@ -11,6 +11,7 @@ import { parseConfig } from "./config.ts";
 import type { Config } from "./config.ts";
 import { caddyImport } from "./caddy.ts";
 import { makeDockerContainers } from "./containers.ts";
+import { makeEngineNames } from "./engine_names.ts";
 import { unmountStale } from "./mount.ts";
 import { makeMemoryCgroup, removeMemoryCgroup } from "./cgroup.ts";
 import type { Containers } from "./containers.ts";
@@ -98,12 +99,17 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
   const users = makeUsers({ runner, homeRoot: join(dir, ".home") });
   const slots = new Semaphore(deps.maxParallel ?? 4);
   const workers = new Map<string, ServiceWorker>();
+  const projects = config.services.map((s) => s.name);
+  // A fake engine in tests has no socket to ask.
+  const engineNames = deps.containers ? undefined : makeEngineNames();
   for (const svc of config.services) {
     workers.set(svc.name, new ServiceWorker(svc, {
       runner, users, containers, logger: log, clock, random: deps.random ?? Math.random, slots,
       dir, datadir: resolve(flags.datadir), intervalMs: flags.durationMs, importText,
       ...(composeCgroup ? { composeCgroup } : {}),
       onDeploy: metrics.deployed,
+      projects,
+      ...(engineNames ? { engineNames } : {}),
     }));
   }
   log.info("starting", { services: workers.size, config: configFile, dir, interval_ms: flags.durationMs });

@@ -25,6 +25,7 @@ import { ensureMounted } from "./mount.ts";
 import { readState, writeState } from "./state.ts";
 import type { ServiceState } from "./state.ts";
 import { composeModel } from "./compose_model.ts";
+import type { EngineNames } from "./policy.ts";
 import { evaluatePolicy, formatViolations } from "./policy.ts";
 import { pullsImages, screenComposeTree } from "./yaml_screen.ts";
 import { readServiceKeys } from "./keys.ts";
@@ -102,6 +103,10 @@ export interface ReconcileDeps {
   /** Where mounts are read from (default /proc/self/mountinfo). */
   mountinfo?: string;
   onDeploy?: (service: string, result: DeployResult) => void;
+  /** Every configured service name: the compose policy keeps each project's names out of the others'. */
+  projects?: readonly string[];
+  /** The engine's volumes and networks with their projects, for the compose policy. */
+  engineNames?: () => Promise<EngineNames>;
 }
 
 /** The policy verdict on a compose tree (null: it may be deployed), and whether a pull has work. */
@@ -729,9 +734,14 @@ export class ServiceWorker {
       const model = await composeModel(this.d.runner, {
         project: this.svc.name, dir, file, account: a, env: this.svc.env, dockerConfig: this.dockerConfig,
       }, this.d.composeCgroup ? { cgroupDir: this.d.composeCgroup } : {});
+      const existing = this.d.engineNames ? await this.d.engineNames() : undefined;
       const v = evaluatePolicy(model, {
         project: this.svc.name, repoDir: dir, dataDir: join(this.d.datadir, this.svc.name),
         ...(this.svc.networks ? { networks: this.svc.networks } : {}),
+        ...(this.svc.checkoutBinds ? { checkoutBinds: this.svc.checkoutBinds } : {}),
+        ...(this.svc.loggingDrivers ? { loggingDrivers: this.svc.loggingDrivers } : {}),
+        ...(this.d.projects ? { projects: this.d.projects } : {}),
+        ...(existing ? { existing } : {}),
       });
       return { why: v.length === 0 ? null : formatViolations(file, v), pulls: pullsImages(model) };
     } catch (e) {
