@@ -9,7 +9,7 @@ export const PRIVILEGE_RULES: readonly Rule[] = [
   { rule: "devices", key: "devices|device_cgroup_rules|gpus|deploy.resources.reservations.devices", reason: "host devices and GPUs give direct access to hardware and to data outside the container" },
   { rule: "runtime", key: "runtime", reason: "another OCI runtime may run the container with other isolation, or none" },
   { rule: "isolation", key: "isolation", reason: "isolation selects how the engine separates the container from the host" },
-  { rule: "annotations", key: "annotations", reason: "OCI runtimes read annotations as configuration of the container's isolation" },
+  { rule: "annotations", key: "annotations", reason: "runtimes read OCI annotations as configuration of the container's isolation" },
   { rule: "group_add", key: "group_add", reason: "supplementary groups are numbered as on the host, so a group such as the docker group's opens whatever such files reach the container" },
 ];
 

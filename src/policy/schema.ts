@@ -164,7 +164,7 @@ export const MODEL: Shape = keys({
 });
 
 export const SCHEMA_RULES: readonly Rule[] = [
-  { rule: "unknown_key", key: "any key not listed", reason: "a compose key that is not on the allow-list has not been reviewed for what it lets a container reach" },
+  { rule: "unknown_key", key: "services|volumes|networks|secrets|configs", reason: "a compose key that is not on the allow-list has not been reviewed for what it lets a container reach" },
 ];
 
 /** Refuses every key of the model that the allow-list does not hold, with its full path. */
