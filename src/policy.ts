@@ -81,12 +81,12 @@ export function evaluatePolicy(model: unknown, ctx: PolicyContext): Violation[] 
   return out;
 }
 
-/** One line per violation: `compose file "compose.yaml" service "web": "privileged" is refused: <reason>`. */
+/** One line per violation: `compose file "compose.yaml" service "web": "privileged" is refused (rule privileged): <reason>`. */
 export function formatViolations(file: string, v: Violation[]): string {
   return v.map((x) => {
     const prefix = `services.${x.service}.`;
     const key = x.service && x.key.startsWith(prefix) ? x.key.slice(prefix.length) : x.key;
     const where = x.service ? ` service "${x.service}"` : "";
-    return `compose file "${file}"${where}: "${key}" is refused: ${x.reason}${x.value !== undefined ? `: "${x.value}"` : ""}`;
+    return `compose file "${file}"${where}: "${key}" is refused (rule ${x.rule}): ${x.reason}${x.value !== undefined ? `: "${x.value}"` : ""}`;
   }).join("\n");
 }

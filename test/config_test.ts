@@ -48,6 +48,8 @@ networks = [ "reverseproxy" ]
 mount = "nfs://nfs.example.org:2049/share/pgo"
 health_timeout = "1m30s"
 webhook_secret = "0123456789abcdef-secret"
+checkout_binds = "rw"
+logging_drivers = [ "journald", "syslog" ]
 `;
 
 describe("parseConfig()", () => {
@@ -56,6 +58,15 @@ describe("parseConfig()", () => {
     expect(problems(text).map((p) => p.message)).toEqual([
       'Invalid value "forever" for "health_timeout": expected a Go duration from 1s to 1h, such as "90s"',
       'Invalid value for "webhook_secret": expected at least 16 characters without control characters',
+    ]);
+  });
+
+  test("rejects a checkout_binds other than ro or rw and a logging driver that is not a name, with their lines", () => {
+    const text = service() + 'checkout_binds = "yes"\nlogging_drivers = [ "syslog", "a b", 1 ]\n';
+    expect(problems(text).map((p) => `${p.line} ${p.key} ${p.message}`)).toEqual([
+      `5 services[1].checkout_binds Invalid value "yes" for "checkout_binds": expected "ro" or "rw"`,
+      `6 services[1].logging_drivers Invalid type for entry 3 of "logging_drivers": expected a string, got a number`,
+      `6 services[1].logging_drivers Invalid entry 2 for "logging_drivers": expected a Docker logging driver name such as "journald"`,
     ]);
   });
 
@@ -99,6 +110,8 @@ describe("parseConfig()", () => {
       mount: { host: "nfs.example.org", port: 2049, path: "/share/pgo" },
       healthTimeoutMs: 90_000,
       webhookSecret: "0123456789abcdef-secret",
+      checkoutBinds: "rw",
+      loggingDrivers: ["journald", "syslog"],
       line: 9,
     });
   });

@@ -830,8 +830,8 @@ describe("evaluatePolicy() on hand-written models", () => {
   test("formatViolations() writes one line per violation", () => {
     const v = evaluatePolicy({ services: { web: { privileged: true, volumes: ["/etc:/e"] } } }, ctx);
     expect(formatViolations("compose.yaml", v)).toBe([
-      `compose file "compose.yaml" service "web": "privileged" is refused: ${RULES.find((r) => r.rule === "privileged")!.reason}: "true"`,
-      `compose file "compose.yaml" service "web": "volumes[0]" is refused: ${RULES.find((r) => r.rule === "bind_outside")!.reason}: "/etc"`,
+      `compose file "compose.yaml" service "web": "privileged" is refused (rule privileged): ${RULES.find((r) => r.rule === "privileged")!.reason}: "true"`,
+      `compose file "compose.yaml" service "web": "volumes[0]" is refused (rule bind_outside): ${RULES.find((r) => r.rule === "bind_outside")!.reason}: "/etc"`,
     ].join("\n"));
   });
 
