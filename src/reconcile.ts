@@ -27,7 +27,7 @@ import type { ServiceState } from "./state.ts";
 import { composeModel } from "./compose_model.ts";
 import type { EngineNames } from "./policy.ts";
 import { evaluatePolicy, formatViolations } from "./policy.ts";
-import { pullsImages, screenComposeTree } from "./yaml_screen.ts";
+import { keyLines, pullsImages, screenComposeTree } from "./yaml_screen.ts";
 import { readServiceKeys } from "./keys.ts";
 import { advertisedHead, isHttpRemote, RemoteTimeout, UnsupportedRemote } from "./refs.ts";
 import type { PublicKey } from "./keys.ts";
@@ -729,12 +729,14 @@ export class ServiceWorker {
     if (file === null) {
       return { why: `Cannot find a compose file: looked for ${this.svc.compose !== undefined ? `"${this.svc.compose}"` : COMPOSE_FILES.map((f) => `"${f}"`).join(", ")}`, pulls: true };
     }
+    // Asked outside the verdict: an engine that does not answer fails this cycle, which is
+    // retried, instead of refusing the commit for good.
+    const existing = this.svc.user !== "root" && this.d.engineNames ? await this.d.engineNames() : undefined;
     try {
       if (this.svc.user === "root") return { why: null, pulls: (await screenComposeTree(dir, file)).pulls };
       const model = await composeModel(this.d.runner, {
         project: this.svc.name, dir, file, account: a, env: this.svc.env, dockerConfig: this.dockerConfig,
       }, this.d.composeCgroup ? { cgroupDir: this.d.composeCgroup } : {});
-      const existing = this.d.engineNames ? await this.d.engineNames() : undefined;
       const v = evaluatePolicy(model, {
         project: this.svc.name, repoDir: dir, dataDir: join(this.d.datadir, this.svc.name),
         ...(this.svc.networks ? { networks: this.svc.networks } : {}),
@@ -743,6 +745,7 @@ export class ServiceWorker {
         ...(this.d.projects ? { projects: this.d.projects } : {}),
         ...(existing ? { existing } : {}),
       });
+      if (v.length > 0) (await keyLines(dir, file, v)).forEach((line, i) => line !== undefined && (v[i]!.line = line));
       return { why: v.length === 0 ? null : formatViolations(file, v), pulls: pullsImages(model) };
     } catch (e) {
       return { why: errorMessage(e), pulls: true };

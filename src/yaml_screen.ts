@@ -410,3 +410,54 @@ export function errno(e: unknown): string | undefined {
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
+
+/** A compose key path to find: the compose service ("" for a top-level key) and the path. */
+export interface KeyRef {
+  service: string;
+  key: string;
+}
+
+/**
+ * The line of each key path in the compose file `file` of `dir` (already screened), or undefined
+ * where the file does not hold it (it came from an include, an extends or compose's defaults).
+ * A path is followed as far as the YAML goes; the line is given when it reaches at least the
+ * service's own key (or the top-level entry).
+ */
+export async function keyLines(dir: string, file: string, refs: readonly KeyRef[]): Promise<(number | undefined)[]> {
+  let text: string;
+  try {
+    text = await readCapped(await realpath(resolvePath(dir, file)), DEFAULT_YAML_LIMITS.maxBytes, (why) => {
+      throw new PolicyError(why);
+    });
+  } catch {
+    return refs.map(() => undefined);
+  }
+  const lines = new LineCounter();
+  const composer = new Composer({ merge: true, prettyErrors: false, uniqueKeys: false });
+  const docs = [...composer.compose(guardedTokens(text, lines, DEFAULT_YAML_LIMITS.maxDepth))];
+  const root = docs[0]?.contents;
+  return refs.map((ref) => {
+    const parts: (string | number)[] = ref.service ? ["services", ref.service] : [];
+    const rest = ref.service ? ref.key.slice(`services.${ref.service}`.length).replace(/^\./, "") : ref.key;
+    for (const m of rest.matchAll(/([^.[\]]+)|\[(\d+)\]/g)) parts.push(m[2] !== undefined ? Number(m[2]) : m[1]!);
+    let node: unknown = root;
+    let line: number | undefined;
+    let depth = 0;
+    for (const part of parts) {
+      let next: unknown;
+      if (isMap(node) && typeof part === "string") {
+        const pair = node.items.find((p) => isScalar(p.key) && String(p.key.value) === part);
+        if (pair && isNode(pair.key) && pair.key.range) line = lines.linePos(pair.key.range[0]).line;
+        next = pair?.value;
+        if (!pair) break;
+      } else if (isSeq(node) && typeof part === "number") {
+        next = node.items[part];
+        if (isNode(next) && next.range) line = lines.linePos(next.range[0]).line;
+        if (next === undefined) break;
+      } else break;
+      depth++;
+      node = next;
+    }
+    return depth >= Math.min(parts.length, ref.service ? 3 : 2) ? line : undefined;
+  });
+}

@@ -42,8 +42,8 @@ const net = uniqueName("hnet");
 function attacks(port: number): Record<Exclude<keyof typeof names, "good">, Record<string, string>> {
   return {
     x: { "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n${evil("/d/pwned")}    volumes: ["vic_data:/d"]\nvolumes:\n  vic_data: {}\n` },
-    ext: { "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n${evil("/d/pwned")}    volumes: ["v:/d"]\nvolumes:\n  v:\n    external: true\n    name: ${victimVolume}\n` },
-    named: { "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n${evil("/d/pwned")}    volumes: ["v:/d"]\nvolumes:\n  v:\n    name: ${victimVolume}\n` },
+    ext: { "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n${evil("/d/pwned")}    volumes: ["stolen:/d"]\nvolumes:\n  stolen:\n    external: true\n    name: ${victimVolume}\n` },
+    named: { "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n${evil("/d/pwned")}    volumes: ["stolen:/d"]\nvolumes:\n  stolen:\n    name: ${victimVolume}\n` },
     kfs: {
       "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n${evil("/hostproc/sysrq-trigger")}    volumes: ["proc:/hostproc", "ovl:/ovl"]\n` +
         `volumes:\n  proc:\n    driver_opts: {type: proc, device: proc}\n  ovl:\n    driver_opts: {type: overlay, device: overlay, o: "lowerdir=/etc,upperdir=/tmp/u,workdir=/tmp/w"}\n`,
