@@ -338,6 +338,16 @@ const REFUSED: Case[] = [
     expect: ["b:network_join", "d:network_join", "e:pid_join", "f:ipc_shared"],
   },
   {
+    name: "refuses labels that claim another compose project for a container, a volume or a network",
+    files: {
+      "compose.yaml": file(
+        svc("web", "    labels: {com.docker.compose.project: victim, app: ok}\n    volumes: [\"data:/d\"]\n    networks: [net]\n"),
+        "volumes:\n  data:\n    labels: {com.docker.compose.project: victim}\nnetworks:\n  net:\n    labels: [\"com.docker.compose.network=x\"]\n",
+      ),
+    },
+    expect: [":compose_label", ":compose_label", "web:compose_label"],
+  },
+  {
     name: "refuses a container_name outside the project, in a profile that never starts too",
     files: { "compose.yaml": file(svc("web", "    container_name: victim-web-1\n") + svc("x", "    profiles: [never]\n    container_name: victim\n")) },
     expect: ["web:container_name", "x:container_name"],

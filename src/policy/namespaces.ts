@@ -3,7 +3,7 @@
  * are refused, and joins, links and names stay inside this project.
  */
 import type { Rule, Walk } from "./context.ts";
-import { asList, nonEmpty, text } from "./context.ts";
+import { asList, isRecord, nonEmpty, text, top } from "./context.ts";
 
 export const NAMESPACE_RULES: readonly Rule[] = [
   { rule: "network_host", key: "network_mode", reason: "the host's network namespace exposes every port the host listens on, localhost included" },
@@ -19,14 +19,27 @@ export const NAMESPACE_RULES: readonly Rule[] = [
   { rule: "links", key: "links|external_links", reason: "links may name only services of this project; external links reach containers of other projects" },
   { rule: "container_name", key: "container_name", reason: "a container name must start with the project name and a dash, or it can take the name another project joins or links to" },
   { rule: "name_collision", key: "services|volumes|networks|container_name", reason: "the name falls among another configured project's names (its name followed by _ or -), so it could take that project's volume, network or container" },
+  { rule: "compose_label", key: "labels|volumes.*.labels|networks.*.labels", reason: "labels under com.docker.compose. are how docker compose and pgod tell which project a container, volume or network belongs to" },
   { rule: "project_name", key: "name", reason: "the project name is the service's name in the config; another one would act on another project" },
 ];
+
+/** The label keys of a labels value (a map, or a list of `key=value`). */
+function labelKeys(labels: unknown): string[] {
+  return isRecord(labels) ? Object.keys(labels) : asList(labels).map((l) => text(l).split("=")[0] ?? "");
+}
 
 export function checkNamespaces(w: Walk): void {
   const name = w.model["name"];
   if (name !== undefined && name !== w.project) w.add("", "name", "project_name", name);
+  for (const kind of ["volumes", "networks"]) {
+    for (const [key, def] of Object.entries(top(w, kind))) {
+      if (!isRecord(def)) continue;
+      for (const l of labelKeys(def["labels"])) if (l.startsWith("com.docker.compose.")) w.add("", `${kind}.${key}.labels`, "compose_label", l);
+    }
+  }
   for (const { name: svc, def } of w.services) {
     const mode = (key: string): string | null => (nonEmpty(def[key]) ? text(def[key]) : null);
+    for (const l of labelKeys(def["labels"])) if (l.startsWith("com.docker.compose.")) w.add(svc, "labels", "compose_label", l);
     // service:X is compose's own reference; container:X names a container, which must be ours.
     const joinsOwn = (v: string): boolean =>
       (v.startsWith("service:") && w.ownService(v.slice("service:".length))) ||
