@@ -10,7 +10,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Env, Pgod, ServiceSpec } from "./harness.ts";
 import {
-  chownTree, containersOf, Env as EnvClass, IMAGE, PGOD, preflight, run, sweepRun, uniqueName, waitFor, waitRunning,
+  chownTree, containersOf, Env as EnvClass, IMAGE, PGOD, preflight, run, runningOf, sweepRun, uniqueName, waitFor, waitRunning,
 } from "./harness.ts";
 
 const HEAD = `    image: ${IMAGE}\n    pull_policy: never\n    stop_signal: SIGKILL\n`;
@@ -31,6 +31,12 @@ const names = {
   envz: uniqueName("henv"),
   log: uniqueName("hlog"),
   rw: uniqueName("hrw"),
+  kfs2: uniqueName("hkfs2"),
+  join: uniqueName("hjoin"),
+  build: uniqueName("hbld"),
+  res: uniqueName("hres"),
+  envlink: uniqueName("helk"),
+  unknown: uniqueName("hunk"),
   good: uniqueName("hgood"),
 };
 /** The victim: with "x" configured as well, x's volume "vic_data" would be the victim's volume "data". */
@@ -61,6 +67,25 @@ function attacks(port: number): Record<Exclude<keyof typeof names, "good">, Reco
         `    logging:\n      driver: syslog\n      options: {syslog-address: "udp://127.0.0.1:${port}"}\n`,
     },
     rw: { "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n${evil("/repo/.git/hooks/post-checkout")}    volumes: [".:/repo"]\n` },
+    kfs2: {
+      "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n${evil("/sys/x")}    volumes: ["sysfs:/s", "devs:/dv", "share:/n"]\n` +
+        `volumes:\n  sysfs:\n    driver_opts: {type: sysfs, device: sysfs}\n  devs:\n    driver_opts: {type: devtmpfs, device: devtmpfs}\n` +
+        `  share:\n    driver_opts: {type: nfs, device: ":/export", o: "addr=127.0.0.1"}\n`,
+    },
+    join: {
+      // The victim's running container, joined by name: its network, PID and IPC namespaces and its volumes.
+      "compose.yaml": `services:\n  net:\n${HEAD}    network_mode: "container:${vic}-web-1"\n  pid:\n${HEAD}    network_mode: none\n    pid: "container:${vic}-web-1"\n` +
+        `  ipc:\n${HEAD}    network_mode: none\n    ipc: "container:${vic}-web-1"\n  from:\n${HEAD}    network_mode: none\n${evil("/d/pwned")}    volumes_from: ["container:${vic}-web-1"]\n`,
+    },
+    build: {
+      "compose.yaml": `services:\n  web:\n    build: {context: ., network: host}\n    network_mode: none\n`,
+      Dockerfile: `FROM ${IMAGE}\nRUN echo pwned > /pwned\n`,
+    },
+    res: {
+      "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n    oom_score_adj: -1000\n    pids_limit: -1\n  cg:\n${HEAD}    network_mode: none\n    cgroup_parent: /\n`,
+    },
+    envlink: { "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n    environment: [SECRET=\${ROOT_HASH:-none}]\n` },
+    unknown: { "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n    storage_opt: {size: 1G}\n    deploy: {placement: {constraints: ["node.role==manager"]}}\n` },
   };
 }
 
@@ -120,6 +145,10 @@ beforeAll(async () => {
   const specs: ServiceSpec[] = [{ name: vic, repository: victim.bare }];
   for (const [key, files] of [...Object.entries(attacks(udp.port)), ["good", GOOD] as const]) {
     const repo = await env.repo(files);
+    if (key === "envlink") {
+      await run(["ln", "-s", "/etc/shadow", join(repo.work, ".env")]);
+      await repo.commit({}, "a .env that is a symlink out of the repository");
+    }
     await chownTree(repo.bare, user.uid, user.gid);
     specs.push({ name: names[key as keyof typeof names], user: user.name, repository: repo.bare, extra: `networks = ["${net}"]\n` });
   }
@@ -205,5 +234,43 @@ describe("hostile repositories of a non-root service, with a real engine", () =>
     expect(await refusal(names.rw)).toContain("(rule checkout_bind_rw)");
     expect(await containersOf(names.rw)).toEqual([]);
     expect(existsSync(join(pg.dir, names.rw, ".git", "hooks", "post-checkout"))).toBe(false);
+  }, 240_000);
+
+  test("volumes that mount sysfs, devtmpfs or an NFS share are never created or mounted", async () => {
+    expect(await refusal(names.kfs2)).toContain("(rule volume_driver_opts)");
+    expect(await containersOf(names.kfs2)).toEqual([]);
+    expect((await run(["docker", "volume", "ls", "--quiet", "--filter", `name=${names.kfs2}`])).stdout.trim()).toBe("");
+  }, 240_000);
+
+  test("joining the victim's running container by name (network, pid, ipc, volumes_from) is refused", async () => {
+    const line = await refusal(names.join);
+    for (const rule of ["network_join", "pid_join", "ipc_shared", "volumes_from"]) expect(line).toContain(`(rule ${rule})`);
+    expect(await containersOf(names.join)).toEqual([]);
+    expect(await victimData()).toBe("marker\nvictim\n");
+    expect((await runningOf(vic)).length).toBe(1);
+  }, 240_000);
+
+  test("a build on the host network is refused and no image is built", async () => {
+    expect(await refusal(names.build)).toContain("(rule build_network)");
+    expect(await containersOf(names.build)).toEqual([]);
+    expect((await run(["docker", "image", "ls", "--quiet", `${names.build}-web`])).stdout.trim()).toBe("");
+  }, 240_000);
+
+  test("a negative oom_score_adj, unlimited pids and another cgroup parent are refused", async () => {
+    const line = await refusal(names.res);
+    for (const rule of ["oom_score_adj", "pids_limit", "cgroup_parent"]) expect(line).toContain(`(rule ${rule})`);
+    expect(await containersOf(names.res)).toEqual([]);
+  }, 240_000);
+
+  test("a .env that is a symlink to /etc/shadow is refused before docker compose reads it", async () => {
+    expect(await refusal(names.envlink)).toContain('Cannot use env file \\".env\\": it leads out of the repository through a symlink');
+    expect(await containersOf(names.envlink)).toEqual([]);
+  }, 240_000);
+
+  test("keys that are not on the allow-list are refused with their paths", async () => {
+    const line = await refusal(names.unknown);
+    expect(line).toContain('\\"storage_opt\\" is refused (rule unknown_key)');
+    expect(line).toContain('\\"deploy.placement.constraints\\" is refused (rule unknown_key)');
+    expect(await containersOf(names.unknown)).toEqual([]);
   }, 240_000);
 });
