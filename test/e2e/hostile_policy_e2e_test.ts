@@ -84,7 +84,7 @@ function attacks(port: number): Record<Exclude<keyof typeof names, "good">, Reco
     res: {
       "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n    oom_score_adj: -1000\n    pids_limit: -1\n  cg:\n${HEAD}    network_mode: none\n    cgroup_parent: /\n`,
     },
-    envlink: { "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n    environment: [SECRET=\${ROOT_HASH:-none}]\n` },
+    envlink: { "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n    environment:\n      SECRET: "\${ROOT_HASH:-none}"\n` },
     unknown: { "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n    storage_opt: {size: 1G}\n    deploy: {placement: {constraints: ["node.role==manager"]}}\n` },
   };
 }
