@@ -62,7 +62,7 @@ const SERVICE: Shape = keys({
   attach: "any",
   pull_policy: "any",
   profiles: "any",
-  labels: "any",
+  labels: "ruled",
   hostname: "any",
   domainname: "any",
   dns: "any",
@@ -154,10 +154,10 @@ const SERVICE: Shape = keys({
 export const MODEL: Shape = keys({
   name: "ruled",
   services: each(SERVICE),
-  volumes: each(keys({ name: "ruled", driver: "ruled", driver_opts: "ruled", labels: "any", external: "ruled" })),
+  volumes: each(keys({ name: "ruled", driver: "ruled", driver_opts: "ruled", labels: "ruled", external: "ruled" })),
   networks: each(keys({
     name: "ruled", driver: "ruled", driver_opts: "ruled", ipam: "ruled", internal: "any", attachable: "any",
-    labels: "any", enable_ipv6: "any", external: "ruled",
+    labels: "ruled", enable_ipv6: "any", external: "ruled",
   })),
   secrets: each(keys({ name: "any", file: "ruled", environment: "any", external: "ruled" })),
   configs: each(keys({ name: "any", file: "ruled", environment: "any", content: "any", external: "ruled" })),
