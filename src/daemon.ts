@@ -110,6 +110,7 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
       onDeploy: metrics.deployed,
       projects,
       ...(engineNames ? { engineNames } : {}),
+      onReplicas: metrics.replicasOf,
     }));
   }
   log.info("starting", { services: workers.size, config: configFile, dir, interval_ms: flags.durationMs });

@@ -6,14 +6,15 @@
 import { dockerSocket } from "./containers.ts";
 import type { EngineNames } from "./policy.ts";
 
-const PROJECT_LABEL = "com.docker.compose.project";
+/** The labels that name a resource's owner: a compose project, or a Swarm stack (engine = "swarm"). */
+const OWNER_LABELS = ["com.docker.compose.project", "com.docker.stack.namespace"];
 
 interface Named {
   Name?: unknown;
   Labels?: unknown;
 }
 
-/** Reads every volume and network with its project label ("" when none). */
+/** Reads every volume and network with its project (or stack) label ("" when none). */
 export function makeEngineNames(socket = dockerSocket(), timeoutMs = 10_000): () => Promise<EngineNames> {
   const get = async (path: string): Promise<unknown> => {
     const res = await fetch(`http://docker${path}`, { unix: socket, signal: AbortSignal.timeout(timeoutMs) } as RequestInit);
@@ -32,8 +33,8 @@ function owners(list: unknown): Map<string, string> {
   for (const item of Array.isArray(list) ? (list as Named[]) : []) {
     if (typeof item?.Name !== "string") continue;
     const labels = typeof item.Labels === "object" && item.Labels !== null ? (item.Labels as Record<string, unknown>) : {};
-    const project = labels[PROJECT_LABEL];
-    out.set(item.Name, typeof project === "string" ? project : "");
+    const owner = OWNER_LABELS.map((l) => labels[l]).find((v): v is string => typeof v === "string");
+    out.set(item.Name, owner ?? "");
   }
   return out;
 }

@@ -9,6 +9,7 @@ import { memoryLogger } from "../src/log.ts";
 import type { PolicyContext, Violation } from "../src/policy.ts";
 import { makeMemoryCgroup, removeMemoryCgroup } from "../src/cgroup.ts";
 import { composeModel } from "../src/compose_model.ts";
+import { makeEngineNames } from "../src/engine_names.ts";
 import { evaluatePolicy, formatViolations, resolveExisting, RULES } from "../src/policy.ts";
 import { keyLines, pullsImages, screenComposeTree, screenYaml } from "../src/yaml_screen.ts";
 import type { Account } from "../src/users.ts";
@@ -837,6 +838,11 @@ describe("evaluatePolicy() on hand-written models", () => {
     expect(evaluatePolicy(model, { ...ctx, project: "x" })).toEqual([]);
   });
 
+  test("allows Swarm's rollout settings under deploy, and no placement", () => {
+    const model = { services: { w: { deploy: { replicas: 2, mode: "replicated", update_config: { order: "stop-first", parallelism: 1 }, rollback_config: { order: "start-first" }, placement: { constraints: ["node.role==manager"] } } } } };
+    expect(evaluatePolicy(model, ctx).map((v) => v.key)).toEqual(["services.w.deploy.placement.constraints"]);
+  });
+
   test("formatViolations() writes one line per violation", () => {
     const v = evaluatePolicy({ services: { web: { privileged: true, volumes: ["/etc:/e"] } } }, ctx);
     expect(formatViolations("compose.yaml", v)).toBe([
@@ -849,6 +855,26 @@ describe("evaluatePolicy() on hand-written models", () => {
     const ids = RULES.map((r) => r.rule);
     expect(new Set(ids).size).toBe(ids.length);
     for (const r of RULES) expect(r.reason).toMatch(/^[a-z][^\n]*[^.]$/);
+  });
+});
+
+describe("makeEngineNames()", () => {
+  test("reads the engine's volumes and networks with their compose project or Swarm stack", async () => {
+    const tag = `pgo-policy-${process.pid}`;
+    const docker = (...args: string[]) => runner(["docker", ...args], { env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin" } });
+    await docker("volume", "create", "--label", "com.docker.compose.project=proj", `${tag}_a`);
+    await docker("volume", "create", "--label", "com.docker.stack.namespace=stack", `${tag}_b`);
+    await docker("volume", "create", `${tag}_c`);
+    await docker("network", "create", "--label", "com.docker.compose.project=proj", `${tag}_n`);
+    try {
+      const names = await makeEngineNames()();
+      expect([`${tag}_a`, `${tag}_b`, `${tag}_c`, `${tag}_d`].map((v) => names.volumes.get(v))).toEqual(["proj", "stack", "", undefined]);
+      expect(names.networks.get(`${tag}_n`)).toBe("proj");
+      expect(names.networks.get("bridge")).toBe("");
+    } finally {
+      await docker("volume", "rm", `${tag}_a`, `${tag}_b`, `${tag}_c`);
+      await docker("network", "rm", `${tag}_n`);
+    }
   });
 });
 

@@ -19,7 +19,7 @@ export const NAMESPACE_RULES: readonly Rule[] = [
   { rule: "links", key: "links|external_links", reason: "links may name only services of this project; external links reach containers of other projects" },
   { rule: "container_name", key: "container_name", reason: "a container name must start with the project name and a dash, or it can take the name another project joins or links to" },
   { rule: "name_collision", key: "services|volumes|networks|container_name", reason: "the name falls among another configured project's names (its name followed by _ or -), so it could take that project's volume, network or container" },
-  { rule: "compose_label", key: "labels|volumes.*.labels|networks.*.labels", reason: "labels under com.docker.compose. are how docker compose and pgod tell which project a container, volume or network belongs to" },
+  { rule: "compose_label", key: "labels|volumes.*.labels|networks.*.labels", reason: "labels under com.docker.compose. and com.docker.stack. are how docker compose, Swarm and pgod tell which project a container, volume or network belongs to" },
   { rule: "project_name", key: "name", reason: "the project name is the service's name in the config; another one would act on another project" },
 ];
 
@@ -28,18 +28,20 @@ function labelKeys(labels: unknown): string[] {
   return isRecord(labels) ? Object.keys(labels) : asList(labels).map((l) => text(l).split("=")[0] ?? "");
 }
 
+const ownerLabel = (l: string): boolean => l.startsWith("com.docker.compose.") || l.startsWith("com.docker.stack.");
+
 export function checkNamespaces(w: Walk): void {
   const name = w.model["name"];
   if (name !== undefined && name !== w.project) w.add("", "name", "project_name", name);
   for (const kind of ["volumes", "networks"]) {
     for (const [key, def] of Object.entries(top(w, kind))) {
       if (!isRecord(def)) continue;
-      for (const l of labelKeys(def["labels"])) if (l.startsWith("com.docker.compose.")) w.add("", `${kind}.${key}.labels`, "compose_label", l);
+      for (const l of labelKeys(def["labels"])) if (ownerLabel(l)) w.add("", `${kind}.${key}.labels`, "compose_label", l);
     }
   }
   for (const { name: svc, def } of w.services) {
     const mode = (key: string): string | null => (nonEmpty(def[key]) ? text(def[key]) : null);
-    for (const l of labelKeys(def["labels"])) if (l.startsWith("com.docker.compose.")) w.add(svc, "labels", "compose_label", l);
+    for (const l of labelKeys(def["labels"])) if (ownerLabel(l)) w.add(svc, "labels", "compose_label", l);
     // service:X is compose's own reference; container:X names a container, which must be ours.
     const joinsOwn = (v: string): boolean =>
       (v.startsWith("service:") && w.ownService(v.slice("service:".length))) ||

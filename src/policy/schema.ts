@@ -21,6 +21,9 @@ const each = (s: Shape): Shape => ({ each: s });
 /** A reference to a top-level secret or config from a service or a build. */
 const FILE_REF = keys({ source: "any", target: "any", uid: "any", gid: "any", mode: "any" });
 
+/** Swarm's rolling update and rollback settings. */
+const ROLLOUT = keys({ parallelism: "any", delay: "any", failure_action: "any", monitor: "any", max_failure_ratio: "any", order: "any" });
+
 const BUILD: Shape = keys({
   context: "ruled",
   dockerfile: "ruled",
@@ -100,6 +103,11 @@ const SERVICE: Shape = keys({
       reservations: keys({ cpus: "any", memory: "any", devices: "ruled", generic_resources: "ruled" }),
     }),
     restart_policy: keys({ condition: "any", delay: "any", max_attempts: "any", window: "any" }),
+    // How Swarm rolls a stack's service (engine = "swarm"); docker compose ignores them.
+    update_config: ROLLOUT,
+    rollback_config: ROLLOUT,
+    mode: "any",
+    endpoint_mode: "any",
     // docker compose adds an empty placement; its keys are Swarm's.
     placement: keys({}),
   }),
