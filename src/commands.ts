@@ -9,6 +9,7 @@ import type { PublicKey } from "./keys.ts";
 import { formatHistory, readHistory } from "./history.ts";
 import { keyAllows, keysEqual } from "./keys.ts";
 import type { Logger } from "./log.ts";
+import { EXIT_TEMPFAIL, type LongRunning } from "./long_running.ts";
 import type { Hold, ServiceStatus } from "./reconcile.ts";
 import type { ClientKey, SessionIO } from "./ssh_server.ts";
 import { requestName } from "./ssh_server.ts";
@@ -44,6 +45,8 @@ export interface RouterDeps {
   now?: () => number;
   /** Counts a request by command and result. */
   count?: (command: string, result: string) => void;
+  /** Caps concurrent `exec` and `logs -f` per service and per key (none when absent). */
+  longRunning?: LongRunning;
 }
 
 /** The commands pgoctl can run. `load` is the original's name for `check`. */
@@ -139,12 +142,12 @@ export async function dispatch(key: ClientKey, request: string, io: SessionIO, d
     if (command === "unknown") {
       throw new RequestError(EX.usage, `Unknown command "${req.command}": expected one of ${COMMANDS.filter((c) => c !== "load").join(", ")}`);
     }
-    status = await run(req.command as Command, req.args, handle, io, d);
+    status = await run(req.command as Command, req.args, handle, io, d, { service, key: key.fingerprint });
     result = status === 0 ? "ok" : "error";
   } catch (e) {
     if (e instanceof RequestError) {
       status = e.status;
-      result = e.status === EX.noperm ? "denied" : e.status === EX.usage ? "malformed" : e.status === EX.unavailable ? "unavailable" : "error";
+      result = e.status === EX.noperm ? "denied" : e.status === EX.usage ? "malformed" : e.status === EX.unavailable || e.status === EXIT_TEMPFAIL ? "unavailable" : "error";
       await io.stderr.write(`${e.message}\n`).catch(() => {});
     } else {
       status = EX.software;
@@ -158,7 +161,14 @@ export async function dispatch(key: ClientKey, request: string, io: SessionIO, d
   return status;
 }
 
-async function run(cmd: Command, args: string[], h: ServiceHandle, io: SessionIO, d: RouterDeps): Promise<number> {
+async function run(
+  cmd: Command,
+  args: string[],
+  h: ServiceHandle,
+  io: SessionIO,
+  d: RouterDeps,
+  who: { service: string; key: string },
+): Promise<number> {
   const out = { onStdout: (c: Uint8Array) => io.stdout.write(c), onStderr: (c: Uint8Array) => io.stderr.write(c), signal: io.signal };
   switch (cmd) {
     case "ping":
@@ -190,15 +200,26 @@ async function run(cmd: Command, args: string[], h: ServiceHandle, io: SessionIO
       if (container === undefined || rest.length === 0) throw new RequestError(EX.usage, 'Usage: "exec <container> <command> [args...]"');
       if (!SERVICE_NAME.test(container)) throw new RequestError(EX.usage, `Invalid container "${container}": expected a compose service name`);
       ready(h);
-      const c = await h.composeFor();
-      return (await c.run(["exec", "-T", container, ...rest], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
+      const release = await d.longRunning?.take(who.service, who.key, "exec", io.signal);
+      try {
+        const c = await h.composeFor();
+        return (await c.run(["exec", "-T", container, ...rest], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
+      } finally {
+        release?.();
+      }
     }
     case "ps":
     case "logs": {
       const a = checkArgs(cmd, args);
       ready(h);
-      const c = await h.composeFor();
-      return (await c.run([cmd, ...a], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
+      const follows = cmd === "logs" && a.some((x) => x === "-f" || x === "--follow");
+      const release = follows ? await d.longRunning?.take(who.service, who.key, "logs -f", io.signal) : undefined;
+      try {
+        const c = await h.composeFor();
+        return (await c.run([cmd, ...a], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
+      } finally {
+        release?.();
+      }
     }
     case "history": {
       if (args.length > 1 || (args[0] !== undefined && !/^[1-9][0-9]{0,3}$/.test(args[0]))) {

@@ -20,8 +20,9 @@ import { makeRunner } from "./exec.ts";
 import type { Runner } from "./exec.ts";
 import { keyAllows, keysEqual } from "./keys.ts";
 import { Metrics, startMetricsServer } from "./metrics.ts";
+import { LongRunning } from "./long_running.ts";
 import { startSshServer } from "./ssh_server.ts";
-import { startWebhookServer } from "./webhook.ts";
+import { readDeliveries, startWebhookServer } from "./webhook.ts";
 import type { SshServer } from "./ssh_server.ts";
 import type { PgodFlags } from "./flags.ts";
 import type { Logger } from "./log.ts";
@@ -279,6 +280,7 @@ async function startServers(d: {
     hostname: hostname(),
     logger: d.logger,
     count: (command, result) => d.metrics.sshRequests.inc({ command, result }),
+    longRunning: new LongRunning({}, d.logger),
   };
   let ssh: SshServer;
   try {
@@ -299,6 +301,7 @@ async function startServers(d: {
   }
   let hooks: { close(): Promise<void> } | null = null;
   if (d.flags.webhook !== "") {
+    const deliveriesFile = join(d.dir, ".state", "webhook_deliveries.json");
     try {
       hooks = startWebhookServer(d.flags.webhook, {
         targets: new Map([...d.workers].map(([name, w]) => [name, {
@@ -307,7 +310,8 @@ async function startServers(d: {
           trigger: () => w.trigger("webhook"),
         }])),
         logger: d.logger,
-        seen: new Map(),
+        seen: await readDeliveries(deliveriesFile, Date.now(), d.logger),
+        deliveriesFile,
       });
     } catch (e) {
       await ssh.close();

@@ -5,6 +5,7 @@ import type { Compose } from "../src/compose.ts";
 import type { RunResult } from "../src/exec.ts";
 import type { KeyOptions } from "../src/keys.ts";
 import { memoryLogger } from "../src/log.ts";
+import { EXIT_TEMPFAIL, LongRunning } from "../src/long_running.ts";
 import type { Hold, ServiceStatus } from "../src/reconcile.ts";
 import type { ClientKey, SessionIO } from "../src/ssh_server.ts";
 
@@ -272,4 +273,86 @@ test("dispatch() runs a key's command= instead of the request, unless another li
 
   const either = harness(fakeService(), [{ command: "sync" }, undefined]);
   expect((await either.call("web//ping")).stdout).toBe("pong box\n");
+});
+
+test("dispatch() caps exec and logs -f per key and per service with exit 75, and frees a slot when one ends", async () => {
+  const svc = fakeService();
+  const gates: Array<() => void> = [];
+  const started: string[] = [];
+  const blocking: Compose = {
+    async run(args) {
+      started.push(args.join(" "));
+      await new Promise<void>((r) => gates.push(r));
+      return { exitCode: 0, signal: null, stdout: "", stderr: "", durationMs: 1, timedOut: false };
+    },
+    must: async () => ({ exitCode: 0, signal: null, stdout: "", stderr: "", durationMs: 1, timedOut: false }),
+    services: async () => ["web"],
+    withRegistries: (_r, fn) => fn(),
+  };
+  svc.handle.composeFor = async () => blocking;
+  const keys = [KEY_A, KEY_B, { ...KEY_A, blob: Buffer.from("key-c"), fingerprint: "SHA256:c" }];
+  const counted: string[] = [];
+  const deps: RouterDeps = {
+    services: new Map([["web", svc.handle]]),
+    keysOf: async () => keys.map((k) => ({ algo: k.algo, blob: k.blob, comment: "" })),
+    hostname: "box",
+    logger: memoryLogger(),
+    count: (c, r) => counted.push(`${c} ${r}`),
+    longRunning: new LongRunning({ perService: 3, perKey: 2, waitMs: 0 }),
+  };
+  const call = (request: string, key: ClientKey) => {
+    let stderr = "";
+    const io: SessionIO = {
+      stdout: { write: async () => {} },
+      stderr: { write: async (c) => void (stderr += typeof c === "string" ? c : new TextDecoder().decode(c)) },
+      signal: new AbortController().signal,
+    };
+    return dispatch(key, request, io, deps).then((status) => ({ status, stderr }));
+  };
+  const a1 = call("web//exec web sleep 1", KEY_A);
+  const a2 = call("web//logs -f web", KEY_A);
+  const a3 = await call("web//logs --follow", KEY_A);
+  expect(a3).toEqual({ status: EXIT_TEMPFAIL, stderr: 'Cannot run "logs -f" for "web": this key runs 2 long-running commands ("exec", "logs -f"), the limit is 2\n' });
+  // logs without -f and ps are not long-running: they are never capped.
+  const plain = call("web//logs --tail 5", KEY_A);
+  const b1 = call("web//exec web top", KEY_B);
+  const b2 = await call("web//exec web top", KEY_B);
+  expect(b2.status).toBe(EXIT_TEMPFAIL);
+  expect(b2.stderr).toContain('run for this service, the limit is 3');
+  expect(started).toEqual(["exec -T web sleep 1", "logs -f web", "logs --tail 5", "exec -T web top"]);
+  expect(counted).toEqual(["logs unavailable", "exec unavailable"]);
+  gates.shift()!(); // the first exec ends
+  expect((await a1).status).toBe(0);
+  const c1 = call("web//exec web true", keys[2]!);
+  await new Promise((r) => setTimeout(r, 0));
+  expect(started.at(-1)).toBe("exec -T web true");
+  for (const g of gates.splice(0)) g();
+  expect((await Promise.all([a2, plain, b1, c1])).map((r) => r.status)).toEqual([0, 0, 0, 0]);
+  expect(deps.longRunning!.running("web")).toBe(0);
+});
+
+test("LongRunning.take() waits for a slot to free up, and refuses with 75 when none does in time or the client goes away", async () => {
+  const lr = new LongRunning({ perService: 1, perKey: 1, waitMs: 60_000 });
+  const first = await lr.take("web", "SHA256:a", "exec");
+  let second: (() => void) | null = null;
+  const waiting = lr.take("web", "SHA256:b", "exec").then((r) => (second = r));
+  await new Promise((r) => setTimeout(r, 20));
+  expect(second).toBeNull();
+  first();
+  await waiting;
+  expect(second).not.toBeNull();
+  expect(lr.running("web")).toBe(1);
+  // Nothing frees up: refused after the wait.
+  const short = new LongRunning({ perService: 1, perKey: 1, waitMs: 30 });
+  await short.take("web", "SHA256:a", "exec");
+  const t0 = Date.now();
+  await expect(short.take("web", "SHA256:c", "logs -f")).rejects.toMatchObject({ status: EXIT_TEMPFAIL });
+  expect(Date.now() - t0).toBeGreaterThanOrEqual(25);
+  // The client goes away while it waits: refused at once.
+  const ac = new AbortController();
+  const gone = lr.take("web", "SHA256:d", "exec", ac.signal);
+  ac.abort();
+  await expect(gone).rejects.toMatchObject({ status: EXIT_TEMPFAIL });
+  second!();
+  expect(lr.running("web")).toBe(0);
 });
