@@ -14,6 +14,8 @@ import type { Hold, ServiceStatus } from "./reconcile.ts";
 import type { ClientKey, SessionIO } from "./ssh_server.ts";
 import { requestName } from "./ssh_server.ts";
 import { parseRequest } from "./target.ts";
+import { formatVerdict } from "./verdict.ts";
+import type { Verdict } from "./verdict.ts";
 
 /** sysexits(3) statuses for errors of the request itself. */
 export const EX = { usage: 64, unavailable: 69, software: 70, noperm: 77 } as const;
@@ -26,8 +28,8 @@ export interface ServiceHandle {
   deployNow(trigger: "pgoctl", io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }, services?: string[]): Promise<number>;
   pullNow(io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }, services?: string[]): Promise<number>;
   setHold(hold: Hold | null): Promise<void>;
-  /** The compose file's verdict: null when it may be deployed, else the reason. */
-  check(): Promise<string | null>;
+  /** The verdict on the newest commit of the branch (what would deploy next). */
+  check(): Promise<Verdict>;
   rollbackTo(rev: string | null, io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }): Promise<number>;
   unpin(): Promise<void>;
   syncNow(): Promise<ServiceStatus>;
@@ -188,12 +190,9 @@ async function run(
       checkArgs(cmd, args);
       ready(h);
       const verdict = await h.check();
-      if (verdict === null) {
-        await io.stdout.write("ok: the compose file may be deployed\n");
-        return 0;
-      }
-      await io.stdout.write(`refused: ${verdict}\n`);
-      return 1;
+      if (verdict.stale) await io.stderr.write(`Cannot fetch branch "${verdict.branch}": ${verdict.stale}; judged the last fetched commit\n`);
+      await io.stdout.write(formatVerdict(verdict));
+      return verdict.refusal === null ? 0 : 1;
     }
     case "exec": {
       const [container, ...rest] = args;
@@ -307,6 +306,8 @@ export function formatStatus(s: ServiceStatus, now: () => number): string {
     `pinned:      ${s.pinned ? `${s.pinned} (no new commits are pulled; "unpin" releases it)` : "no"}`,
     `last good:   ${s.good ?? "none"}`,
     `rolled back: ${s.bad ? `${s.bad} (not tried again until a newer commit arrives)` : "none"}`,
+    `refused:     ${s.refused ? `${s.refused.commit} (not deployed; what runs keeps running)` : "none"}`,
+    ...(s.refused ? [`refusal:     ${s.refused.reason.split("\n").join("\n             ")}`] : []),
     `stop file:   ${s.stopFile ? "present (the service is kept down)" : "absent"}`,
     `last poll:   ${t(s.lastPollAt)}`,
     `next poll:   ${s.nextPollAt === null ? "now" : `${t(s.nextPollAt)} (in ${Math.max(0, Math.round((s.nextPollAt - now()) / 1000))}s)`}`,

@@ -86,7 +86,7 @@ export function formatViolations(file: string, v: Violation[]): string {
   return v.map((x) => {
     const prefix = `services.${x.service}.`;
     const key = x.service && x.key.startsWith(prefix) ? x.key.slice(prefix.length) : x.key;
-    const where = `${x.line !== undefined ? ` line ${x.line}` : ""}${x.service ? ` service "${x.service}"` : ""}`;
+    const where = x.service ? ` service "${x.service}"` : "";
     return `compose file "${file}"${where}: "${key}" is refused (rule ${x.rule}): ${x.reason}${x.value !== undefined ? `: "${x.value}"` : ""}`;
   }).join("\n");
 }

@@ -28,9 +28,12 @@ import type { ServiceState } from "./state.ts";
 import { composeModel } from "./compose_model.ts";
 import type { EngineNames } from "./policy.ts";
 import { evaluatePolicy, formatViolations } from "./policy.ts";
-import { keyLines, pullsImages, screenComposeTree } from "./yaml_screen.ts";
+import { pullsImages, screenComposeTree, screenYaml } from "./yaml_screen.ts";
 import { readServiceKeys } from "./keys.ts";
-import { makeSwarm, makeSwarmApi, stackReadiness } from "./swarm.ts";
+import { locateFindings } from "./verdict.ts";
+import type { Finding, Verdict } from "./verdict.ts";
+import { makeSwarm, makeSwarmApi, stackReadiness, stackWarnings } from "./swarm.ts";
+import { parse as parseYaml } from "yaml";
 import type { Replicas, StackPlan, SwarmApi } from "./swarm.ts";
 import { decryptTree, plainName, redact, serviceKeys } from "./secrets.ts";
 import { advertisedHead, isHttpRemote, RemoteTimeout, UnsupportedRemote } from "./refs.ts";
@@ -66,6 +69,8 @@ export interface ServiceStatus {
   good: string | null;
   /** A commit that was rolled back; it is not tried again until a newer one arrives. */
   bad: string | null;
+  /** The newest commit of the branch when it was refused (what runs keeps running), and why. */
+  refused?: { commit: string; reason: string } | null;
 }
 
 /** Why a service is held down. */
@@ -98,8 +103,8 @@ export interface ReconcileDeps {
   remoteRefs?: typeof advertisedHead;
   /** The Caddy import file's text, for the service that sets `import`. */
   importText?: string;
-  /** A memory-limited cgroup for `docker compose config` (DECISIONS.md #10), when cgroups work. */
-  composeCgroup?: string;
+  /** This service's own limited cgroup(s) for `docker compose config` (DECISIONS.md #10), when cgroups work. */
+  composeCgroup?: string | readonly string[];
   /** How long containers must stay ready after `up` before a deploy counts as good (default 2 s). */
   settleMs?: number;
   /** How often readiness is polled after `up` (default 500 ms). */
@@ -121,6 +126,8 @@ export interface ReconcileDeps {
 interface Assessment {
   why: string | null;
   pulls: boolean;
+  /** The policy's reasons, located in the compose file. */
+  findings?: Finding[];
 }
 
 /** The reconcile loop of one service. */
@@ -165,7 +172,7 @@ export class ServiceWorker {
     this.st = {
       name: svc.name, commit: null, deployedAt: null, lastResult: null, lastError: null,
       stopFile: false, nextPollAt: null, lastPollAt: null, hold: readHold(this.holdFile),
-      pinned: null, good: null, bad: null,
+      pinned: null, good: null, bad: null, refused: null,
     };
     const saved = readState(this.stateFile);
     this.state = saved;
@@ -267,12 +274,60 @@ export class ServiceWorker {
     if (r.files.length > 0) this.log.debug("decrypted secrets", { files: r.files.map((f) => f.source).join(","), dir });
   }
 
-  /** The policy verdict on the checkout: null when it may be deployed, else why not. */
-  async check(): Promise<string | null> {
-    const a = await this.d.users.lookup(this.svc.user);
-    return (await this.assess(a, this.checkout)).why;
+  /**
+   * The verdict on the newest commit of the branch, what would deploy next (DECISIONS.md #12):
+   * fetched now (else the last fetched one) and judged in a stage worktree; the checkout stays.
+   */
+  async check(): Promise<Verdict> {
+    return this.lock.run(async () => {
+      const a = await this.d.users.lookup(this.svc.user);
+      const git = (this.d.makeGit ?? makeGit)(this.d.runner, a, this.svc.name, this.svc.repository);
+      let commit: string | null;
+      let stale: string | null = null;
+      try {
+        commit = await git.fetch(this.checkout, this.svc.branch);
+      } catch (e) {
+        stale = errorMessage(e);
+        commit = (await git.fetchedHead(this.checkout, this.svc.branch)) ?? this.head;
+      }
+      if (commit === null) throw new Error(`Cannot find a commit of branch "${this.svc.branch}" to judge`);
+      const kept = this.assessed; // a verdict for the deploy that follows a cycle's evaluation, not this one's
+      const r = await this.evaluateCommit(git, a, commit).finally(() => (this.assessed = kept));
+      if (r.why !== null) this.st.refused = { commit, reason: r.why };
+      else if (this.st.refused?.commit !== commit) this.st.refused = null;
+      // A commit that was rolled back passes the policy but does not deploy again either.
+      const bad = r.why === null && commit === this.state.bad && commit !== this.head
+        ? `Commit ${commit.slice(0, 12)} was rolled back after a failed deploy; it is not tried again until a newer commit arrives`
+        : null;
+      const warnings = this.svc.engine === "swarm" ? await this.swarmWarnings(git, commit) : [];
+      return {
+        commit, branch: this.svc.branch, running: this.st.deployedAt !== null ? this.head : null, refusal: r.why ?? bad, findings: r.findings ?? [],
+        ...(stale !== null ? { stale } : {}), ...(this.state.pin ? { pinned: this.state.pin.commit } : {}),
+        ...(warnings.length > 0 ? { warnings } : {}),
+      };
+    });
   }
 
+
+  /** The keys of `commit`'s compose file (as written) that `docker stack deploy` leaves out. */
+  private async swarmWarnings(git: Git, commit: string): Promise<string[]> {
+    let file = this.svc.compose;
+    let text: string | null = null;
+    for (const f of file !== undefined ? [file] : COMPOSE_FILES) {
+      text = await git.show(this.checkout, commit, f);
+      if (text !== null) {
+        file = f;
+        break;
+      }
+    }
+    if (text === null) return [];
+    try {
+      screenYaml(text, file ?? "compose.yaml");
+      return stackWarnings(parseYaml(text));
+    } catch {
+      return []; // the verdict itself says what is wrong with the file
+    }
+  }
 
   private get holdFile(): string {
     return join(this.d.dir, ".state", this.svc.name, "hold");
@@ -391,7 +446,7 @@ export class ServiceWorker {
       target = earlier.at(-1)?.commit ?? null;
       if (target === null) throw new Error("Cannot roll back: no earlier commit deployed well");
     }
-    const verdict = await this.evaluateCommit(git, a, target);
+    const verdict = (await this.evaluateCommit(git, a, target)).why;
     if (verdict !== null) {
       await io.onStderr?.(new TextEncoder().encode(`Refused: ${verdict}\n`));
       return 65;
@@ -716,7 +771,7 @@ export class ServiceWorker {
     const relevant = await this.relevantChange(git, head, fetched);
     if (relevant) {
       // DECISIONS.md #2: a new compose model is evaluated before the checkout moves to it.
-      const verdict = await this.evaluateCommit(git, a, fetched);
+      const verdict = (await this.evaluateCommit(git, a, fetched)).why;
       if (verdict !== null) {
         this.refused = fetched;
         await this.refuse(fetched, "poll", verdict);
@@ -728,6 +783,7 @@ export class ServiceWorker {
     this.st.commit = fetched;
     this.refused = null;
     this.refusal = null;
+    this.st.refused = null;
     this.log.info("new commit", { from: head.slice(0, 12), to: fetched.slice(0, 12), redeploy: relevant });
     return relevant;
   }
@@ -757,7 +813,7 @@ export class ServiceWorker {
   }
 
   /** Evaluates `commit` in a worktree beside the checkout (same depth, so relative symlinks resolve alike). */
-  private async evaluateCommit(git: Git, a: Account, commit: string): Promise<string | null> {
+  private async evaluateCommit(git: Git, a: Account, commit: string): Promise<Assessment> {
     const stage = join(this.d.dir, `.stage-${this.svc.name}`);
     await rm(stage, { recursive: true, force: true });
     await privateDir(stage, a);
@@ -765,7 +821,7 @@ export class ServiceWorker {
       await git.addWorktree(this.checkout, stage, commit);
       const r = await this.assess(a, stage);
       this.assessed = r.why === null ? { commit, ...r } : null;
-      return r.why;
+      return r;
     } finally {
       await git.removeWorktree(this.checkout, stage).catch(() => {});
       await rm(stage, { recursive: true, force: true });
@@ -806,8 +862,11 @@ export class ServiceWorker {
         ...(this.d.projects ? { projects: this.d.projects } : {}),
         ...(existing ? { existing } : {}),
       });
-      if (v.length > 0) (await keyLines(dir, file, v)).forEach((line, i) => line !== undefined && (v[i]!.line = line));
-      return { why: v.length === 0 ? null : redact(formatViolations(file, v), this.secretValues), pulls: pullsImages(model) };
+      if (v.length === 0) return { why: null, pulls: pullsImages(model) };
+      const findings = locateFindings(dir, file, v).map((f) => ({
+        ...f, reason: redact(f.reason, this.secretValues), ...(f.value !== undefined ? { value: redact(f.value, this.secretValues) } : {}),
+      }));
+      return { why: redact(formatViolations(file, v), this.secretValues), pulls: pullsImages(model), findings };
     } catch (e) {
       return { why: redact(errorMessage(e), this.secretValues), pulls: true };
     }
@@ -818,6 +877,7 @@ export class ServiceWorker {
     this.refusal = `Refused commit ${commit.slice(0, 12)}: ${why}`;
     this.st.lastError = this.refusal;
     this.st.lastResult = "refused";
+    this.st.refused = { commit, reason: why };
     this.log.error("compose file refused, keeping what runs", { commit: commit.slice(0, 12), trigger, reason: why });
     this.d.onDeploy?.(this.svc.name, "refused");
     await this.record({ commit, time: this.d.clock.now(), trigger, result: "refused by policy", durationMs: 0, detail: why });

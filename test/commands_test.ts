@@ -8,17 +8,20 @@ import { memoryLogger } from "../src/log.ts";
 import { EXIT_TEMPFAIL, LongRunning } from "../src/long_running.ts";
 import type { Hold, ServiceStatus } from "../src/reconcile.ts";
 import type { ClientKey, SessionIO } from "../src/ssh_server.ts";
+import type { Verdict } from "../src/verdict.ts";
 
 const KEY_A: ClientKey = { algo: "ssh-ed25519", blob: Buffer.from("key-a"), fingerprint: "SHA256:a" };
 const KEY_B: ClientKey = { algo: "ssh-ed25519", blob: Buffer.from("key-b"), fingerprint: "SHA256:b" };
 
-function fakeService(opts: { cloned?: boolean; exitCode?: number } = {}) {
+const OK: Verdict = { commit: "c".repeat(40), branch: "main", running: "c".repeat(40), refusal: null, findings: [] };
+
+function fakeService(opts: { cloned?: boolean; exitCode?: number; verdict?: Verdict; refused?: ServiceStatus["refused"] } = {}) {
   const calls: string[] = [];
   let hold: Hold | null = null;
   let locked = 0;
   const status = (): ServiceStatus => ({
     name: "web", commit: opts.cloned === false ? null : "abc", deployedAt: null, lastResult: null, lastError: null,
-    stopFile: false, nextPollAt: null, lastPollAt: null, hold, pinned: null, good: null, bad: null,
+    stopFile: false, nextPollAt: null, lastPollAt: null, hold, pinned: null, good: null, bad: null, refused: opts.refused ?? null,
   });
   const result = (stdout: string): RunResult => ({ exitCode: opts.exitCode ?? 0, signal: null, stdout, stderr: "", durationMs: 1, timedOut: false });
   const compose: Compose = {
@@ -63,7 +66,7 @@ function fakeService(opts: { cloned?: boolean; exitCode?: number } = {}) {
       hold = h;
     },
     async check() {
-      return null;
+      return opts.verdict ?? OK;
     },
     async rollbackTo(rev) {
       calls.push(`${locked ? "locked " : ""}rollback ${rev ?? "previous"}`);
@@ -204,8 +207,65 @@ test("dispatch() shows status with hold and stop file", async () => {
 
 test("dispatch() accepts load as the original's name for check", async () => {
   const { call } = harness();
-  expect(await call("web//load")).toMatchObject({ status: 0, stdout: "ok: the compose file may be deployed\n" });
-  expect((await call("web//check")).status).toBe(0);
+  const ok = `ok: commit ${"c".repeat(12)}, the newest of branch "main", may be deployed (it runs now)\n`;
+  expect(await call("web//load")).toEqual({ status: 0, stdout: ok, stderr: "" });
+  expect(await call("web//check")).toEqual({ status: 0, stdout: ok, stderr: "" });
+});
+
+test("check exits 1 naming the refused commit, the file, line, service, key path, rule and reason", async () => {
+  const verdict: Verdict = {
+    commit: "b".repeat(40), branch: "main", running: "a".repeat(40), refusal: 'compose file "compose.yaml" service "web": "privileged" is refused: why',
+    findings: [
+      { file: "compose.yaml", line: 7, service: "web", key: "services.web.privileged", rule: "privileged", reason: "it is root on the host" },
+      { file: "compose.yaml", service: "db", key: "services.db.volumes", rule: "bind_outside", reason: "host files", value: "/etc" },
+    ],
+  };
+  const { call } = harness(fakeService({ verdict }));
+  expect(await call("web//check")).toEqual({
+    status: 1,
+    stdout: [
+      `refused: commit ${"b".repeat(12)}, the newest of branch "main" (${"a".repeat(12)} runs now and keeps running)`,
+      'compose.yaml:7: service "web": services.web.privileged (rule privileged): it is root on the host',
+      'compose.yaml: service "db": services.db.volumes (rule bind_outside): host files: "/etc"',
+      "",
+    ].join("\n"),
+    stderr: "",
+  });
+});
+
+test("check without policy findings prints the refusal, and says when the remote could not be asked", async () => {
+  const verdict: Verdict = {
+    commit: "b".repeat(40), branch: "main", running: "b".repeat(40), refusal: 'docker compose rejects "compose.yaml": it ran out of its memory limit',
+    findings: [], stale: "git fetch exited with status 128", pinned: "a".repeat(40),
+  };
+  const { call } = harness(fakeService({ verdict }));
+  expect(await call("web//check")).toEqual({
+    status: 1,
+    stdout: [
+      `refused: commit ${"b".repeat(12)}, the newest of branch "main" (it runs now)`,
+      'docker compose rejects "compose.yaml": it ran out of its memory limit',
+      `pinned at ${"a".repeat(12)}: nothing newer deploys until "unpin"`,
+      "",
+    ].join("\n"),
+    stderr: 'Cannot fetch branch "main": git fetch exited with status 128; judged the last fetched commit\n',
+  });
+});
+
+test("check before the first deploy says that nothing is deployed", async () => {
+  const verdict: Verdict = { ...OK, running: null, refusal: "why", findings: [] };
+  const { call } = harness(fakeService({ verdict }));
+  expect(await call("web//check")).toEqual({
+    status: 1, stdout: `refused: commit ${"c".repeat(12)}, the newest of branch "main" (nothing is deployed)\nwhy\n`, stderr: "",
+  });
+});
+
+test("status names the refused commit and the refusal, one reason a line", async () => {
+  const refused = { commit: "b".repeat(40), reason: "first reason\nsecond reason" };
+  const { call } = harness(fakeService({ refused }));
+  const r = await call("web//status");
+  expect(r.stdout).toContain(`\nrefused:     ${"b".repeat(40)} (not deployed; what runs keeps running)\nrefusal:     first reason\n             second reason\n`);
+  expect((await harness().call("web//status")).stdout).toContain("\nrefused:     none\n");
+  expect((await harness().call("web//status")).stdout).not.toContain("refusal:");
 });
 
 test("checkArgs() allows only documented options and service names", () => {

@@ -11,7 +11,7 @@ import { makeMemoryCgroup, removeMemoryCgroup } from "../src/cgroup.ts";
 import { composeModel } from "../src/compose_model.ts";
 import { makeEngineNames } from "../src/engine_names.ts";
 import { evaluatePolicy, formatViolations, resolveExisting, RULES } from "../src/policy.ts";
-import { keyLines, pullsImages, screenComposeTree, screenYaml } from "../src/yaml_screen.ts";
+import { pullsImages, screenComposeTree, screenYaml } from "../src/yaml_screen.ts";
 import type { Account } from "../src/users.ts";
 import { tempDir } from "./helpers.ts";
 
@@ -875,28 +875,6 @@ describe("makeEngineNames()", () => {
       await docker("volume", "rm", `${tag}_a`, `${tag}_b`, `${tag}_c`);
       await docker("network", "rm", `${tag}_n`);
     }
-  });
-});
-
-describe("keyLines()", () => {
-  test("finds the line of each refused key in the compose file, and none for keys from elsewhere", async () => {
-    const dir = tree({
-      "compose.yaml": "include: [inc.yaml]\nservices:\n  web:\n    image: x\n    privileged: true\n    volumes:\n      - ./a:/a\n      - type: bind\n        source: /etc\n        target: /e\n        bind: {propagation: rshared}\nvolumes:\n  data:\n    driver_opts: {type: proc}\n",
-      "inc.yaml": "services:\n  inc:\n    image: x\n    cap_add: [ALL]\n",
-    });
-    const lines = await keyLines(dir, "compose.yaml", [
-      { service: "web", key: "services.web.privileged" },
-      { service: "web", key: "services.web.volumes[1]" },
-      { service: "web", key: "services.web.volumes[1].bind.propagation" },
-      { service: "", key: "volumes.data.driver_opts" },
-      { service: "inc", key: "services.inc.cap_add" },
-      { service: "web", key: "services.web.pids_limit" },
-      { service: "web", key: "services.web" },
-    ]);
-    expect(lines).toEqual([5, 8, 11, 14, undefined, undefined, 3]);
-    const v = evaluatePolicy({ services: { web: { privileged: true } } }, context(dir));
-    v[0]!.line = 5;
-    expect(formatViolations("compose.yaml", v)).toStartWith('compose file "compose.yaml" line 5 service "web": "privileged" is refused (rule privileged): ');
   });
 });
 

@@ -12,8 +12,6 @@ export interface Violation {
   reason: string;
   /** The offending value, when it helps (a path, a network name). */
   value?: string;
-  /** Line in the compose file, when the key is written there (see keyLines). */
-  line?: number;
 }
 
 /** Who owns an existing volume or network: its name and its `com.docker.compose.project` label ("" when none). */
