@@ -45,6 +45,10 @@ export interface ServiceConfig {
   envKeys: string[];
   urls: Url[];
   networks?: string[];
+  /** "rw" lets binds of the checkout be writable (the compose policy's default is read-only). */
+  checkoutBinds?: "ro" | "rw";
+  /** Logging drivers the compose policy allows beyond json-file, local and none. */
+  loggingDrivers?: string[];
   import?: string;
   reload?: Reload;
   mount?: Mount;
@@ -74,7 +78,7 @@ export interface Config {
 export const SERVICE_KEYS: readonly string[] = [
   "name", "user", "repository", "branch", "compose", "registries",
   "env", "urls", "networks", "import", "reload", "mount", "health_timeout", "webhook_secret",
-  "verify", "trust_root", "age_identities", "engine",
+  "verify", "trust_root", "checkout_binds", "logging_drivers", "age_identities", "engine",
 ];
 
 /** Default of `health_timeout`: how long a deploy may take to become running and healthy. */
@@ -86,6 +90,7 @@ const HOST = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
 const IPV6 = /^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(%[A-Za-z0-9_.-]+)?$/;
 const CONTAINER = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 const CONTROL = /[\x00-\x1f\x7f]/;
+const LOG_DRIVER = /^[a-z0-9][a-z0-9_.\/:-]*$/;
 
 /** Reads and validates the config file; throws `ConfigError` (line 0 when it cannot be read). */
 export async function loadConfig(file: string): Promise<Config> {
@@ -331,6 +336,17 @@ function checkService(
     }
   });
   if (networks !== undefined) svc.networks = networks;
+
+  const binds = str("checkout_binds");
+  if (binds !== undefined) {
+    if (binds !== "ro" && binds !== "rw") invalid("checkout_binds", binds, `expected "ro" or "rw"`);
+    else svc.checkoutBinds = binds;
+  }
+  const drivers = strs("logging_drivers");
+  drivers?.forEach((d, i) => {
+    if (!LOG_DRIVER.test(d)) report("logging_drivers", `Invalid entry ${i + 1} for "logging_drivers": expected a Docker logging driver name such as "journald"`);
+  });
+  if (drivers !== undefined) svc.loggingDrivers = drivers;
   return svc;
 }
 

@@ -12,6 +12,7 @@ import { warnIfConfigExposed } from "./config_secrets.ts";
 import type { Config } from "./config.ts";
 import { caddyImport } from "./caddy.ts";
 import { makeDockerContainers } from "./containers.ts";
+import { makeEngineNames } from "./engine_names.ts";
 import { mountRecord, unmountStale } from "./mount.ts";
 import { EVAL_LIMITS, EVAL_PREFIX, makeCgroups, removeCgroups, removeStaleCgroups } from "./cgroup.ts";
 import type { Containers } from "./containers.ts";
@@ -99,6 +100,9 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
   const users = makeUsers({ runner, homeRoot: join(dir, ".home") });
   const slots = new Semaphore(deps.maxParallel ?? 4);
   const workers = new Map<string, ServiceWorker>();
+  const projects = config.services.map((s) => s.name);
+  // A fake engine in tests has no socket to ask.
+  const engineNames = deps.containers ? undefined : makeEngineNames();
   for (const svc of config.services) {
     workers.set(svc.name, new ServiceWorker(svc, {
       runner, users, containers, logger: log, clock, random: deps.random ?? Math.random, slots,
@@ -106,6 +110,8 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
       ...(cgroups.has(svc.name) ? { composeCgroup: cgroups.get(svc.name)! } : {}),
       onDeploy: metrics.deployed,
       onVerify: metrics.verified,
+      projects,
+      ...(engineNames ? { engineNames } : {}),
       onReplicas: metrics.replicasOf,
     }));
   }

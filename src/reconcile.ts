@@ -28,6 +28,7 @@ import type { Settled } from "./settle.ts";
 import { readState, writeState } from "./state.ts";
 import type { ServiceState } from "./state.ts";
 import { composeModel } from "./compose_model.ts";
+import type { EngineNames } from "./policy.ts";
 import { evaluatePolicy, formatViolations } from "./policy.ts";
 import { pullsImages, screenComposeTree, screenYaml } from "./yaml_screen.ts";
 import { readServiceKeys } from "./keys.ts";
@@ -118,6 +119,10 @@ export interface ReconcileDeps {
   onDeploy?: (service: string, result: DeployResult) => void;
   /** With `verify = "commits"`: whether the newest commit judged verified. */
   onVerify?: (service: string, ok: boolean) => void;
+  /** Every configured service name: the compose policy keeps each project's names out of the others'. */
+  projects?: readonly string[];
+  /** The engine's volumes and networks with their projects, for the compose policy. */
+  engineNames?: () => Promise<EngineNames>;
   /** The engine's swarm state, for services with `engine = "swarm"` (default: its socket). */
   swarm?: SwarmApi;
   /** Desired and running replicas of a swarm service's stack, whenever pgod looks. */
@@ -913,6 +918,9 @@ export class ServiceWorker {
     if (file === null) {
       return { why: `Cannot find a compose file: looked for ${this.svc.compose !== undefined ? `"${this.svc.compose}"` : COMPOSE_FILES.map((f) => `"${f}"`).join(", ")}`, pulls: true };
     }
+    // Asked outside the verdict: an engine that does not answer fails this cycle, which is
+    // retried, instead of refusing the commit for good.
+    const existing = this.svc.user !== "root" && this.d.engineNames ? await this.d.engineNames() : undefined;
     try {
       if (this.svc.user === "root") return { why: null, pulls: (await screenComposeTree(dir, file)).pulls };
       const model = await composeModel(this.d.runner, {
@@ -921,6 +929,10 @@ export class ServiceWorker {
       const v = evaluatePolicy(model, {
         project: this.svc.name, repoDir: dir, dataDir: join(this.d.datadir, this.svc.name),
         ...(this.svc.networks ? { networks: this.svc.networks } : {}),
+        ...(this.svc.checkoutBinds ? { checkoutBinds: this.svc.checkoutBinds } : {}),
+        ...(this.svc.loggingDrivers ? { loggingDrivers: this.svc.loggingDrivers } : {}),
+        ...(this.d.projects ? { projects: this.d.projects } : {}),
+        ...(existing ? { existing } : {}),
       });
       if (v.length === 0) return { why: null, pulls: pullsImages(model) };
       const findings = locateFindings(dir, file, v).map((f) => ({

@@ -187,7 +187,8 @@ export async function screenComposeTree(rootDir: string, composeFile: string, li
   const rootReal = await realpath(root);
   const main = resolvePath(root, composeFile);
   const name = (p: string): string => relative(root, p) || ".";
-  const queue: { path: string; wd: string; from: string | null }[] = [{ path: main, wd: dirname(main), from: null }];
+  const queue: { path: string; wd: string; from: string | null; kind?: Reference["kind"] }[] = [{ path: main, wd: dirname(main), from: null }];
+  const envFiles = new Map<string, string>();
   const seen = new Set<string>();
   const queued = new Set<string>();
   const parsed = new Map<string, unknown[]>();
@@ -219,6 +220,20 @@ export async function screenComposeTree(rootDir: string, composeFile: string, li
       docs = screenAndParse(await readCapped(real, lim.maxBytes, refuse), file, lim);
       parsed.set(real, docs);
     }
+    // docker compose reads a project's .env (the main one and each include's) and every
+    // env_file while it loads the model: those files are screened as well.
+    if (item.from === null || item.kind === "include") {
+      for (const dir of new Set([item.wd, ...(item.from === null ? [root] : [])])) envFiles.set(resolvePath(dir, ".env"), name(resolvePath(dir, ".env")));
+    }
+    for (const env of envReferences(docs)) {
+      if (typeof env.path !== "string") return refuse(`${env.kind} is not a path`);
+      if (env.path.includes("$")) refuse(`${env.kind} "${env.path}" is built from a variable; write the path literally`);
+      for (const base of new Set([item.wd, dirname(item.path)])) {
+        const target = resolvePath(base, env.path);
+        if (!within(target, root)) refuse(`${env.kind} "${env.path}" is outside the repository`);
+        envFiles.set(target, name(target));
+      }
+    }
     for (const ref of references(docs)) {
       if (typeof ref.path !== "string") continue; // docker compose rejects it
       if (ref.path.includes("$")) refuse(`${ref.kind} "${ref.path}" is built from a variable; write the path literally`);
@@ -234,6 +249,10 @@ export async function screenComposeTree(rootDir: string, composeFile: string, li
         if (ref.kind === "include" && typeof ref.projectDir === "string") {
           if (ref.projectDir.includes("$")) refuse(`include project_directory "${ref.projectDir}" is built from a variable`);
           wd = resolvePath(base, ref.projectDir);
+          // The included project's relative paths (binds, env files, its .env) start there.
+          if (!within(wd, root)) refuse(`include project_directory "${ref.projectDir}" is outside the repository`);
+          const wdReal = await realpath(wd).catch(() => wd);
+          if (!within(wdReal, rootReal)) refuse(`include project_directory "${ref.projectDir}" leads out of the repository through a symlink`);
         } else if (ref.kind === "include" && ref.first !== undefined) {
           wd = dirname(resolvePath(base, ref.first));
         }
@@ -242,10 +261,11 @@ export async function screenComposeTree(rootDir: string, composeFile: string, li
         queued.add(qkey);
         // Bounds the work a file can cause by naming the same files under many directories.
         if (queued.size > 4 * lim.maxFiles) refuse(`it pulls in more than ${lim.maxFiles} files`);
-        queue.push({ path: target, wd, from: file });
+        queue.push({ path: target, wd, from: file, kind: ref.kind });
       }
     }
   }
+  for (const [path, label] of envFiles) await screenEnvFile(root, rootReal, path, label, lim.maxBytes);
   // Only a lone file is judged from its text: a service pulled in from elsewhere may pull.
   const only = parsed.size === 1 ? [...parsed.values()][0]! : null;
   return { pulls: only === null || only.length !== 1 || pullsImages(only[0], { literal: true }) };
@@ -312,6 +332,52 @@ function references(docs: unknown[]): Reference[] {
   return out;
 }
 
+/** A path docker compose reads environment variables from. */
+interface EnvReference {
+  kind: "env_file" | "include env_file";
+  path: unknown;
+}
+
+/** The env files a parsed compose file names: `services.*.env_file` and `include[].env_file`. */
+function envReferences(docs: unknown[]): EnvReference[] {
+  const out: EnvReference[] = [];
+  const add = (kind: EnvReference["kind"], v: unknown): void => {
+    for (const e of Array.isArray(v) ? v : v === undefined || v === null ? [] : [v]) {
+      out.push({ kind, path: isRecord(e) ? e["path"] : e });
+    }
+  };
+  for (const doc of docs) {
+    if (!isRecord(doc)) continue;
+    const inc = doc["include"];
+    for (const entry of Array.isArray(inc) ? inc : []) if (isRecord(entry)) add("include env_file", entry["env_file"]);
+    const services = doc["services"];
+    if (!isRecord(services)) continue;
+    for (const svc of Object.values(services)) if (isRecord(svc)) add("env_file", svc["env_file"]);
+  }
+  return out;
+}
+
+/**
+ * Refuses an env file docker compose would read from outside the repository (by a symlink), or
+ * that is not a small regular file (`/dev/zero`, a FIFO): compose reads it whole into memory.
+ * A missing file is left to docker compose.
+ */
+async function screenEnvFile(root: string, rootReal: string, path: string, label: string, max: number): Promise<void> {
+  const refuse = (why: string): never => {
+    throw new PolicyError(`Cannot use env file "${label}": ${why}`);
+  };
+  if (!within(path, root)) refuse("it is outside the repository");
+  let real: string;
+  try {
+    real = await realpath(path);
+  } catch (e) {
+    if (errno(e) === "ENOENT") return;
+    return refuse(`it cannot be resolved: ${errno(e) ?? String(e)}`);
+  }
+  if (!within(real, rootReal)) refuse("it leads out of the repository through a symlink");
+  await readCapped(real, max, refuse);
+}
+
 /** Reads at most `max` bytes of a regular file, never following a final symlink or blocking on a FIFO. */
 async function readCapped(path: string, max: number, refuse: (why: string) => never): Promise<string> {
   const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
@@ -344,3 +410,4 @@ export function errno(e: unknown): string | undefined {
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
+

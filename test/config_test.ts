@@ -50,6 +50,8 @@ health_timeout = "1m30s"
 webhook_secret = "0123456789abcdef-secret"
 verify = "commits"
 trust_root = "0123456789abcdef0123456789abcdef01234567"
+checkout_binds = "rw"
+logging_drivers = [ "journald", "syslog" ]
 age_identities = [ "/etc/pgo/age/pgo.txt" ]
 engine = "swarm"
 `;
@@ -80,6 +82,15 @@ describe("parseConfig()", () => {
     expect(problems(text).map((p) => p.message)).toEqual([
       'Invalid value "forever" for "health_timeout": expected a Go duration from 1s to 1h, such as "90s"',
       'Invalid value for "webhook_secret": expected at least 16 characters without control characters',
+    ]);
+  });
+
+  test("rejects a checkout_binds other than ro or rw and a logging driver that is not a name, with their lines", () => {
+    const text = service() + 'checkout_binds = "yes"\nlogging_drivers = [ "syslog", "a b", 1 ]\n';
+    expect(problems(text).map((p) => `${p.line} ${p.key} ${p.message}`)).toEqual([
+      `5 services[1].checkout_binds Invalid value "yes" for "checkout_binds": expected "ro" or "rw"`,
+      `6 services[1].logging_drivers Invalid type for entry 3 of "logging_drivers": expected a string, got a number`,
+      `6 services[1].logging_drivers Invalid entry 2 for "logging_drivers": expected a Docker logging driver name such as "journald"`,
     ]);
   });
 
@@ -127,6 +138,8 @@ describe("parseConfig()", () => {
       webhookSecret: "0123456789abcdef-secret",
       verify: "commits",
       trustRoot: "0123456789abcdef0123456789abcdef01234567",
+      checkoutBinds: "rw",
+      loggingDrivers: ["journald", "syslog"],
       line: 9,
     });
   });

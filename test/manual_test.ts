@@ -34,6 +34,11 @@ test("every compose policy rule's key is in pgod(8)", () => {
   expect(missing(RULES.flatMap((r) => r.key.split("|").map((k) => k.replace(/\..*$/, ""))), (k) => pgod.includes(k))).toEqual([]);
 });
 
+test("every compose policy rule is in pgod(8) by name, with its reason", () => {
+  const flat = pgod.replace(/\n/g, " ");
+  expect(missing(RULES.map((r) => `${r.reason} (rule \\fB${r.rule}\\fR)`), (n) => flat.includes(n))).toEqual([]);
+});
+
 test("the SSH algorithms offered are the ones pgod(8) lists", () => {
   expect(missing([...KEX_ALGORITHMS, ...CIPHER_ALGORITHMS, ...MAC_ALGORITHMS, ...HOST_KEY_ALGORITHMS], (a) => pgod.includes(a))).toEqual([]);
 });

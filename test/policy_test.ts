@@ -9,6 +9,7 @@ import { memoryLogger } from "../src/log.ts";
 import type { PolicyContext, Violation } from "../src/policy.ts";
 import { makeMemoryCgroup, removeMemoryCgroup } from "../src/cgroup.ts";
 import { composeModel } from "../src/compose_model.ts";
+import { makeEngineNames } from "../src/engine_names.ts";
 import { evaluatePolicy, formatViolations, resolveExisting, RULES } from "../src/policy.ts";
 import { pullsImages, screenComposeTree, screenYaml } from "../src/yaml_screen.ts";
 import type { Account } from "../src/users.ts";
@@ -63,24 +64,119 @@ interface Case {
   files: Tree;
   env?: Record<string, string>;
   networks?: string[];
+  /** More context: other configured projects, checkout_binds, logging_drivers, existing names. */
+  ctx?: Partial<PolicyContext>;
   expect: string[];
 }
 
 const DATA_DIR = join(scratch, "data", "pol");
 mkdirSync(DATA_DIR, { recursive: true });
 
-const CASES: Case[] = [
+/** Real-world compose files that must keep passing (each is also deployed in test/e2e/hostile_policy_e2e_test.ts's good case). */
+const ALLOWED: Case[] = [
   {
-    name: "allows expose, a named volume, no-new-privileges and binds of ./data and of the data directory",
+    name: "a web app with a database: healthchecks, depends_on conditions, expose, named volumes, secrets and configs from the repository, tmpfs, read-only checkout binds, a writable data directory bind",
     files: {
       "compose.yaml": file(
-        svc("web", `    expose: ["8080"]\n    security_opt: ["no-new-privileges:true"]\n    volumes:\n      - ./data:/data\n      - cache:/cache\n      - \${DATA}/x:/x\n`),
-        "volumes:\n  cache: {}\n",
+        svc("web", [
+          "    command: [\"/bin/httpd\", \"-f\", \"-p\", \"8080\"]",
+          "    expose: [\"8080\"]",
+          "    environment: {MODE: production}",
+          "    env_file: [app.env]",
+          "    user: \"1000:1000\"",
+          "    read_only: true",
+          "    init: true",
+          "    restart: unless-stopped",
+          "    stop_grace_period: 5s",
+          "    tmpfs: [/run]",
+          "    cap_drop: [ALL]",
+          "    security_opt: [\"no-new-privileges:true\"]",
+          "    healthcheck: {test: [\"CMD\", \"true\"], interval: 5s, timeout: 2s, retries: 3, start_period: 1s}",
+          "    depends_on:\n      db: {condition: service_healthy}",
+          "    volumes:",
+          "      - ./static:/srv/static:ro",
+          "      - type: bind\n        source: ./conf\n        target: /etc/app\n        read_only: true",
+          "      - ${DATA}/uploads:/uploads",
+          "      - cache:/cache",
+          "      - scratch:/scratch",
+          "      - type: tmpfs\n        target: /tmp\n        tmpfs: {size: 1000000}",
+          "    secrets: [db_password]",
+          "    configs: [{source: app, target: /etc/app.conf}]",
+          "    logging: {driver: json-file, options: {max-size: 10m, max-file: \"3\"}}",
+          "    mem_limit: 256m",
+          "    ulimits: {nofile: {soft: 1024, hard: 4096}}",
+          "    sysctls: {net.core.somaxconn: 1024}",
+          "    oom_score_adj: 100",
+          "    deploy: {resources: {limits: {memory: 256m, pids: 100}, reservations: {memory: 16m}}}",
+          "    labels: {app: web}",
+          "    hostname: web",
+          "    x-note: extension keys are ignored",
+          "",
+        ].join("\n")) +
+          svc("db", "    healthcheck: {test: \"true\"}\n    volumes: [\"dbdata:/var/lib/db\"]\n    profiles: [db]\n    scale: 1\n"),
+        "volumes:\n  cache: {}\n  dbdata:\n    driver: local\n  scratch:\n    driver_opts: {type: tmpfs, device: tmpfs, o: \"size=64m,uid=1000,mode=0700\"}\n" +
+          "secrets:\n  db_password: {file: ./secrets/db.txt}\nconfigs:\n  app: {file: ./conf/app.conf}\nx-defaults: {a: 1}\n",
       ),
+      "app.env": "A=1\n",
+      ".env": "B=2\n",
+      "secrets/db.txt": "s3cret\n",
+      "conf/app.conf": "x\n",
+      "static/index.html": "hi\n",
     },
     env: { DATA: DATA_DIR },
     expect: [],
   },
+  {
+    name: "a site on an allow-listed external network, with an alias in its own namespace",
+    files: {
+      "compose.yaml": file(
+        svc("web", "    networks:\n      proxy:\n        aliases: [pol-site]\n      default: {}\n"),
+        "networks:\n  proxy:\n    external: true\n    name: reverse_proxy\n",
+      ),
+    },
+    networks: ["reverse_proxy"],
+    expect: [],
+  },
+  {
+    name: "an image built from the checkout, with a Dockerfile in a subdirectory, a build secret from the repository and no network",
+    files: {
+      "compose.yaml": file(
+        "  app:\n    build:\n      context: .\n      dockerfile: docker/Dockerfile\n      args: {V: \"1\"}\n      network: none\n      secrets: [token]\n      cache_from: [pol-app:cache]\n" +
+          "    image: pol-app:1\n    pull_policy: build\n",
+        "secrets:\n  token: {file: ./secrets/token}\n",
+      ),
+      "docker/Dockerfile": "FROM scratch\n",
+      "secrets/token": "t\n",
+    },
+    expect: [],
+  },
+  {
+    name: "services that share namespaces and volumes only with each other",
+    files: {
+      "compose.yaml": file(
+        svc("db", "    container_name: pol-db\n    ipc: shareable\n".replace("    ipc: shareable\n", "")) +
+          svc("a", "    network_mode: \"container:pol-db\"\n    pid: \"service:db\"\n    ipc: \"service:db\"\n") +
+          svc("b", "    volumes_from: [\"db:ro\"]\n    links: [\"db:database\"]\n    network_mode: \"service:db\"\n") +
+          svc("c", "    network_mode: \"container:pol-db-1\"\n    cgroup: private\n"),
+      ),
+    },
+    expect: [],
+  },
+  {
+    name: "a writable checkout bind and a syslog driver when the admin allows them",
+    files: { "compose.yaml": file(svc("web", "    volumes: [\"./:/repo\"]\n    logging: {driver: syslog, options: {syslog-address: \"udp://127.0.0.1:514\"}}\n")) },
+    ctx: { checkoutBinds: "rw", loggingDrivers: ["syslog"] },
+    expect: [],
+  },
+  {
+    name: "a project whose names start like another's, when the longer project is the one naming them",
+    files: { "compose.yaml": file(svc("web"), "volumes:\n  data: {}\n") },
+    ctx: { project: "pol_vic", projects: ["pol", "pol_vic", "pol-vic"] },
+    expect: [],
+  },
+];
+
+const REFUSED: Case[] = [
   {
     name: "refuses privileged inside an include:d file",
     files: {
@@ -125,7 +221,7 @@ const CASES: Case[] = [
   },
   {
     name: "refuses a bind of a committed symlink to /",
-    files: { "compose.yaml": file(svc("web", "    volumes: [\"./root:/r\"]\n")), root: { link: "/" } },
+    files: { "compose.yaml": file(svc("web", "    volumes: [\"./root:/r:ro\"]\n")), root: { link: "/" } },
     expect: ["web:bind_outside"],
   },
   {
@@ -137,6 +233,13 @@ const CASES: Case[] = [
     name: "refuses a bind of a committed symlink to the Docker socket",
     files: { "compose.yaml": file(svc("web", "    volumes: [\"./sock:/s\"]\n")), sock: { link: "/run/docker.sock" } },
     expect: ["web:docker_socket"],
+  },
+  {
+    name: "refuses a writable bind of the checkout or of a directory in it, and mount propagation",
+    files: {
+      "compose.yaml": file(svc("web", "    volumes:\n      - .:/repo\n      - ./.git:/g\n      - type: bind\n        source: ./data\n        target: /d\n        read_only: true\n        bind: {propagation: rshared}\n")),
+    },
+    expect: ["web:bind_options", "web:checkout_bind_rw", "web:checkout_bind_rw"],
   },
   {
     name: "refuses network_mode host",
@@ -154,9 +257,9 @@ const CASES: Case[] = [
     expect: ["web:cap_add"],
   },
   {
-    name: "refuses security_opt seccomp=unconfined",
-    files: { "compose.yaml": file(svc("web", "    security_opt: [\"seccomp=unconfined\", \"no-new-privileges:true\"]\n")) },
-    expect: ["web:security_opt"],
+    name: "refuses every security_opt but no-new-privileges",
+    files: { "compose.yaml": file(svc("web", "    security_opt: [\"seccomp=unconfined\", \"no-new-privileges:true\", \"apparmor:unconfined\", \"label=level:s0\"]\n")) },
+    expect: ["web:security_opt", "web:security_opt", "web:security_opt"],
   },
   {
     name: "allows an external network on the allow-list",
@@ -172,34 +275,88 @@ const CASES: Case[] = [
       "compose.yaml": file(svc("web", "    networks: [proxy]\n"), "networks:\n  proxy:\n    external: true\n    name: reverse_proxy\n"),
     },
     networks: ["other"],
-    expect: ["web:network_not_allowed"],
+    expect: [":network_not_allowed"],
   },
   {
-    name: "allows any external network when the allow-list is empty",
+    // Changed on purpose (DECISIONS #13): an empty allow-list used to allow every network.
+    name: "refuses an external network when the allow-list is empty or absent",
     files: { "compose.yaml": file(svc("web", "    networks: [shared]\n"), "networks:\n  shared:\n    external: true\n") },
     networks: [],
-    expect: [],
+    expect: [":network_not_allowed"],
   },
   {
-    name: "refuses a network that takes another project's name without external, under an allow-list",
+    name: "refuses a network that takes another project's name without external",
     files: { "compose.yaml": file(svc("web", "    networks: [default]\n"), "networks:\n  default:\n    name: other_default\n") },
     networks: ["reverse_proxy"],
-    expect: ["web:network_not_allowed"],
+    expect: [":network_not_allowed"],
   },
   {
-    name: "refuses volumes_from a container of another project but allows one of its own services",
-    files: { "compose.yaml": file(svc("web", "    volumes_from: [\"container:other\", \"db:ro\"]\n") + svc("db")) },
-    expect: ["web:volumes_from"],
+    name: "refuses macvlan networks, driver options and subnets of the project's own networks",
+    files: {
+      "compose.yaml": file(
+        svc("web", "    networks: [lan, br, sub]\n"),
+        "networks:\n  lan: {driver: macvlan, driver_opts: {parent: eth0}}\n  br:\n    driver_opts: {com.docker.network.bridge.name: docker0}\n  sub:\n    ipam: {config: [{subnet: 192.168.0.0/16}]}\n",
+      ),
+    },
+    expect: [":network_driver", ":network_options", ":network_options", ":network_options"],
   },
   {
-    name: "refuses network_mode joining another project's container but allows its own",
+    name: "refuses an alias on a shared network that could take another service's traffic, and a fixed address there",
+    files: {
+      "compose.yaml": file(
+        svc("web", "    networks:\n      proxy:\n        aliases: [victim-web-1, pol-ok, api]\n"),
+        "networks:\n  proxy:\n    external: true\n    name: reverse_proxy\n",
+      ),
+    },
+    networks: ["reverse_proxy"],
+    ctx: { projects: ["pol", "victim"] },
+    expect: ["web:alias_outside", "web:alias_outside"],
+  },
+  {
+    name: "refuses a service named like another project's container on a shared network",
+    files: {
+      "compose.yaml": file(svc("victim-web-1", "    networks: [proxy]\n"), "networks:\n  proxy:\n    external: true\n    name: reverse_proxy\n"),
+    },
+    networks: ["reverse_proxy"],
+    ctx: { projects: ["pol", "victim"] },
+    expect: ["victim-web-1:alias_outside"],
+  },
+  {
+    name: "refuses volumes_from a container, even its own, but allows one of its own services",
+    files: { "compose.yaml": file(svc("web", "    volumes_from: [\"container:other\", \"container:pol-db-1\", \"db:ro\"]\n") + svc("db")) },
+    expect: ["web:volumes_from", "web:volumes_from"],
+  },
+  {
+    name: "refuses joins of another project's container, by exact name and by prefix",
     files: {
       "compose.yaml": file(
         svc("db", "    container_name: pol-db\n") + svc("a", "    network_mode: \"container:pol-db\"\n") +
-          svc("b", "    network_mode: \"container:someone-else\"\n") + svc("c", "    network_mode: \"service:db\"\n"),
+          svc("b", "    network_mode: \"container:someone-else\"\n") + svc("c", "    network_mode: \"service:db\"\n") +
+          svc("d", "    network_mode: \"container:polx-db-1\"\n") + svc("e", "    pid: \"container:pol-db-1x\"\n") +
+          svc("f", "    ipc: \"container:pol-dbx\"\n"),
       ),
     },
-    expect: ["b:network_join"],
+    expect: ["b:network_join", "d:network_join", "e:pid_join", "f:ipc_shared"],
+  },
+  {
+    name: "refuses labels that claim another compose project for a container, a volume or a network",
+    files: {
+      "compose.yaml": file(
+        svc("web", "    labels: {com.docker.compose.project: victim, app: ok}\n    volumes: [\"data:/d\"]\n    networks: [net]\n"),
+        "volumes:\n  data:\n    labels: {com.docker.compose.project: victim}\nnetworks:\n  net:\n    labels: [\"com.docker.compose.network=x\"]\n",
+      ),
+    },
+    expect: [":compose_label", ":compose_label", "web:compose_label"],
+  },
+  {
+    name: "refuses a container_name outside the project, in a profile that never starts too",
+    files: { "compose.yaml": file(svc("web", "    container_name: victim-web-1\n") + svc("x", "    profiles: [never]\n    container_name: victim\n")) },
+    expect: ["web:container_name", "x:container_name"],
+  },
+  {
+    name: "refuses external_links and allows links to its own services",
+    files: { "compose.yaml": file(svc("web", "    links: [\"db\", \"db:o\"]\n    external_links: [\"victim-web-1\"]\n") + svc("db")) },
+    expect: ["web:links"],
   },
   {
     name: "refuses host namespaces, devices and shared ipc",
@@ -212,25 +369,140 @@ const CASES: Case[] = [
     expect: ["db:ipc_shared", "db:pid_join", "web:cgroup_host", "web:devices", "web:ipc_host", "web:pid_host", "web:userns_host", "web:uts_host"],
   },
   {
-    name: "refuses a volume whose driver options bind /etc",
+    name: "refuses volumes that mount kernel filesystems, host paths, overlays or network shares through driver options",
     files: {
-      "compose.yaml": file(svc("web", "    volumes: [\"etc:/e\"]\n"), "volumes:\n  etc:\n    driver_opts: {type: none, o: bind, device: /etc}\n"),
+      "compose.yaml": file(
+        svc("web", `    volumes: [${["proc", "sys", "dev", "ovl", "nfs", "cifs", "etc", "tmpbind"].map((v) => `"${v}:/${v}"`).join(", ")}]\n`),
+        "volumes:\n" +
+          "  proc: {driver_opts: {type: proc, device: proc}}\n" +
+          "  sys: {driver_opts: {type: sysfs, device: sysfs}}\n" +
+          "  dev: {driver_opts: {type: devtmpfs, device: devtmpfs}}\n" +
+          "  ovl: {driver_opts: {type: overlay, device: overlay, o: \"lowerdir=/etc,upperdir=/tmp/u,workdir=/tmp/w\"}}\n" +
+          "  nfs: {driver_opts: {type: nfs, device: \":/export\", o: \"addr=127.0.0.1\"}}\n" +
+          "  cifs: {driver_opts: {type: cifs, device: //127.0.0.1/share}}\n" +
+          "  etc: {driver_opts: {type: none, o: bind, device: /etc}}\n" +
+          "  tmpbind: {driver_opts: {type: tmpfs, device: tmpfs, o: \"size=1m,bind\"}}\n",
+      ),
     },
-    expect: ["web:volume_bind_outside"],
+    expect: Array(8).fill(":volume_driver_opts"),
+  },
+  {
+    name: "refuses an external volume, another project's volume by name, and a volume driver plugin",
+    files: {
+      "compose.yaml": file(
+        svc("web", "    volumes: [\"ext:/a\", \"named:/b\", \"plug:/c\"]\n"),
+        "volumes:\n  ext: {external: true, name: victim_data}\n  named: {name: victim_data}\n  plug: {driver: local-persist}\n",
+      ),
+    },
+    expect: [":volume_driver", ":volume_external", ":volume_name"],
+  },
+  {
+    name: "refuses a volume subpath and mount types other than bind, volume and tmpfs",
+    files: {
+      "compose.yaml": file(
+        svc("web", "    volumes:\n      - type: volume\n        source: data\n        target: /d\n        volume: {subpath: x}\n      - type: npipe\n        source: /x\n        target: /y\n"),
+        "volumes:\n  data: {}\n",
+      ),
+    },
+    expect: ["web:mount_type", "web:volume_subpath"],
+  },
+  {
+    name: "refuses a volume, network or container name that falls among a longer project's names",
+    files: {
+      "compose.yaml": file(
+        svc("web", "    volumes: [\"vic_data:/d\"]\n    networks: [vic_net]\n") + svc("vic-db") + svc("c", "    container_name: pol-vic-db-2\n"),
+        "volumes:\n  vic_data: {}\nnetworks:\n  vic_net: {}\n",
+      ),
+    },
+    ctx: { projects: ["pol", "pol_vic", "pol-vic"] },
+    expect: [":name_collision", ":name_collision", "c:name_collision", "vic-db:name_collision"],
+  },
+  {
+    name: "refuses a volume or network that exists and belongs to another project, and allows its own",
+    files: {
+      "compose.yaml": file(svc("web", "    volumes: [\"data:/d\", \"mine:/m\"]\n    networks: [default, net]\n"), "volumes:\n  data: {}\n  mine: {}\nnetworks:\n  net: {}\n"),
+    },
+    ctx: {
+      existing: {
+        volumes: new Map([["pol_data", "victim"], ["pol_mine", "pol"]]),
+        networks: new Map([["pol_net", ""], ["pol_default", "pol"]]),
+      },
+    },
+    expect: [":network_in_use", ":volume_in_use"],
   },
   {
     name: "refuses a secret read from a file outside the checkout",
     files: { "compose.yaml": file(svc("web", "    secrets: [s]\n"), "secrets:\n  s:\n    file: /etc/hostname\n") },
-    expect: ["web:file_outside"],
+    expect: [":file_outside"],
+  },
+  {
+    name: "refuses builds on the host network, with a context, Dockerfile or secret outside the checkout, or privileged",
+    files: {
+      "compose.yaml": file(
+        "  a:\n    build: {context: ., network: host}\n" +
+          "  b:\n    build: {context: ..}\n" +
+          "  c:\n    build: {context: ., dockerfile: ../Dockerfile}\n" +
+          "  d:\n    build: {context: ., dockerfile: /etc/passwd}\n" +
+          "  e:\n    build: {context: ., secrets: [hostkey]}\n" +
+          "  f:\n    build: {context: ., privileged: true, entitlements: [security.insecure], ssh: [default]}\n" +
+          "  g:\n    build: {context: ., tags: [\"victim-web:latest\"]}\n    image: victim-web\n",
+        "secrets:\n  hostkey: {file: /etc/ssh/ssh_host_ed25519_key}\n",
+      ),
+      Dockerfile: "FROM scratch\n",
+    },
+    expect: [
+      ":file_outside", "a:build_network", "b:build_context", "b:build_dockerfile", "c:build_dockerfile", "d:build_dockerfile",
+      "f:build_privileged", "f:build_privileged", "f:build_ssh", "g:build_image", "g:build_image",
+    ],
+  },
+  {
+    name: "refuses logging drivers that send to addresses (syslog, gelf, fluentd, splunk) unless the admin allows them",
+    files: {
+      "compose.yaml": file(
+        ["syslog", "gelf", "fluentd", "splunk"].map((d) => svc(d, `    logging: {driver: ${d}, options: {tag: x}}\n`)).join(""),
+      ),
+    },
+    ctx: { loggingDrivers: ["splunk"] },
+    expect: ["fluentd:logging_driver", "gelf:logging_driver", "syslog:logging_driver"],
+  },
+  {
+    name: "refuses a negative oom_score_adj, unlimited pids, cgroup_parent, runtime, isolation and GPU reservations",
+    files: {
+      "compose.yaml": file(
+        svc("web", "    oom_score_adj: -500\n    pids_limit: -1\n    cgroup_parent: /\n    runtime: runc\n    isolation: default\n") +
+          svc("gpu", "    deploy:\n      resources:\n        reservations:\n          devices: [{driver: nvidia, count: all, capabilities: [gpu]}]\n"),
+      ),
+    },
+    expect: ["gpu:devices", "web:cgroup_parent", "web:isolation", "web:oom_score_adj", "web:pids_limit", "web:runtime"],
+  },
+  {
+    name: "refuses kernel sysctls, unbounded or unknown ulimits and extra_hosts to host-gateway",
+    files: {
+      "compose.yaml": file(svc("web", "    sysctls: {kernel.shm_rmid_forced: 1, net.ipv4.ip_forward: 1}\n    ulimits: {nofile: -1, rtprio: 99, nproc: 100}\n    extra_hosts: [\"host.docker.internal:host-gateway\", \"db:10.0.0.2\"]\n")),
+    },
+    expect: ["web:extra_hosts", "web:sysctls", "web:ulimits", "web:ulimits"],
+  },
+  {
+    name: "refuses keys that are not on the allow-list, at every depth",
+    files: {
+      "compose.yaml": file(
+        svc("web", "    storage_opt: {size: 1G}\n    blkio_config: {weight: 10}\n    develop: {watch: [{action: sync, path: ., target: /x}]}\n    deploy: {placement: {constraints: [a], spread: x}}\n    annotations: {a: b}\n"),
+      ),
+    },
+    expect: ["web:annotations", "web:unknown_key", "web:unknown_key", "web:unknown_key", "web:unknown_key"],
   },
 ];
 
 describe("evaluatePolicy() on the real `docker compose config` model", () => {
-  for (const c of CASES) {
-    test.concurrent(c.name, async () => {
+  for (const c of [...ALLOWED, ...REFUSED]) {
+    test.concurrent(ALLOWED.includes(c) ? `allows ${c.name}` : c.name, async () => {
       const dir = tree(c.files);
-      const model = await composeModel(runner, target(dir, c.env));
-      expect(rules(evaluatePolicy(model, context(dir, c.networks)))).toEqual(c.expect);
+      const project = c.ctx?.project ?? "pol";
+      const model = await composeModel(runner, { ...target(dir, c.env), project });
+      const v = evaluatePolicy(model, { ...context(dir, c.networks), ...c.ctx });
+      expect({ rules: rules(v), text: v.length > 0 ? formatViolations("compose.yaml", v) : "" }).toEqual({
+        rules: c.expect, text: c.expect.length === 0 ? "" : expect.any(String),
+      });
     });
   }
 
@@ -364,6 +636,47 @@ describe("screenComposeTree()", () => {
     }
   });
 
+  test("refuses env files docker compose would read from outside the repository, before it runs", async () => {
+    const calls: string[][] = [];
+    const recording: Runner = async (argv) => {
+      calls.push([...argv]);
+      throw new Error("docker compose must not run");
+    };
+    const cases: [Tree, string][] = [
+      [{ "compose.yaml": file(svc("web", "    env_file: /dev/zero\n")) }, 'env_file "/dev/zero" is outside the repository'],
+      [{ "compose.yaml": file(svc("web", "    env_file: [ok.env, /etc/shadow]\n")), "ok.env": "A=1\n" }, 'env_file "/etc/shadow" is outside the repository'],
+      [{ "compose.yaml": file(svc("web", "    env_file:\n      - path: ../../etc/passwd\n        required: false\n")) }, 'env_file "../../etc/passwd" is outside the repository'],
+      [{ "compose.yaml": file(svc("web", "    env_file: sub/zero\n")), "sub/zero": { link: "/dev/zero" } }, 'Cannot use env file "sub/zero": it leads out of the repository through a symlink'],
+      [{ "compose.yaml": file(svc("web", "    env_file: envdir\n")), "envdir/x": "" }, 'Cannot use env file "envdir": it is not a regular file'],
+      [{ "compose.yaml": file(svc("web", "    env_file: ${HOME}/.env\n")) }, 'env_file "${HOME}/.env" is built from a variable'],
+      [{ "compose.yaml": file(svc("web")), ".env": { link: "/etc/shadow" } }, 'Cannot use env file ".env": it leads out of the repository through a symlink'],
+      [{ "compose.yaml": file(svc("web")), ".env": `A="${"x".repeat(2 * 1024 * 1024)}"\n` }, 'Cannot use env file ".env": it is larger than 1048576 bytes'],
+      [{ "compose.yaml": "include:\n  - path: inc.yaml\n    env_file: /etc/shadow\n", "inc.yaml": "services: {}\n" }, 'include env_file "/etc/shadow" is outside the repository'],
+      [{ "compose.yaml": "include:\n  - path: inc.yaml\n    project_directory: ../..\n", "inc.yaml": "services: {}\n" }, 'include project_directory "../.." is outside the repository'],
+      [{ "compose.yaml": "include:\n  - path: inc.yaml\n    project_directory: p\n", "inc.yaml": "services: {}\n", "p/.env": { link: "/dev/zero" } }, 'Cannot use env file "p/.env": it leads out of the repository through a symlink'],
+      [{ "compose.yaml": "include:\n  - path: inc.yaml\n    project_directory: p\n", "inc.yaml": "services: {}\n", p: { link: "/etc" } }, 'include project_directory "p" leads out of the repository through a symlink'],
+      [{ "compose.yaml": file(svc("web", "    extends: {file: sub/base.yaml, service: b}\n")), "sub/base.yaml": file("  b:\n    env_file: ../../x.env\n") }, 'env_file "../../x.env" is outside the repository'],
+    ];
+    for (const [files, message] of cases) {
+      const e = await composeModel(recording, target(tree(files))).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(PolicyError);
+      expect({ files: Object.keys(files), message: (e as Error).message }).toEqual({ files: Object.keys(files), message: expect.stringContaining(message) });
+    }
+    expect(calls).toEqual([]);
+  });
+
+  test("accepts env files and a .env inside the repository, through symlinks that stay inside", async () => {
+    const dir = tree({
+      "compose.yaml": file(svc("web", "    env_file: [app.env, {path: missing.env, required: false}, linked.env]\n")),
+      "app.env": "A=1\n",
+      "linked.env": { link: "app.env" },
+      ".env": "B=2\n",
+    });
+    await screenComposeTree(dir, "compose.yaml");
+    const model = await composeModel(runner, target(dir));
+    expect(evaluatePolicy(model, context(dir))).toEqual([]);
+  });
+
   test("follows includes relative to an include's project_directory", async () => {
     const dir = tree({
       "compose.yaml": "include:\n  - path: p1/a.yaml\n    project_directory: p2\n",
@@ -453,9 +766,9 @@ describe("evaluatePolicy() on hand-written models", () => {
   };
 
   test("resolves binds through the injected resolver", () => {
-    const model = { services: { w: { volumes: [{ type: "bind", source: "/srv/repo/link/x" }, { type: "bind", source: "/srv/repo/ok" }, { type: "bind", source: "/data/p/db" }] } } };
+    const model = { services: { w: { volumes: [{ type: "bind", source: "/srv/repo/link/x" }, { type: "bind", source: "/srv/repo/ok", read_only: true }, { type: "bind", source: "/data/p/db" }] } } };
     expect(evaluatePolicy(model, ctx)).toEqual([{
-      service: "w", key: "services.w.volumes", rule: "bind_outside", reason: RULES.find((r) => r.rule === "bind_outside")!.reason, value: "/srv/repo/link/x",
+      service: "w", key: "services.w.volumes[0]", rule: "bind_outside", reason: RULES.find((r) => r.rule === "bind_outside")!.reason, value: "/srv/repo/link/x",
     }]);
   });
 
@@ -465,17 +778,78 @@ describe("evaluatePolicy() on hand-written models", () => {
     expect(() => evaluatePolicy([], ctx)).toThrow("Cannot check the compose model: it is not a mapping");
   });
 
-  test("refuses a network_mode naming a network outside the allow-list", () => {
-    const model = { services: { a: { network_mode: "other_default" }, b: { network_mode: "reverse_proxy" }, c: { network_mode: "none" } } };
-    expect(rules(evaluatePolicy(model, { ...ctx, networks: ["reverse_proxy"] }))).toEqual(["a:network_not_allowed"]);
+  test("refuses a network_mode naming a network outside the allow-list, and any such network without one", () => {
+    const model = { services: { a: { network_mode: "other_default" }, b: { network_mode: "reverse_proxy" }, c: { network_mode: "none" }, d: { network_mode: "bridge" } } };
+    expect(rules(evaluatePolicy(model, { ...ctx, networks: ["reverse_proxy"] }))).toEqual(["a:network_not_allowed", "d:network_not_allowed"]);
+    expect(rules(evaluatePolicy(model, ctx))).toEqual(["a:network_not_allowed", "b:network_not_allowed", "d:network_not_allowed"]);
+  });
+
+  test("refuses every key the allow-list does not hold, with its full path, and ignores x- keys", () => {
+    const model = {
+      name: "p",
+      "x-top": { anything: 1 },
+      future_key: 1,
+      services: {
+        "w.1": {
+          image: "i",
+          new_service_key: true,
+          "x-note": { privileged: true },
+          build: { context: "/srv/repo", network: "none", future_build_key: 1 },
+          healthcheck: { test: ["CMD", "true"], future_health: 1 },
+          volumes: [{ type: "bind", source: "/srv/repo/a", target: "/a", read_only: true, bind: { create_host_path: true, future_bind: 1 } }],
+          networks: { default: { aliases: ["w"], driver_opts: { x: 1 } } },
+          deploy: { resources: { limits: { memory: "1m", future_limit: 1 } }, placement: { constraints: ["a"], future_placement: 1 } },
+          depends_on: { db: { condition: "service_started", future_dep: 1 } },
+        },
+      },
+      volumes: { v: { name: "p_v", future_volume: 1 } },
+      networks: { default: { name: "p_default", ipam: {}, future_network: 1 } },
+      secrets: { s: { file: "/srv/repo/s", future_secret: 1 } },
+    };
+    const keys = evaluatePolicy(model, ctx).filter((v) => v.rule === "unknown_key").map((v) => v.key).sort();
+    expect(keys).toEqual([
+      "future_key",
+      "networks.default.future_network",
+      "secrets.s.future_secret",
+      "services.w.1.build.future_build_key",
+      "services.w.1.depends_on.db.future_dep",
+      "services.w.1.deploy.placement.future_placement",
+      "services.w.1.deploy.resources.limits.future_limit",
+      "services.w.1.healthcheck.future_health",
+      "services.w.1.networks.default.driver_opts",
+      "services.w.1.new_service_key",
+      "services.w.1.volumes[0].bind.future_bind",
+      "volumes.v.future_volume",
+    ]);
+  });
+
+  test("refuses links to services that are not in the project and a project name that is not the service's", () => {
+    const model = { name: "q", services: { w: { links: ["db", "db:alias", "victim-web-1", "victim-web-1:db"] }, db: {} } };
+    expect(rules(evaluatePolicy(model, ctx))).toEqual([":project_name", "w:links", "w:links"]);
+  });
+
+  test("the longer project name owns the names both could make", () => {
+    const model = { services: { w: { volumes: ["vic_data:/d"] } }, volumes: { vic_data: { name: "x_vic_data" }, data: { name: "x_data" } } };
+    const x = { ...ctx, project: "x", projects: ["x", "x_vic"] };
+    expect(rules(evaluatePolicy(model, x))).toEqual([":name_collision"]);
+    const vic = { services: { w: { volumes: ["data:/d"] } }, volumes: { data: { name: "x_vic_data" } } };
+    expect(evaluatePolicy(vic, { ...ctx, project: "x_vic", projects: ["x", "x_vic"] })).toEqual([]);
+    // Without the other project configured, the same names are free.
+    expect(evaluatePolicy(model, { ...ctx, project: "x" })).toEqual([]);
+  });
+
+  test("allows Swarm's rollout settings and placement under deploy (issue 18), and nothing else in placement", () => {
+    const model = { services: { w: { deploy: { replicas: 2, mode: "global", update_config: { order: "stop-first", parallelism: 1 }, rollback_config: { order: "start-first" }, placement: { constraints: ["node.role==manager"], preferences: [{ spread: "node.labels.zone" }], max_replicas_per_node: 1 } } } } };
     expect(evaluatePolicy(model, ctx)).toEqual([]);
+    const odd = { services: { w: { deploy: { placement: { constraints: [], platforms: [] } } } } };
+    expect(evaluatePolicy(odd, ctx).map((v) => v.key)).toEqual(["services.w.deploy.placement.platforms"]);
   });
 
   test("formatViolations() writes one line per violation", () => {
     const v = evaluatePolicy({ services: { web: { privileged: true, volumes: ["/etc:/e"] } } }, ctx);
     expect(formatViolations("compose.yaml", v)).toBe([
-      `compose file "compose.yaml" service "web": "privileged" is refused: ${RULES[0]!.reason}`,
-      `compose file "compose.yaml" service "web": "volumes" is refused: ${RULES.find((r) => r.rule === "bind_outside")!.reason}: "/etc"`,
+      `compose file "compose.yaml" service "web": "privileged" is refused (rule privileged): ${RULES.find((r) => r.rule === "privileged")!.reason}: "true"`,
+      `compose file "compose.yaml" service "web": "volumes[0]" is refused (rule bind_outside): ${RULES.find((r) => r.rule === "bind_outside")!.reason}: "/etc"`,
     ].join("\n"));
   });
 
@@ -483,6 +857,26 @@ describe("evaluatePolicy() on hand-written models", () => {
     const ids = RULES.map((r) => r.rule);
     expect(new Set(ids).size).toBe(ids.length);
     for (const r of RULES) expect(r.reason).toMatch(/^[a-z][^\n]*[^.]$/);
+  });
+});
+
+describe("makeEngineNames()", () => {
+  test("reads the engine's volumes and networks with their compose project or Swarm stack", async () => {
+    const tag = `pgo-policy-${process.pid}`;
+    const docker = (...args: string[]) => runner(["docker", ...args], { env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin" } });
+    await docker("volume", "create", "--label", "com.docker.compose.project=proj", `${tag}_a`);
+    await docker("volume", "create", "--label", "com.docker.stack.namespace=stack", `${tag}_b`);
+    await docker("volume", "create", `${tag}_c`);
+    await docker("network", "create", "--label", "com.docker.compose.project=proj", `${tag}_n`);
+    try {
+      const names = await makeEngineNames()();
+      expect([`${tag}_a`, `${tag}_b`, `${tag}_c`, `${tag}_d`].map((v) => names.volumes.get(v))).toEqual(["proj", "stack", "", undefined]);
+      expect(names.networks.get(`${tag}_n`)).toBe("proj");
+      expect(names.networks.get("bridge")).toBe("");
+    } finally {
+      await docker("volume", "rm", `${tag}_a`, `${tag}_b`, `${tag}_c`);
+      await docker("network", "rm", `${tag}_n`);
+    }
   });
 });
 

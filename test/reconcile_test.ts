@@ -396,6 +396,26 @@ test("a commit the policy refuses is not checked out or deployed, and what runs 
   expect(worker.status()).toMatchObject({ lastResult: "deployed", lastError: null });
 });
 
+test("a volume that belongs to another project is refused; an engine that cannot list volumes fails the cycle without refusing", async () => {
+  const { worker, docker, deps } = setup({ user: "app" });
+  writeFileSync(join(docker.bin, "model.json"), JSON.stringify({ name: "web", services: { web: { image: "x", volumes: ["data:/d"] } }, volumes: { data: { name: "web_data" } } }));
+  let owner: string | null = null;
+  deps.engineNames = async () => {
+    if (owner === null) throw new Error("Cannot list the engine's volumes: the Docker engine answered 500");
+    return { volumes: new Map([["web_data", owner]]), networks: new Map() };
+  };
+  deps.projects = ["web", "other"];
+  await worker.cycle("start");
+  expect(worker.status().lastResult).not.toBe("refused");
+  expect(worker.status().lastError).toContain("Cannot list the engine's volumes");
+  expect(docker.composeCalls().some((c) => c.startsWith("up"))).toBe(false);
+  owner = "victim";
+  await worker.cycle("poll");
+  expect(worker.status().lastResult).toBe("refused");
+  expect(worker.status().lastError).toContain("(rule volume_in_use)");
+  expect(docker.composeCalls().some((c) => c.startsWith("up"))).toBe(false);
+});
+
 test("a root service bypasses the compose policy", async () => {
   const { worker, docker } = setup({ user: "root" });
   writeFileSync(join(docker.bin, "model.json"), JSON.stringify({ name: "web", services: { web: { image: "x", privileged: true } } }));

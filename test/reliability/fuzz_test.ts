@@ -431,12 +431,16 @@ const MODEL_KEYS = [
   "services", "volumes", "networks", "secrets", "configs", "privileged", "network_mode", "ipc", "pid", "userns_mode", "uts",
   "cgroup", "ports", "cap_add", "devices", "device_cgroup_rules", "security_opt", "volumes_from", "container_name", "type",
   "source", "target", "driver_opts", "device", "o", "file", "name", "external", "web", "db", "__proto__", "constructor",
-  "toString", "hasOwnProperty",
+  "toString", "hasOwnProperty", "build", "context", "dockerfile", "network", "logging", "driver", "env_file", "path", "aliases",
+  "ulimits", "sysctls", "deploy", "resources", "limits", "reservations", "pids", "pids_limit", "oom_score_adj", "links",
+  "extra_hosts", "x-ext", "read_only", "bind", "propagation", "ipam", "config", "tags", "image", "name", "default",
 ];
 const MODEL_STRINGS = [
   "host", "none", "bridge", "container:x", "container:app-web-1", "service:db", "shareable", "private", "/", "/etc", "/etc/shadow",
   "./data", "../..", "~", "/var/run/docker.sock", "/run/docker.sock", "seccomp=unconfined", "seccomp:./p.json", "bind", "rbind",
   "volume", "tmpfs", "front", "app_front", "", " ", "\u0000", "HOST", "Container:X", "label=disable", "/proc/self/root",
+  "app_x_data", "app-x-web-1", "syslog", "json-file", "size=1m", "net.core.somaxconn", "kernel.x", "host-gateway", "h:1.2.3.4",
+  "/srv/pgo/app", "/srv/pgo/app/data", "no-new-privileges", "app-web",
 ];
 
 function randomModel(rng: Rng, depth = 0): unknown {
@@ -481,6 +485,8 @@ function checkModel(model: unknown, resolve?: (p: string) => string): string | n
   try {
     v = evaluatePolicy(model, {
       project: "app", repoDir: "/srv/pgo/app", dataDir: "/var/lib/pgo/app", networks: ["front"], ...(resolve ? { resolve } : {}),
+      projects: ["app", "app_x", "app-x", "other"],
+      existing: { volumes: new Map([["app_v", "other"], ["app_x_data", "app_x"]]), networks: new Map([["app_default", "app"], ["app_front", ""]]) },
     });
   } catch (e) {
     if (e instanceof PolicyError && e.message !== "") return null;
@@ -591,7 +597,7 @@ describe("fuzzing the parsers of outside input", () => {
     // A file the tree must never read: screening it would fail on its aliases, which no file
     // inside uses that often.
     await writeFile(join(outside, "secret.yaml"), "a: &a [SECRET-OUTSIDE]\n" + Array.from({ length: 200 }, (_, k) => `b${k}: [*a, *a]\n`).join(""));
-    const names = ["compose.yaml", "a.yaml", "sub/b.yaml", "sub/deep/c.yaml", "link.yaml", "sub/link2.yaml"];
+    const names = ["compose.yaml", "a.yaml", "sub/b.yaml", "sub/deep/c.yaml", "link.yaml", "sub/link2.yaml", ".env", "sub/.env"];
     const targets = ["../outside/secret.yaml", "../../outside/secret.yaml", "/etc/shadow", "/dev/zero", "compose.yaml", "a.yaml",
       "sub", "..", "link.yaml", "/proc/self/environ", "../outside"];
     try {
@@ -607,7 +613,10 @@ describe("fuzzing the parsers of outside input", () => {
             const refs = Array.from({ length: rng.int(3) }, () => rng.pick([...names, ...targets, "${X}/a.yaml", "http://h/x.yaml", "git@h:x"]));
             const body = rng.chance(0.5)
               ? `include:\n${refs.map((p) => `  - ${JSON.stringify(p)}`).join("\n")}\nservices:\n  web:\n    image: x\n`
-              : `services:\n  web:\n    extends:\n      file: ${JSON.stringify(rng.pick(refs.length ? refs : names))}\n      service: web\n`;
+              : rng.chance(0.5)
+              ? `services:\n  web:\n    extends:\n      file: ${JSON.stringify(rng.pick(refs.length ? refs : names))}\n      service: web\n`
+              : `include:\n  - path: a.yaml\n    env_file: ${JSON.stringify(rng.pick([...names, ...targets]))}\n    project_directory: ${JSON.stringify(rng.pick(["sub", "..", "sub/deep", "link.yaml", "."]))}\n` +
+                `services:\n  web:\n    image: x\n    env_file: ${JSON.stringify(refs)}\n`;
             await writeFile(path, rng.chance(0.1) ? rng.mutate(body, 3, YAML_PIECES) : body);
           }
         }
