@@ -12,7 +12,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { Client } from "ssh2";
-import { sshAlgorithms } from "../src/ssh_server.ts";
+import { sshAlgorithms } from "../src/ssh_protocol.ts";
 import {
   atCleanup, canConnect, cleanupAll, COMPOSE, COMPOSE_UP, composeFile, cpuDelta, cpuTimes, EXEC, fakeEngine, freePort,
   POLL, loadAverage, machine, makeKey, median, memory, ownCpu, percentile, Pgod, PGOCTL, PGOD, pidsNamed, randomId,

@@ -7,58 +7,11 @@
 import { chmod, readFile, stat } from "node:fs/promises";
 import { createServer, type AddressInfo, type Socket } from "node:net";
 import type { Writable } from "node:stream";
-import {
-  Server,
-  utils,
-  type Algorithms,
-  type AuthContext,
-  type CipherAlgorithm,
-  type CompressionAlgorithm,
-  type Connection,
-  type KexAlgorithm,
-  type MacAlgorithm,
-  type ParsedKey,
-  type ServerChannel,
-  type ServerHostKeyAlgorithm,
-  type Session,
-} from "ssh2";
+import { Server, utils, type AuthContext, type Connection, type ParsedKey, type ServerChannel, type Session } from "ssh2";
 import { errorMessage } from "./errors.ts";
 import { writeFileAtomic } from "./files.ts";
-import { blobType, fingerprint } from "./keys.ts";
 import type { Logger } from "./log.ts";
-
-/** Key exchange: curve25519 only (ssh2's server has no DH group exchange). */
-export const KEX_ALGORITHMS: readonly KexAlgorithm[] = ["curve25519-sha256", "curve25519-sha256@libssh.org"];
-/** Ciphers: AES-GCM and AES-CTR (Bun has no chacha20-poly1305). */
-export const CIPHER_ALGORITHMS: readonly CipherAlgorithm[] = [
-  "aes128-gcm@openssh.com",
-  "aes256-gcm@openssh.com",
-  "aes128-ctr",
-  "aes192-ctr",
-  "aes256-ctr",
-];
-/** MACs, used with the CTR ciphers only (GCM authenticates itself). */
-export const MAC_ALGORITHMS: readonly MacAlgorithm[] = [
-  "hmac-sha2-256-etm@openssh.com",
-  "hmac-sha2-512-etm@openssh.com",
-  "hmac-sha2-256",
-  "hmac-sha2-512",
-];
-/** Host key algorithms: pgod has one ed25519 host key. */
-export const HOST_KEY_ALGORITHMS: readonly ServerHostKeyAlgorithm[] = ["ssh-ed25519"];
-/** Compression: none. */
-export const COMPRESSION_ALGORITHMS: readonly CompressionAlgorithm[] = ["none"];
-
-/** The pinned algorithms in the form ssh2's server and client take (fresh arrays each call). */
-export function sshAlgorithms(): Algorithms {
-  return {
-    kex: [...KEX_ALGORITHMS],
-    cipher: [...CIPHER_ALGORITHMS],
-    hmac: [...MAC_ALGORITHMS],
-    serverHostKey: [...HOST_KEY_ALGORITHMS],
-    compress: [...COMPRESSION_ALGORITHMS],
-  };
-}
+import { blobType, fingerprint, parseListenAddress, sshAlgorithms } from "./ssh_protocol.ts";
 
 /** The public key a client logged in with. */
 export interface ClientKey {
@@ -144,17 +97,6 @@ const PIECE = 64 * 1024;
 const CLOSE_WAIT_MS = 5000;
 // After an SSH disconnect message, how long a peer gets to close before its socket is destroyed.
 const LINGER_MS = 2000;
-
-/** Parses a listen address; a missing host means all addresses. */
-export function parseListenAddress(s: string): { host?: string; port: number } {
-  const m = /^(?:\[([0-9A-Fa-f:.]+(?:%[\w.-]+)?)\]|([^:[\]]*)):(\d{1,5})$/.exec(s);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) {
-    throw new Error(`Invalid listen address "${s}": expected ":port", "host:port" or "[ipv6]:port"`);
-  }
-  const host = m[1] ?? m[2] ?? "";
-  return host === "" ? { port } : { host, port };
-}
 
 /** Clamps whatever `handle` returned into an exit status 0..255 (not a number: 70). */
 export function clampStatus(n: unknown): number {

@@ -6,7 +6,7 @@
  */
 import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 import type { Logger } from "./log.ts";
-import { parseListenAddress } from "./ssh_server.ts";
+import { parseListenAddress } from "./ssh_protocol.ts";
 
 /** Largest body accepted. */
 export const MAX_WEBHOOK_BYTES = 1024 * 1024;

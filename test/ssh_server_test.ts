@@ -6,10 +6,9 @@ import { join } from "node:path";
 import { Client, type ClientChannel, type ConnectConfig } from "ssh2";
 import { fingerprint, keysEqual, parseAuthorizedKeys, type PublicKey } from "../src/keys.ts";
 import { memoryLogger } from "../src/log.ts";
+import { parseListenAddress, sshAlgorithms } from "../src/ssh_protocol.ts";
 import {
   clampStatus,
-  parseListenAddress,
-  sshAlgorithms,
   startSshServer,
   type ClientKey,
   type SessionIO,
