@@ -144,6 +144,20 @@ export async function addHostKey(file: string, key: HostKey): Promise<void> {
   await appendFile(file, line, { mode: 0o600 });
 }
 
+/** The lines of known_hosts text that name `host` on `port` (markers included), trimmed. */
+export function linesNaming(text: string, host: string, port: number): string[] {
+  const name = hostKeyName(host, port);
+  const out: string[] = [];
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#")) continue;
+    const fields = line.split(/[ \t]+/);
+    const hosts = fields[0]!.startsWith("@") ? fields[1] : fields[0];
+    if (hosts !== undefined && hostsMatch(hosts, name)) out.push(line);
+  }
+  return out;
+}
+
 /** Whether a field is an SSH key type name rather than a host pattern. */
 function isKeyType(field: string): boolean {
   return /^(ssh-|ecdsa-sha2-|sk-)/.test(field);
