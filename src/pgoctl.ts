@@ -428,6 +428,9 @@ async function runRemote(lib: ClientLib, r: Remote, io: PgoctlIO): Promise<numbe
         });
       },
     });
+    // ssh2 leaves Nagle's algorithm on: our small handshake packets would wait for the server's
+    // delayed ACKs (bench/README.md, "OpenSSH's 40 ms").
+    conn.setNoDelay(true);
   });
 }
 

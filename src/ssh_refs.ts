@@ -222,6 +222,7 @@ function lsRefs(r: SshRemote, branch: string, o: LsRefs): Promise<string> {
         return false;
       },
     });
+    conn.setNoDelay(true); // small packets: do not wait for the server's delayed ACKs
   });
 }
 
