@@ -30,6 +30,8 @@ export interface ServiceHandle {
   rollbackTo(rev: string | null, io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }): Promise<number>;
   unpin(): Promise<void>;
   syncNow(): Promise<ServiceStatus>;
+  /** The age recipient (`age1…`) the service's encrypted files are made for. */
+  recipient(): Promise<string>;
   readonly historyFile: string;
 }
 
@@ -47,7 +49,7 @@ export interface RouterDeps {
 /** The commands pgoctl can run. `load` is the original's name for `check`. */
 export const COMMANDS = [
   "up", "down", "stop", "start", "restart", "pull", "ps", "logs", "exec", "ping", "status", "check", "load",
-  "history", "rollback", "unpin", "sync",
+  "history", "rollback", "unpin", "sync", "recipient",
 ] as const;
 type Command = (typeof COMMANDS)[number];
 
@@ -162,6 +164,10 @@ async function run(cmd: Command, args: string[], h: ServiceHandle, io: SessionIO
     case "ping":
       checkArgs(cmd, args);
       await io.stdout.write(`pong ${d.hostname}\n`);
+      return 0;
+    case "recipient":
+      checkArgs(cmd, args);
+      await io.stdout.write(`${await h.recipient()}\n`);
       return 0;
     case "status":
       checkArgs(cmd, args);

@@ -104,6 +104,7 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
       dir, datadir: resolve(flags.datadir), intervalMs: flags.durationMs, importText,
       ...(composeCgroup ? { composeCgroup } : {}),
       onDeploy: metrics.deployed,
+      onReplicas: metrics.replicasOf,
     }));
   }
   log.info("starting", { services: workers.size, config: configFile, dir, interval_ms: flags.durationMs });

@@ -75,6 +75,10 @@ function fakeService(opts: { cloned?: boolean; exitCode?: number } = {}) {
       calls.push("sync");
       return status();
     },
+    async recipient() {
+      calls.push("recipient");
+      return "age1testrecipient";
+    },
     historyFile: "/nonexistent/history",
   };
   return { handle, calls, hold: () => hold };
@@ -233,6 +237,13 @@ test("dispatch() runs sync and unpin", async () => {
   expect(await call("web//sync")).toEqual({ status: 0, stdout: "at abc: not deployed\n", stderr: "" });
   expect((await call("web//unpin")).stdout).toBe("unpinned: new commits are pulled again\n");
   expect(svc.calls).toEqual(["sync", "unpin"]);
+});
+
+test("dispatch() prints the service's age recipient and refuses arguments to it", async () => {
+  const { call, svc } = harness();
+  expect(await call("web//recipient")).toEqual({ status: 0, stdout: "age1testrecipient\n", stderr: "" });
+  expect((await call("web//recipient extra")).status).toBe(64);
+  expect(svc.calls).toEqual(["recipient"]);
 });
 
 test("dispatch() lets a key line with from= in only from a matching address, with the answer of an unknown service otherwise", async () => {

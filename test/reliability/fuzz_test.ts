@@ -312,6 +312,10 @@ function fakeHandle(rng: Rng, calls: string[], cloned: boolean): ServiceHandle {
       await maybeFail("sync");
       return status();
     },
+    async recipient() {
+      await maybeFail("recipient");
+      return "age1fuzz";
+    },
     historyFile: "/nonexistent/history",
   };
 }
