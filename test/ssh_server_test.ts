@@ -278,6 +278,38 @@ describe("startSshServer()", () => {
     expect(log.lines.some((l) => l.includes("dropping the oldest"))).toBe(true);
   });
 
+  test("the server's KEXINIT waits for the client's (regression: OpenSSH's KEX_ECDH_INIT waited 40 ms for a delayed ACK)", async () => {
+    const { srv } = await start(echo);
+    const got = async (sendFirstPacket: boolean): Promise<{ ident: number; kexinit: number; sent: number }> => {
+      const s = tcpConnect(srv.port, "127.0.0.1");
+      sockets.push(s);
+      s.on("error", () => {});
+      let buf = Buffer.alloc(0);
+      const at = { ident: 0, kexinit: 0, sent: 0 };
+      s.on("data", (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        const lf = buf.indexOf(0x0a);
+        if (lf >= 0 && at.ident === 0) at.ident = performance.now();
+        if (lf >= 0 && buf.length > lf + 1 && at.kexinit === 0) at.kexinit = performance.now();
+      });
+      s.write("SSH-2.0-probe\r\n");
+      await waitFor(() => at.ident > 0, "the server's identification line");
+      if (sendFirstPacket) {
+        at.sent = performance.now();
+        s.write(Buffer.from([0, 0, 0, 12])); // the start of the client's KEXINIT packet
+      }
+      await waitFor(() => at.kexinit > 0, "the server's KEXINIT");
+      s.destroy();
+      return at;
+    };
+    // Without the client's KEXINIT, ours comes only when the hold (200 ms) runs out...
+    const alone = await got(false);
+    expect(alone.kexinit - alone.ident).toBeGreaterThanOrEqual(150);
+    // ...and once the client's first packet is there, it comes after it, not before.
+    const answered = await got(true);
+    expect(answered.kexinit).toBeGreaterThanOrEqual(answered.sent);
+  });
+
   test("random bytes after the banner do not crash the server", async () => {
     const { srv } = await start(echo);
     const s = tcpConnect(srv.port, "127.0.0.1");
