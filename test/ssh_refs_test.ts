@@ -187,9 +187,10 @@ describe("sshAdvertisedHead() against a real sshd", () => {
     expect(await sshAdvertisedHead(url, "main", account, opts)).toBe(head);
   });
 
-  test("a ~/.ssh/config or a core.sshCommand leaves the remote to git", async () => {
+  test("a ~/.ssh/config (whoever owns it) or a core.sshCommand leaves the remote to git", async () => {
     const configured = await makeHome("configured", known(v2.port));
     await writeFile(join(configured.home, ".ssh", "config"), "Host *\n  IdentityFile ~/.ssh/deploy\n");
+    await chown(join(configured.home, ".ssh", "config"), 65534, 65534); // whoever owns it
     await expect(sshAdvertisedHead(`ssh://127.0.0.1:${v2.port}${repo}`, "main", configured, opts)).rejects.toThrow(/config" exists/);
     const gitconf = await makeHome("gitconf", known(v2.port));
     await writeFile(join(gitconf.home, ".gitconfig"), "[core]\n\tsshCommand = ssh -i ~/.ssh/deploy\n");
