@@ -299,7 +299,8 @@ function fakeHandle(rng: Rng, calls: string[], cloned: boolean): ServiceHandle {
     },
     async check() {
       await maybeFail("check");
-      return rng.chance(0.5) ? null : "a reason";
+      const refusal = rng.chance(0.5) ? null : "a reason";
+      return { commit: "abc", branch: "main", running: "abc", refusal, findings: [] };
     },
     async rollbackTo() {
       await maybeFail("rollback");
