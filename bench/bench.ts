@@ -735,7 +735,7 @@ async function main(): Promise<number> {
   }
   const clk = (await run(["getconf", "CLK_TCK"], { check: false })).stdout.trim();
   if (clk !== "100") throw new Error(`Cannot read /proc CPU times: CLK_TCK is ${clk}, not 100`);
-  const needsReal = o.engine === "real" && (o.only.has(1) || o.only.has(3) || o.only.has(5));
+  const needsReal = o.engine === "real" && (o.only.has(1) || o.only.has(3) || o.only.has(4) || o.only.has(5));
   if (needsReal) {
     const v = await run(["docker", "version", "--format", "{{.Server.Version}}"], { check: false, timeoutMs: 60_000 });
     if (v.code !== 0) throw new Error(`The real Docker engine does not answer (use --engine=fake): ${v.stderr.trim()}`);
