@@ -11,7 +11,7 @@ log() { printf 'deps: %s\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { log "must run as root"; exit 1; }
 
 # Debian packages. apt-get update only when something is missing.
-pkgs=(docker.io busybox-static git util-linux openssh-client ca-certificates curl
+pkgs=(docker.io busybox-static git util-linux openssh-client openssh-server ca-certificates curl
       caddy docker-registry apache2-utils prometheus iproute2 man-db lintian systemd)
 missing=()
 for p in "${pkgs[@]}"; do

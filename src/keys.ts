@@ -1,10 +1,12 @@
 /** Public keys in authorized_keys format, as teams commit them in their repository's `ssh/` folder. */
 
-import { createHash } from "node:crypto";
 import { constants as fsc } from "node:fs";
 import { lstat, open, readdir } from "node:fs/promises";
 import { BlockList, isIP } from "node:net";
 import { join } from "node:path";
+import { blobType, fingerprint } from "./ssh_protocol.ts";
+
+export { blobType, fingerprint };
 
 /** One public key: its type, its SSH wire blob, the comment after it, and its line's options. */
 export interface PublicKey {
@@ -211,13 +213,6 @@ function sshStrings(blob: Buffer): Buffer[] | undefined {
   return out;
 }
 
-/** The key type embedded at the start of an SSH public key blob, or "" when there is none. */
-export function blobType(blob: Buffer): string {
-  if (blob.length < 4) return "";
-  const n = blob.readUInt32BE(0);
-  if (n === 0 || n > 64 || 4 + n > blob.length) return "";
-  return blob.subarray(4, 4 + n).toString("latin1");
-}
 
 function wellFormed(blob: Buffer, algo: string): boolean {
   const parts = sshStrings(blob);
@@ -321,10 +316,6 @@ export function keysEqual(a: { algo: string; blob: Buffer }, b: { algo: string; 
   return a.algo === b.algo && a.blob.equals(b.blob);
 }
 
-/** The OpenSSH SHA256 fingerprint of a key blob: `SHA256:` and unpadded base64. */
-export function fingerprint(blob: Buffer): string {
-  return `SHA256:${createHash("sha256").update(blob).digest("base64").replace(/=+$/, "")}`;
-}
 
 function isCode(e: unknown, code: string): boolean {
   return typeof e === "object" && e !== null && (e as { code?: unknown }).code === code;

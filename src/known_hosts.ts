@@ -1,8 +1,10 @@
 /** OpenSSH known_hosts files: look up a server's host key, and record one on first use. */
 
-import { createHmac } from "node:crypto";
-import { appendFile, mkdir, open, readFile } from "node:fs/promises";
-import { dirname } from "node:path";
+import { UsageError } from "./errors.ts";
+import { blobType } from "./ssh_protocol.ts";
+
+// No static import of node:crypto or node:fs: pgoctl loads this module at every run, and those
+// modules cost it milliseconds to load (bench/README.md). Bun's own hasher and file reader do.
 
 /** A server's host key as seen on the wire, with where it was reached. */
 export interface HostKey {
@@ -65,7 +67,7 @@ function hostsMatch(field: string, name: string): boolean {
   if (field.startsWith("|1|")) {
     const [, , salt, hash] = field.split("|");
     if (salt === undefined || hash === undefined) return false;
-    const mac = createHmac("sha1", Buffer.from(salt, "base64")).update(name).digest("base64");
+    const mac = new Bun.CryptoHasher("sha1", Buffer.from(salt, "base64")).update(name).digest("base64");
     return mac === hash;
   }
   let matched = false;
@@ -107,7 +109,7 @@ function globMatch(pattern: string, s: string): boolean {
 export async function checkHostKey(file: string, key: HostKey): Promise<HostKeyResult> {
   let text: string;
   try {
-    text = await readFile(file, "utf8");
+    text = await Bun.file(file).text();
   } catch (e) {
     if ((e as { code?: unknown }).code === "ENOENT") return { status: "unknown" };
     throw e;
@@ -115,9 +117,12 @@ export async function checkHostKey(file: string, key: HostKey): Promise<HostKeyR
   return matchHostKey(text, key);
 }
 
-/** Appends `key` to a known_hosts file, creating its directory (0700) and the file (0600) when missing. */
+/**
+ * Appends `key` to a known_hosts file, creating the file (0600) when missing but never its folder:
+ * a missing folder (no ~/.ssh yet) fails with ENOENT, and the caller says the key was not recorded.
+ */
 export async function addHostKey(file: string, key: HostKey): Promise<void> {
-  await mkdir(dirname(file), { recursive: true, mode: 0o700 });
+  const { appendFile, open } = await import("node:fs/promises");
   let prefix = "";
   try {
     // Keep the new entry on a line of its own when the file does not end with a newline.
@@ -137,4 +142,62 @@ export async function addHostKey(file: string, key: HostKey): Promise<void> {
   }
   const line = `${prefix}${hostKeyName(key.host, key.port)} ${key.algo} ${key.blob.toString("base64")}\n`;
   await appendFile(file, line, { mode: 0o600 });
+}
+
+/** The lines of known_hosts text that name `host` on `port` (markers included), trimmed. */
+export function linesNaming(text: string, host: string, port: number): string[] {
+  const name = hostKeyName(host, port);
+  const out: string[] = [];
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#")) continue;
+    const fields = line.split(/[ \t]+/);
+    const hosts = fields[0]!.startsWith("@") ? fields[1] : fields[0];
+    if (hosts !== undefined && hostsMatch(hosts, name)) out.push(line);
+  }
+  return out;
+}
+
+/** Whether a field is an SSH key type name rather than a host pattern. */
+function isKeyType(field: string): boolean {
+  return /^(ssh-|ecdsa-sha2-|sk-)/.test(field);
+}
+
+/**
+ * Checks the text of `--host-key`/PGOCTL_HOST_KEY: one or more lines, each a public key
+ * (`ssh-ed25519 AAAA... [comment]`) or a known_hosts line (`host ssh-ed25519 AAAA...`). Throws
+ * UsageError naming `source` for a line that is neither.
+ */
+export function parseHostKeyText(text: string, source: string): void {
+  let keys = 0;
+  for (const raw of text.split(/\r?\n/)) {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#")) continue;
+    const fields = line.split(/[ \t]+/);
+    if (fields[0]!.startsWith("@")) fields.shift();
+    if (!isKeyType(fields[0] ?? "")) fields.shift();
+    const [algo, b64] = fields;
+    const blob = b64 === undefined ? Buffer.alloc(0) : Buffer.from(b64, "base64");
+    if (algo === undefined || !isKeyType(algo) || blobType(blob) !== algo) {
+      throw new UsageError(`Invalid host key in ${source}: expected "ssh-ed25519 AAAA..." or a known_hosts line`);
+    }
+    keys++;
+  }
+  if (keys === 0) throw new UsageError(`Invalid host key in ${source}: it holds no key`);
+}
+
+/**
+ * Checks `key` against the text of `--host-key`/PGOCTL_HOST_KEY (see parseHostKeyText): a bare
+ * public key stands for this host; a known_hosts line must also name the host.
+ */
+export function pinnedHostKey(text: string, key: HostKey): HostKeyResult {
+  const name = hostKeyName(key.host, key.port);
+  const asKnownHosts = text
+    .split(/\r?\n/)
+    .map((l) => {
+      const t = l.trim();
+      return isKeyType(t.split(/[ \t]+/)[0] ?? "") ? `${name} ${t}` : t;
+    })
+    .join("\n");
+  return matchHostKey(asKnownHosts, key);
 }

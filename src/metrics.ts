@@ -3,8 +3,8 @@ import { collectDefaultMetrics, Counter, Gauge, Registry } from "prom-client";
 import type { Tag } from "./exec.ts";
 import type { Logger } from "./log.ts";
 import type { DeployResult } from "./reconcile.ts";
+import { parseListenAddress } from "./ssh_protocol.ts";
 import type { Replicas } from "./swarm.ts";
-import { parseListenAddress } from "./ssh_server.ts";
 
 /** pgod's metrics; one instance per daemon, injected where counted. */
 export class Metrics {

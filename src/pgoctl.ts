@@ -1,17 +1,17 @@
 /** pgoctl: runs one command of one service on a pgod, over SSH, and exits with its status. */
 
-import { readFile } from "node:fs/promises";
-import { homedir, userInfo } from "node:os";
-import { join } from "node:path";
-import type { Readable, Writable } from "node:stream";
-import { Client, utils, type ClientChannel } from "ssh2";
+import type { Readable } from "node:stream";
+import type { ClientChannel, ParsedKey, PublicKeyAuthMethod } from "ssh2";
 import { UsageError, errorMessage } from "./errors.ts";
-import { blobType, fingerprint } from "./keys.ts";
-import { addHostKey, checkHostKey, hostKeyName, type HostKey } from "./known_hosts.ts";
+import type { HostKey, HostKeyResult } from "./known_hosts.ts";
 import { quoteShellWord } from "./shell_words.ts";
-import { sshAlgorithms } from "./ssh_server.ts";
 import { parseTarget, type Target } from "./target.ts";
 import { VERSION } from "./version.ts";
+
+// Only what parsing the command line needs is imported statically: `pgoctl --version` and
+// `--help` load nothing else. The SSH client and its crypto are loaded once a command is to run
+// (loadClient), from ssh2's client file rather than its index, which would also load its server,
+// SFTP, agents and node:http. bench/README.md ("pgoctl's start") has the measurements.
 
 export { VERSION };
 
@@ -44,13 +44,19 @@ export interface Invocation {
   identity?: string;
   port: number;
   knownHosts?: string;
+  /** `--strict-host-keys`: an unknown host is refused, and known_hosts is never written. */
+  strict?: boolean;
+  /** `--host-key`: the key (or known_hosts lines) the server must offer; known_hosts is not used. */
+  hostKey?: string;
   target: Target;
   args: string[];
 }
 
 export type ParsedArgs = { action: "help" } | { action: "version" } | ({ action: "run" } & Invocation);
 
-const SHORT_USAGE = "Usage: pgoctl [-i IDENTITY] [-p PORT] [--known-hosts FILE] [--] machine:service//command [args...]";
+const SHORT_USAGE =
+  "Usage: pgoctl [-i IDENTITY] [-p PORT] [--known-hosts FILE] [--strict-host-keys] [--host-key KEY]\n" +
+  "              [--] machine:service//command [args...]";
 
 /** The text of `pgoctl --help`. */
 export const USAGE = `${SHORT_USAGE}
@@ -64,7 +70,12 @@ command unchanged, options included. machine is a name, an IPv4 address or [IPv6
                           the environment variable PGOCTL_ID)
   -p, --port PORT         pgod's SSH port (default ${DEFAULT_PORT})
       --known-hosts FILE  host keys, OpenSSH format (default ~/.ssh/known_hosts); an unknown
-                          host is trusted on first use and recorded here
+                          host is trusted on first use and recorded here (the file is made
+                          when missing, its folder never)
+      --strict-host-keys  refuse a host that is not in known_hosts instead of trusting it,
+                          and never write known_hosts (also PGOCTL_STRICT_HOST_KEYS=1)
+      --host-key KEY      the host key the server must offer, "ssh-ed25519 AAAA..." or a
+                          known_hosts line; known_hosts is then not used (also PGOCTL_HOST_KEY)
   -v, --version           print the version
   -h, --help              print this help
 
@@ -77,6 +88,8 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
   let identity: string | undefined;
   let port = DEFAULT_PORT;
   let knownHosts: string | undefined;
+  let strict = false;
+  let hostKey: string | undefined;
   let i = 0;
   const value = (name: string, inline: string | undefined): string => {
     if (inline !== undefined) return inline;
@@ -115,6 +128,13 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
       case "--known-hosts":
         knownHosts = value(name, inline);
         break;
+      case "--strict-host-keys":
+        if (inline !== undefined) throw new UsageError(`Option "${name}" takes no value`);
+        strict = true;
+        break;
+      case "--host-key":
+        hostKey = value(name, inline);
+        break;
       default:
         throw new UsageError(`Unknown option "${a}"`);
     }
@@ -130,6 +150,8 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
   const inv: { action: "run" } & Invocation = { action: "run", port, target, args: argv.slice(i + 1) };
   if (identity !== undefined) inv.identity = identity;
   if (knownHosts !== undefined) inv.knownHosts = knownHosts;
+  if (strict) inv.strict = true;
+  if (hostKey !== undefined) inv.hostKey = hostKey;
   return inv;
 }
 
@@ -141,6 +163,7 @@ export function requestText(target: Target, args: readonly string[]): string {
 /** Runs pgoctl with `argv` (without argv[0]) and returns its exit status. */
 export async function runPgoctl(argv: readonly string[], io: PgoctlIO): Promise<number> {
   let inv: Invocation;
+  let policy: HostKeyPolicy;
   try {
     const parsed = parseArgs(argv);
     if (parsed.action === "help") {
@@ -152,58 +175,112 @@ export async function runPgoctl(argv: readonly string[], io: PgoctlIO): Promise<
       return 0;
     }
     inv = parsed;
+    policy = await hostKeyPolicy(inv, io.env);
   } catch (e) {
     await io.stderr.write(`pgoctl: ${errorMessage(e)}\n${SHORT_USAGE}\n`);
     return EXIT_USAGE;
   }
+  let lib: ClientLib;
   let identity: Identity;
   try {
-    identity = await loadIdentity(inv.identity, io.env);
+    const pending = loadClient();
+    // Read the key while the modules load; a missing key is reported before any of them is needed.
+    const text = await identityText(inv.identity, io.env);
+    lib = await pending;
+    if (policy.mode === "pinned") lib.knownHosts.parseHostKeyText(policy.text, policy.source);
+    identity = parseIdentity(lib, text.text, text.source);
   } catch (e) {
     await io.stderr.write(`pgoctl: ${errorMessage(e)}\n`);
     return e instanceof UsageError ? EXIT_USAGE : EXIT_SSH;
   }
   return await runRemote(
+    lib,
     {
       host: inv.target.machine,
       port: inv.port,
-      user: localUser(io.env),
+      user: await localUser(io.env),
       identity,
-      knownHosts: inv.knownHosts ?? join(io.env["HOME"] || homedir(), ".ssh", "known_hosts"),
+      policy,
       request: requestText(inv.target, inv.args),
     },
     io,
   );
 }
 
+/**
+ * How the server's host key is judged: `tofu` (known_hosts; an unknown host is trusted and
+ * recorded), `strict` (known_hosts; an unknown host is refused, nothing is written) or `pinned`
+ * (the key given on the command line or in PGOCTL_HOST_KEY, and nothing else).
+ */
+type HostKeyPolicy =
+  | { mode: "tofu" | "strict"; knownHosts: string }
+  | { mode: "pinned"; text: string; source: string };
+
+/** The host key policy of an invocation; the command line wins over the environment. */
+async function hostKeyPolicy(inv: Invocation, env: Record<string, string | undefined>): Promise<HostKeyPolicy> {
+  if (inv.hostKey !== undefined) return { mode: "pinned", text: inv.hostKey, source: "--host-key" };
+  const pinned = env["PGOCTL_HOST_KEY"];
+  if (pinned !== undefined && pinned.trim() !== "") return { mode: "pinned", text: pinned, source: "PGOCTL_HOST_KEY" };
+  let strict = inv.strict === true;
+  const v = (env["PGOCTL_STRICT_HOST_KEYS"] ?? "").trim().toLowerCase();
+  if (["1", "yes", "true"].includes(v)) strict = true;
+  else if (!["", "0", "no", "false"].includes(v)) {
+    throw new UsageError(`Invalid PGOCTL_STRICT_HOST_KEYS "${env["PGOCTL_STRICT_HOST_KEYS"]}": expected 1 or 0`);
+  }
+  const home = env["HOME"] || (inv.knownHosts === undefined ? (await import("node:os")).homedir() : "");
+  const knownHosts = inv.knownHosts ?? `${home.replace(/\/+$/, "")}/.ssh/known_hosts`;
+  return { mode: strict ? "strict" : "tofu", knownHosts };
+}
+
+/** The modules that connecting needs, loaded on demand. */
+interface ClientLib {
+  Client: typeof import("ssh2").Client;
+  parseKey: typeof import("ssh2").utils.parseKey;
+  knownHosts: typeof import("./known_hosts.ts");
+  protocol: typeof import("./ssh_protocol.ts");
+}
+
+async function loadClient(): Promise<ClientLib> {
+  const [client, keyParser, knownHosts, protocol] = await Promise.all([
+    import("ssh2/lib/client.js"),
+    import("ssh2/lib/protocol/keyParser.js"),
+    import("./known_hosts.ts"),
+    import("./ssh_protocol.ts"),
+  ]);
+  return { Client: client.default, parseKey: keyParser.parseKey, knownHosts, protocol };
+}
+
 interface Identity {
-  text: string;
+  key: ParsedKey;
   fingerprint: string;
 }
 
-/** Loads the private key from `file`, or from the key text in PGOCTL_ID. */
-async function loadIdentity(file: string | undefined, env: Record<string, string | undefined>): Promise<Identity> {
-  let text: string;
-  let source: string;
+/** The private key text from `file`, or from PGOCTL_ID. */
+async function identityText(
+  file: string | undefined,
+  env: Record<string, string | undefined>,
+): Promise<{ text: string; source: string }> {
   if (file !== undefined) {
-    source = `"${file}"`;
+    const source = `"${file}"`;
     try {
-      text = await readFile(file, "utf8");
+      return { text: await Bun.file(file).text(), source };
     } catch (e) {
       throw new Error(`Cannot read identity ${source}: ${(e as { code?: string }).code ?? errorMessage(e)}`);
     }
-  } else {
-    const v = env["PGOCTL_ID"];
-    if (v === undefined || v.trim() === "") {
-      throw new UsageError("No identity: give -i FILE or put the private key text in PGOCTL_ID");
-    }
-    source = "from PGOCTL_ID";
-    text = v;
   }
+  const v = env["PGOCTL_ID"];
+  if (v === undefined || v.trim() === "") {
+    throw new UsageError("No identity: give -i FILE or put the private key text in PGOCTL_ID");
+  }
+  return { text: v, source: "from PGOCTL_ID" };
+}
+
+/** Parses the private key once; the SSH client gets the parsed key. */
+function parseIdentity(lib: ClientLib, raw: string, source: string): Identity {
   // CI variables often carry CRLF line ends or lose the final newline; neither matters to the key.
-  text = `${text.replace(/\r\n/g, "\n").trim()}\n`;
-  const parsed: unknown = utils.parseKey(text);
-  const key = (Array.isArray(parsed) ? parsed[0] : parsed) as ReturnType<typeof utils.parseKey> | undefined;
+  const text = `${raw.replace(/\r\n/g, "\n").trim()}\n`;
+  const parsed: unknown = lib.parseKey(text);
+  const key = (Array.isArray(parsed) ? parsed[0] : parsed) as ReturnType<typeof lib.parseKey> | undefined;
   if (key === undefined || key instanceof Error) {
     const why = key === undefined ? "no key found" : key.message;
     throw new Error(
@@ -213,15 +290,15 @@ async function loadIdentity(file: string | undefined, env: Record<string, string
     );
   }
   if (!key.isPrivateKey()) throw new Error(`Cannot use identity ${source}: it is a public key, not a private key`);
-  return { text, fingerprint: fingerprint(key.getPublicSSH()) };
+  return { key, fingerprint: lib.protocol.fingerprint(key.getPublicSSH()) };
 }
 
 /** The SSH user name: the local user's (pgod only logs it). */
-function localUser(env: Record<string, string | undefined>): string {
+async function localUser(env: Record<string, string | undefined>): Promise<string> {
   const u = env["USER"] || env["LOGNAME"];
   if (u) return u;
   try {
-    return userInfo().username;
+    return (await import("node:os")).userInfo().username;
   } catch {
     return "pgoctl";
   }
@@ -232,42 +309,60 @@ interface Remote {
   port: number;
   user: string;
   identity: Identity;
-  knownHosts: string;
+  policy: HostKeyPolicy;
   request: string;
 }
 
 /** Connects, checks the host key, runs the request and streams its output; returns the exit status. */
-async function runRemote(r: Remote, io: PgoctlIO): Promise<number> {
+async function runRemote(lib: ClientLib, r: Remote, io: PgoctlIO): Promise<number> {
   const where = r.host.includes(":") ? `[${r.host}]:${r.port}` : `${r.host}:${r.port}`;
-  const conn = new Client();
+  const conn = new lib.Client();
+  const { addHostKey, checkHostKey, hostKeyName, pinnedHostKey } = lib.knownHosts;
+  const policy = r.policy;
+  const from = policy.mode === "pinned" ? policy.source : `"${policy.knownHosts}"`;
   let hostKeyProblem: string | undefined;
   let loggedIn = false;
   let relaying = false;
 
   const verifyHost = async (blob: Buffer): Promise<boolean> => {
-    const key: HostKey = { host: r.host, port: r.port, algo: blobType(blob), blob };
-    const found = await checkHostKey(r.knownHosts, key);
-    const fp = `${key.algo} key ${fingerprint(blob)}`;
+    const key: HostKey = { host: r.host, port: r.port, algo: lib.protocol.blobType(blob), blob };
+    const found: HostKeyResult =
+      policy.mode === "pinned" ? pinnedHostKey(policy.text, key) : await checkHostKey(policy.knownHosts, key);
+    const fp = `${key.algo} key ${lib.protocol.fingerprint(blob)}`;
     const name = hostKeyName(r.host, r.port);
     switch (found.status) {
       case "known":
         return true;
       case "unknown":
+        if (policy.mode === "pinned") {
+          hostKeyProblem = `Host key of "${name}" (${fp}) is not the one given in ${policy.source}`;
+          return false;
+        }
+        if (policy.mode === "strict") {
+          hostKeyProblem =
+            `Host key of "${name}" (${fp}) is not in "${policy.knownHosts}", and strict host key checking is on. ` +
+            `Add the host's key there or pass it with --host-key`;
+          return false;
+        }
         try {
-          await addHostKey(r.knownHosts, key);
-          await io.stderr.write(`pgoctl: Trusting "${name}" on first use: added its ${fp} to "${r.knownHosts}"\n`);
+          await addHostKey(policy.knownHosts, key);
+          await io.stderr.write(`pgoctl: Trusting "${name}" on first use: added its ${fp} to "${policy.knownHosts}"\n`);
         } catch (e) {
-          await io.stderr.write(`pgoctl: Trusting "${name}" on first use (${fp}), but cannot record it in "${r.knownHosts}": ${errorMessage(e)}\n`);
+          await io.stderr.write(`pgoctl: Trusting "${name}" on first use (${fp}), but cannot record it in "${policy.knownHosts}": ${errorMessage(e)}\n`);
         }
         return true;
       case "changed":
+        if (policy.mode === "pinned") {
+          hostKeyProblem = `Host key of "${name}" (${fp}) is not the one given in ${policy.source}`;
+          return false;
+        }
         hostKeyProblem =
-          `Host key of "${name}" has changed: it now offers ${fp}, but "${r.knownHosts}" line ${found.line} holds another key. ` +
-          `This may be an attack. If the change is expected, remove line ${found.line} of "${r.knownHosts}" ` +
-          `(ssh-keygen -R "${name}" -f "${r.knownHosts}") and try again`;
+          `Host key of "${name}" has changed: it now offers ${fp}, but "${policy.knownHosts}" line ${found.line} holds another key. ` +
+          `This may be an attack. If the change is expected, remove line ${found.line} of "${policy.knownHosts}" ` +
+          `(ssh-keygen -R "${name}" -f "${policy.knownHosts}") and try again`;
         return false;
       case "revoked":
-        hostKeyProblem = `Host key of "${name}" (${fp}) is marked revoked in "${r.knownHosts}" line ${found.line}`;
+        hostKeyProblem = `Host key of "${name}" (${fp}) is marked revoked in ${from} line ${found.line}`;
         return false;
     }
   };
@@ -314,22 +409,28 @@ async function runRemote(r: Remote, io: PgoctlIO): Promise<number> {
       });
     });
 
+    const publicKeyAuth: PublicKeyAuthMethod = { type: "publickey", username: r.user, key: r.identity.key };
+    // Public key only, with the key parsed above: no "none" attempt first (one round trip less)
+    // and no second parse of the key inside ssh2.
     conn.connect({
       host: r.host,
       port: r.port,
       username: r.user,
-      privateKey: r.identity.text,
-      algorithms: sshAlgorithms(),
+      authHandler: [publicKeyAuth],
+      algorithms: lib.protocol.sshAlgorithms(),
       readyTimeout: CONNECT_TIMEOUT_MS,
       keepaliveInterval: 15_000,
       keepaliveCountMax: 3,
       hostVerifier: (blob: Buffer, verify: (ok: boolean) => void): void => {
         verifyHost(blob).then(verify, (e) => {
-          hostKeyProblem = `Cannot check the host key of "${where}" in "${r.knownHosts}": ${errorMessage(e)}`;
+          hostKeyProblem = `Cannot check the host key of "${where}" in ${from}: ${errorMessage(e)}`;
           verify(false);
         });
       },
     });
+    // ssh2 leaves Nagle's algorithm on: our small handshake packets would wait for the server's
+    // delayed ACKs (bench/README.md, "OpenSSH's 40 ms").
+    conn.setNoDelay(true);
   });
 }
 
@@ -377,16 +478,16 @@ function relay(channel: ClientChannel, io: PgoctlIO): Promise<RelayResult> {
   });
 }
 
-/** An Output over a Node stream (process.stdout, process.stderr); write rejects once the reader is gone (EPIPE). */
-export function streamOutput(stream: Writable): Output {
-  let failed: Error | undefined;
-  stream.on("error", (e) => (failed ??= e));
+/**
+ * An Output over this process's stdout or stderr through Bun.write: unlike process.stdout, it
+ * loads no Node stream modules (about half of `pgoctl --version`'s own time, bench/README.md).
+ * A write rejects with EPIPE once the reader is gone.
+ */
+export function stdioOutput(fd: 1 | 2): Output {
+  const file = fd === 1 ? Bun.stdout : Bun.stderr;
   return {
-    write(chunk: Uint8Array | string): Promise<void> {
-      if (failed) return Promise.reject(failed);
-      return new Promise((resolve, reject) => {
-        stream.write(chunk, (err) => (err ? reject(err) : resolve()));
-      });
+    async write(chunk: Uint8Array | string): Promise<void> {
+      await Bun.write(file, chunk);
     },
   };
 }

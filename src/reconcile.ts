@@ -40,6 +40,7 @@ import { parse as parseYaml } from "yaml";
 import type { Replicas, StackPlan, SwarmApi } from "./swarm.ts";
 import { decryptTree, plainName, redact, serviceKeys } from "./secrets.ts";
 import { advertisedHead, isHttpRemote, RemoteTimeout, UnsupportedRemote } from "./refs.ts";
+import { isSshRemote, sshAdvertisedHead } from "./ssh_refs.ts";
 import type { PublicKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { jitter, Mutex } from "./scheduler.ts";
@@ -106,6 +107,8 @@ export interface ReconcileDeps {
   makeGit?: (runner: Runner, account: Account, service: string, repository?: string) => Git;
   /** Asks an HTTP(S) remote where a branch points (default advertisedHead, in-process). */
   remoteRefs?: typeof advertisedHead;
+  /** Asks an ssh remote where a branch points (default sshAdvertisedHead, in-process). */
+  sshRefs?: typeof sshAdvertisedHead;
   /** The Caddy import file's text, for the service that sets `import`. */
   importText?: string;
   /** This service's own limited cgroup(s) for `docker compose config` (DECISIONS.md #10), when cgroups work. */
@@ -835,7 +838,7 @@ export class ServiceWorker {
       if (c === head && this.st.unverified !== undefined) this.verifiedHead();
       return c === head || c === this.refused || c === this.state.bad;
     };
-    if (probe && skip(await this.remoteHead(git))) return false;
+    if (probe && skip(await this.remoteHead(git, a))) return false;
     const fetched = await git.fetch(this.checkout, this.svc.branch);
     if (skip(fetched)) return false;
     if (this.svc.verify && !(await this.verifies(git, fetched, "poll"))) return false;
@@ -862,10 +865,21 @@ export class ServiceWorker {
 
   /**
    * The commit the remote branch points at: asked in-process over smart HTTP when the remote is
-   * an HTTP(S) one that speaks it (no process started), else with `git ls-remote`. git stays the
-   * authority: a failed HTTP request (other than a timeout) is asked again through it.
+   * an HTTP(S) one that speaks it, or over SSH as the service's user (src/ssh_refs.ts), so no
+   * process is started; else with `git ls-remote`. git stays the authority: a failed in-process
+   * request (other than a timeout) is asked again through it.
    */
-  private async remoteHead(git: Git): Promise<string> {
+  private async remoteHead(git: Git, a: Account): Promise<string> {
+    if (isSshRemote(this.svc.repository)) {
+      try {
+        const id = await (this.d.sshRefs ?? sshAdvertisedHead)(this.svc.repository, this.svc.branch, a, { timeoutMs: Math.min(NET_TIMEOUT_MS, 30_000), checkout: this.checkout });
+        this.log.debug("polled the remote", { via: "ssh", commit: id.slice(0, 12) });
+        return id;
+      } catch (e) {
+        if (e instanceof RemoteTimeout) throw e;
+        this.log.debug("asking the remote over ssh in-process failed: asking git", { reason: errorMessage(e) });
+      }
+    }
     if (this.httpRefs && isHttpRemote(this.svc.repository)) {
       try {
         const id = await (this.d.remoteRefs ?? advertisedHead)(this.svc.repository, this.svc.branch, { timeoutMs: Math.min(NET_TIMEOUT_MS, 30_000) });

@@ -7,58 +7,11 @@
 import { chmod, readFile, stat } from "node:fs/promises";
 import { createServer, type AddressInfo, type Socket } from "node:net";
 import type { Writable } from "node:stream";
-import {
-  Server,
-  utils,
-  type Algorithms,
-  type AuthContext,
-  type CipherAlgorithm,
-  type CompressionAlgorithm,
-  type Connection,
-  type KexAlgorithm,
-  type MacAlgorithm,
-  type ParsedKey,
-  type ServerChannel,
-  type ServerHostKeyAlgorithm,
-  type Session,
-} from "ssh2";
+import { Server, utils, type AuthContext, type Connection, type ParsedKey, type ServerChannel, type Session } from "ssh2";
 import { errorMessage } from "./errors.ts";
 import { writeFileAtomic } from "./files.ts";
-import { blobType, fingerprint } from "./keys.ts";
 import type { Logger } from "./log.ts";
-
-/** Key exchange: curve25519 only (ssh2's server has no DH group exchange). */
-export const KEX_ALGORITHMS: readonly KexAlgorithm[] = ["curve25519-sha256", "curve25519-sha256@libssh.org"];
-/** Ciphers: AES-GCM and AES-CTR (Bun has no chacha20-poly1305). */
-export const CIPHER_ALGORITHMS: readonly CipherAlgorithm[] = [
-  "aes128-gcm@openssh.com",
-  "aes256-gcm@openssh.com",
-  "aes128-ctr",
-  "aes192-ctr",
-  "aes256-ctr",
-];
-/** MACs, used with the CTR ciphers only (GCM authenticates itself). */
-export const MAC_ALGORITHMS: readonly MacAlgorithm[] = [
-  "hmac-sha2-256-etm@openssh.com",
-  "hmac-sha2-512-etm@openssh.com",
-  "hmac-sha2-256",
-  "hmac-sha2-512",
-];
-/** Host key algorithms: pgod has one ed25519 host key. */
-export const HOST_KEY_ALGORITHMS: readonly ServerHostKeyAlgorithm[] = ["ssh-ed25519"];
-/** Compression: none. */
-export const COMPRESSION_ALGORITHMS: readonly CompressionAlgorithm[] = ["none"];
-
-/** The pinned algorithms in the form ssh2's server and client take (fresh arrays each call). */
-export function sshAlgorithms(): Algorithms {
-  return {
-    kex: [...KEX_ALGORITHMS],
-    cipher: [...CIPHER_ALGORITHMS],
-    hmac: [...MAC_ALGORITHMS],
-    serverHostKey: [...HOST_KEY_ALGORITHMS],
-    compress: [...COMPRESSION_ALGORITHMS],
-  };
-}
+import { blobType, fingerprint, parseListenAddress, sshAlgorithms } from "./ssh_protocol.ts";
 
 /** The public key a client logged in with. */
 export interface ClientKey {
@@ -160,15 +113,56 @@ const CLOSE_WAIT_MS = 5000;
 // After an SSH disconnect message, how long a peer gets to close before its socket is destroyed.
 const LINGER_MS = 2000;
 
-/** Parses a listen address; a missing host means all addresses. */
-export function parseListenAddress(s: string): { host?: string; port: number } {
-  const m = /^(?:\[([0-9A-Fa-f:.]+(?:%[\w.-]+)?)\]|([^:[\]]*)):(\d{1,5})$/.exec(s);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) {
-    throw new Error(`Invalid listen address "${s}": expected ":port", "host:port" or "[ipv6]:port"`);
-  }
-  const host = m[1] ?? m[2] ?? "";
-  return host === "" ? { port } : { host, port };
+/** How long the server's KEXINIT waits for the client's at most (see holdKexInit). */
+const KEXINIT_HOLD_MS = 200;
+
+/**
+ * Makes the server's first binary packet (its KEXINIT) wait until the client's KEXINIT has
+ * arrived, or KEXINIT_HOLD_MS at most. ssh2 sends it as soon as it has read the client's
+ * identification line, so when the client's KEXINIT then arrives the server has nothing to send,
+ * and its kernel delays the ACK (40 ms). OpenSSH's client does not set TCP_NODELAY without a
+ * terminal, so Nagle's algorithm holds its next packet (KEX_ECDH_INIT) until that ACK: 40 ms of
+ * every `ssh host svc//ping`. Sent after the client's KEXINIT, ours carries the ACK at once. The
+ * wrapper is on this one socket, before ssh2 sees it; the identification line is never held, and
+ * only clients that identify as OpenSSH are held for.
+ */
+function holdKexInit(socket: Socket): void {
+  const write = socket.write.bind(socket) as (...args: unknown[]) => boolean;
+  const held: unknown[][] = [];
+  let identSent = false;
+  let seen = Buffer.alloc(0);
+  let released = false;
+  const release = (): void => {
+    if (released) return;
+    released = true;
+    clearTimeout(timer);
+    socket.off("data", onData);
+    socket.write = write as typeof socket.write;
+    for (const args of held.splice(0)) if (!socket.destroyed) write(...args);
+  };
+  // The client's identification line ends with LF; any byte after it is its first packet. Only
+  // OpenSSH's client is held for: for others (ssh2, pgoctl: TCP_NODELAY) the hold would only make
+  // the two KEXINITs cross one after the other instead of at once, a round trip more under load.
+  // This listener runs before ssh2's (it is added first), so the decision is made before ssh2
+  // reads the identification line and writes its KEXINIT.
+  const onData = (d: Buffer): void => {
+    seen = Buffer.concat([seen, d]);
+    const lf = seen.indexOf(0x0a);
+    if (lf >= 0 && !seen.subarray(0, lf).toString("latin1").startsWith("SSH-2.0-OpenSSH")) release();
+    else if ((lf >= 0 && seen.length > lf + 1) || seen.length > 8192) release();
+  };
+  const timer = setTimeout(release, KEXINIT_HOLD_MS);
+  socket.on("data", onData);
+  socket.once("close", release);
+  socket.write = ((...args: unknown[]): boolean => {
+    if (released) return write(...args);
+    if (!identSent) {
+      identSent = true;
+      return write(...args);
+    }
+    held.push(args);
+    return true;
+  }) as typeof socket.write;
 }
 
 /** Clamps whatever `handle` returned into an exit status 0..255 (not a number: 70). */
@@ -239,6 +233,7 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
     }
     // Replies are small (a status, a line of output): send them now, not after the peer's delayed ACK.
     socket.setNoDelay(true);
+    holdKexInit(socket);
     unauthenticated.add(conn);
     byPeer.set(peer, conn);
     conn.graceTimer = setTimeout(() => {

@@ -11,7 +11,7 @@ import { readFile } from "node:fs/promises";
 import { errorMessage } from "./errors.ts";
 import { writeFileAtomic } from "./files.ts";
 import type { Logger } from "./log.ts";
-import { parseListenAddress } from "./ssh_server.ts";
+import { parseListenAddress } from "./ssh_protocol.ts";
 
 /** Largest body accepted. */
 export const MAX_WEBHOOK_BYTES = 1024 * 1024;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { exists, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { addHostKey, checkHostKey, hostKeyName, matchHostKey, type HostKey } from "../src/known_hosts.ts";
@@ -73,10 +73,12 @@ describe("checkHostKey() and addHostKey()", () => {
     expect(await checkHostKey(join(dir, "nope", "known_hosts"), keyA)).toEqual({ status: "unknown" });
   });
 
-  test("addHostKey() creates the folder (0700) and the file (0600), and the key is then known", async () => {
+  test("addHostKey() creates the file (0600) and the key is then known, but never a missing folder", async () => {
     const file = join(dir, "home", ".ssh", "known_hosts");
+    await expect(addHostKey(file, keyA)).rejects.toThrow(/ENOENT|no such file/i);
+    expect(await exists(join(dir, "home"))).toBe(false);
+    await mkdir(join(dir, "home", ".ssh"), { recursive: true });
     await addHostKey(file, keyA);
-    expect((await stat(join(dir, "home", ".ssh"))).mode & 0o777).toBe(0o700);
     expect((await stat(file)).mode & 0o777).toBe(0o600);
     expect(await readFile(file, "utf8")).toBe(`[pgo.example.org]:2222 ${lineA}\n`);
     expect((await checkHostKey(file, keyA)).status).toBe("known");

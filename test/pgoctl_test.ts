@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { UsageError } from "../src/errors.ts";
@@ -16,6 +16,7 @@ let allowed: PublicKey[] = [];
 let server: SshServer;
 let port: string;
 let aborted = 0;
+let requests = 0; // requests the main server has run
 
 function sh(argv: string[]): void {
   const p = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe" });
@@ -24,6 +25,7 @@ function sh(argv: string[]): void {
 
 /** The fake pgod: echoes the parsed request as JSON; `exit N` exits N; `flood` writes until the client goes away. */
 async function handle(_key: unknown, command: string, io: SessionIO): Promise<number> {
+  requests++;
   const r = parseRequest(command);
   if (r.command === "flood") {
     const chunk = new Uint8Array(32 * 1024).fill(121);
@@ -67,7 +69,10 @@ beforeAll(async () => {
   key = join(dir, "id_ed25519");
   server = await startServer("127.0.0.1:0", join(dir, "host_key_a"));
   port = String(server.port);
+  hostPub = Bun.spawnSync(["ssh-keygen", "-y", "-f", join(dir, "host_key_a")]).stdout.toString().trim();
 });
+
+let hostPub: string; // the main server's host key, "ssh-ed25519 AAAA..."
 
 afterAll(async () => {
   await server.close();
@@ -221,6 +226,82 @@ describe("runPgoctl()", () => {
       expect({ argv, code: r.code }).toEqual({ argv, code: 64 });
       expect(r.stderr).toContain("Usage: pgoctl");
     }
+  });
+});
+
+describe("host key checking for CI (--strict-host-keys, --host-key)", () => {
+  test("--strict-host-keys and PGOCTL_STRICT_HOST_KEYS=1 refuse an unknown host with exit 255, run nothing and write nothing", async () => {
+    const kh = join(dir, "kh-strict");
+    for (const [flags, env] of [[["--strict-host-keys"], {}], [[], { PGOCTL_STRICT_HOST_KEYS: "1" }]] as const) {
+      const before = requests;
+      const r = await pgoctl(["-i", key, "-p", port, "--known-hosts", kh, ...flags, "127.0.0.1:web//ps"], env);
+      expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 255, stdout: "" });
+      expect(r.stderr).toContain(`Host key of "[127.0.0.1]:${port}" (ssh-ed25519 key SHA256:`);
+      expect(r.stderr).toContain("strict host key checking is on");
+      expect(requests).toBe(before);
+      expect(await Bun.file(kh).exists()).toBe(false);
+    }
+    // A known host passes in strict mode, and the file stays as it was.
+    await writeFile(kh, `[127.0.0.1]:${port} ${hostPub}\n`);
+    const known = await pgoctl(["-i", key, "-p", port, "--known-hosts", kh, "--strict-host-keys", "127.0.0.1:web//ps"]);
+    expect({ code: known.code, stderr: known.stderr }).toEqual({ code: 0, stderr: "note from pgod\n" });
+    expect(await readFile(kh, "utf8")).toBe(`[127.0.0.1]:${port} ${hostPub}\n`);
+  });
+
+  test("--host-key and PGOCTL_HOST_KEY accept the server's key, as a public key or a known_hosts line, without known_hosts", async () => {
+    const kh = join(dir, "kh-pinned-unused");
+    for (const [flags, env] of [
+      [["--host-key", `${hostPub} host@example`], {}],
+      [[`--host-key=# pgod\n[127.0.0.1]:${port} ${hostPub}`], {}],
+      [[], { PGOCTL_HOST_KEY: `${hostPub}\r\n` }],
+    ] as const) {
+      const r = await pgoctl(["-i", key, "-p", port, "--known-hosts", kh, ...flags, "127.0.0.1:web//ps"], env);
+      expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: "note from pgod\n" });
+    }
+    expect(await Bun.file(kh).exists()).toBe(false);
+  });
+
+  test("--host-key refuses another key, and a known_hosts line for another host, with exit 255 and runs nothing", async () => {
+    const other = (await readFile(join(dir, "id_unknown.pub"), "utf8")).trim();
+    const kh = join(dir, "kh-pinned");
+    await writeFile(kh, `[127.0.0.1]:${port} ${hostPub}\n`); // the pinned key wins over what known_hosts says
+    for (const [flags, env] of [
+      [["--host-key", other], {}],
+      [[], { PGOCTL_HOST_KEY: other }],
+      [["--host-key", `[127.0.0.1]:1 ${hostPub}`], {}],
+      [["--host-key", other], { PGOCTL_HOST_KEY: hostPub }],
+    ] as const) {
+      const before = requests;
+      const r = await pgoctl(["-i", key, "-p", port, "--known-hosts", kh, ...flags, "127.0.0.1:web//ps"], env);
+      expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 255, stdout: "" });
+      expect(r.stderr).toMatch(/is not the one given in (--host-key|PGOCTL_HOST_KEY)\n$/);
+      expect(requests).toBe(before);
+    }
+  });
+
+  test("a malformed --host-key or PGOCTL_STRICT_HOST_KEYS is a usage error (exit 64) before connecting", async () => {
+    const before = requests;
+    for (const [flags, env, message] of [
+      [["--host-key", "ssh-ed25519 not-base64!"], {}, "Invalid host key in --host-key"],
+      [["--host-key", "# only a comment"], {}, "Invalid host key in --host-key: it holds no key"],
+      [[], { PGOCTL_HOST_KEY: "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIA==" }, "Invalid host key in PGOCTL_HOST_KEY"],
+      [[], { PGOCTL_STRICT_HOST_KEYS: "maybe" }, 'Invalid PGOCTL_STRICT_HOST_KEYS "maybe"'],
+      [["--strict-host-keys=1"], {}, 'Option "--strict-host-keys" takes no value'],
+    ] as const) {
+      const r = await pgoctl(["-i", key, "-p", port, ...flags, "127.0.0.1:web//ps"], env);
+      expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 64, stdout: "" });
+      expect(r.stderr).toContain(message);
+    }
+    expect(requests).toBe(before);
+  });
+
+  test("trust on first use never creates ~/.ssh: the host is trusted for this run and the note says it was not recorded", async () => {
+    const bare = join(dir, "home-without-ssh");
+    await mkdir(bare);
+    const r = await pgoctl(["-i", key, "-p", port, "127.0.0.1:web//ps"], { HOME: bare });
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain(`but cannot record it in "${bare}/.ssh/known_hosts"`);
+    expect(await readdir(bare)).toEqual([]);
   });
 });
 

@@ -6,11 +6,10 @@ import { join } from "node:path";
 import { Client, utils, type ClientChannel, type ConnectConfig } from "ssh2";
 import { fingerprint, keysEqual, parseAuthorizedKeys, type PublicKey } from "../src/keys.ts";
 import { memoryLogger } from "../src/log.ts";
+import { parseListenAddress, sshAlgorithms } from "../src/ssh_protocol.ts";
 import {
   clampStatus,
   DEFAULT_LIMITS,
-  parseListenAddress,
-  sshAlgorithms,
   startSshServer,
   type ClientKey,
   type SessionIO,
@@ -278,6 +277,41 @@ describe("startSshServer()", () => {
     expect((await run(c, "web//ps")).code).toBe(42);
     expect(40 - closed).toBeLessThanOrEqual(8);
     expect(log.lines.some((l) => l.includes("dropping the oldest"))).toBe(true);
+  });
+
+  test("for OpenSSH clients the server's KEXINIT waits for the client's (regression: OpenSSH's KEX_ECDH_INIT waited 40 ms for a delayed ACK)", async () => {
+    const { srv } = await start(echo);
+    const got = async (sendFirstPacket: boolean, ident = "OpenSSH_9.2p1 Debian-2"): Promise<{ ident: number; kexinit: number; sent: number }> => {
+      const s = tcpConnect(srv.port, "127.0.0.1");
+      sockets.push(s);
+      s.on("error", () => {});
+      let buf = Buffer.alloc(0);
+      const at = { ident: 0, kexinit: 0, sent: 0 };
+      s.on("data", (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        const lf = buf.indexOf(0x0a);
+        if (lf >= 0 && at.ident === 0) at.ident = performance.now();
+        if (lf >= 0 && buf.length > lf + 1 && at.kexinit === 0) at.kexinit = performance.now();
+      });
+      s.write(`SSH-2.0-${ident}\r\n`);
+      await waitFor(() => at.ident > 0, "the server's identification line");
+      if (sendFirstPacket) {
+        at.sent = performance.now();
+        s.write(Buffer.from([0, 0, 0, 12])); // the start of the client's KEXINIT packet
+      }
+      await waitFor(() => at.kexinit > 0, "the server's KEXINIT");
+      s.destroy();
+      return at;
+    };
+    // Without the client's KEXINIT, ours comes only when the hold (200 ms) runs out...
+    const alone = await got(false);
+    expect(alone.kexinit - alone.ident).toBeGreaterThanOrEqual(150);
+    // ...and once the client's first packet is there, it comes after it, not before.
+    const answered = await got(true);
+    expect(answered.kexinit).toBeGreaterThanOrEqual(answered.sent);
+    // Other clients (ssh2, pgoctl) are not held: their KEXINITs cross ours at once.
+    const other = await got(false, "ssh2js1.17.0");
+    expect(other.kexinit - other.ident).toBeLessThan(alone.kexinit - alone.ident);
   });
 
   test("random bytes after the banner do not crash the server", async () => {

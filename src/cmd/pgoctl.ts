@@ -1,9 +1,9 @@
 /** pgoctl(1): the entry point; all logic is in ../pgoctl.ts. */
-import { runPgoctl, streamOutput } from "../pgoctl.ts";
+import { runPgoctl, stdioOutput } from "../pgoctl.ts";
 
 const status = await runPgoctl(process.argv.slice(2), {
-  stdout: streamOutput(process.stdout),
-  stderr: streamOutput(process.stderr),
+  stdout: stdioOutput(1),
+  stderr: stdioOutput(2),
   env: process.env,
 });
 process.exit(status);

@@ -12,7 +12,7 @@ import { randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import { openssh, preflight, processesWith, scenario, sweepRun, waitFor, waitRunning } from "../e2e/harness.ts";
 import { Client, type ClientChannel } from "ssh2";
-import { sshAlgorithms } from "../../src/ssh_server.ts";
+import { sshAlgorithms } from "../../src/ssh_protocol.ts";
 import { keyWithText, percentile, rssMiB, RssSampler, serveOne, sshRequest } from "./util.ts";
 import type { Answer, Service } from "./util.ts";
 

@@ -5,7 +5,7 @@
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { Client } from "ssh2";
-import { sshAlgorithms } from "../../src/ssh_server.ts";
+import { sshAlgorithms } from "../../src/ssh_protocol.ts";
 import {
   chownTree, composeFile, makeKey, sshListening, uniqueName, waitFor,
 } from "../e2e/harness.ts";
