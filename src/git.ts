@@ -28,7 +28,8 @@ export function gitDirOf(checkout: string): string {
 /**
  * Config given on the command line of every git call; it wins over the repository's own. Each
  * key names a program git would otherwise run, or a file it would otherwise read, from config.
- * The environment (safeEnv) covers the rest: GIT_SSH_COMMAND beats core.sshCommand,
+ * Where git takes the first value and not the last (`remote.<name>.uploadpack`), the command line
+ * names it instead (`--upload-pack`). The environment (safeEnv) covers the rest: GIT_SSH_COMMAND beats core.sshCommand,
  * GIT_ASKPASS core.askPass, GIT_PROXY_COMMAND core.gitProxy, GIT_PAGER/GIT_EDITOR the pager and
  * editor.
  */
@@ -39,16 +40,29 @@ export const SAFE_CONFIG: readonly string[] = [
   "core.excludesFile=/dev/null",
   "credential.helper=",
   "protocol.ext.allow=never",
-  "remote.origin.uploadpack=git-upload-pack",
-  "remote.origin.receivepack=git-receive-pack",
   "fetch.recurseSubmodules=false",
   "submodule.recurse=false",
   "gc.autoDetach=false",
 ];
 
-/** `-c` options for SAFE_CONFIG. */
-function safeArgs(): string[] {
-  return SAFE_CONFIG.flatMap((c) => ["-c", c]);
+/** The program a local or SSH remote runs to send objects, whatever the repository's config says. */
+const UPLOAD_PACK = "git-upload-pack";
+
+/**
+ * `env` with `pairs` added as config through GIT_CONFIG_COUNT/KEY_n/VALUE_n (numbered after any
+ * already there): like `git -c`, it wins over every config file, and it keeps argv readable.
+ */
+export function withConfig(env: Record<string, string>, pairs: readonly string[]): Record<string, string> {
+  const out = { ...env };
+  let n = Number(out["GIT_CONFIG_COUNT"] ?? "0");
+  for (const p of pairs) {
+    const eq = p.indexOf("=");
+    out[`GIT_CONFIG_KEY_${n}`] = p.slice(0, eq);
+    out[`GIT_CONFIG_VALUE_${n}`] = p.slice(eq + 1);
+    n++;
+  }
+  out["GIT_CONFIG_COUNT"] = String(n);
+  return out;
 }
 
 /** The environment of every git child: no system or global config, no program taken from config. */
@@ -146,37 +160,37 @@ export function remoteAccess(url: string): { url: string; env: Record<string, st
  */
 export function makeGit(runner: Runner, account: Account, service: string, repository?: string): Git {
   const access = repository !== undefined ? remoteAccess(repository).env : {};
-  const env = { ...safeEnv(account), ...access };
+  const safe = withConfig(safeEnv(account), SAFE_CONFIG);
+  const env = withConfig(safe, configPairs(access));
   // Git needs the user's own groups to reach its files, never `docker` (root on the host).
   const as = withoutDocker(account);
   const tag = (subcmd: string): Tag => ({ service, cmd: "git", subcmd });
-  // GIT_CEILING_DIRECTORIES: nothing above the checkout is ever taken for a repository.
-  const git = async (dir: string, args: string[], subcmd: string, timeoutMs = LOCAL_TIMEOUT_MS, check = true, extra: Record<string, string> = {}) =>
-    runner(["git", "--no-pager", ...safeArgs(), `--git-dir=${gitDirOf(dir)}`, `--work-tree=${dir}`, ...args], {
-      cwd: dir, env: { ...env, ...extra, GIT_CEILING_DIRECTORIES: dirname(dir) }, as, timeoutMs, tag: tag(subcmd), check,
-    });
+  // GIT_DIR and GIT_WORK_TREE name both, so a `.git` in the work tree is never looked at;
+  // GIT_CEILING_DIRECTORIES: nothing above it is ever taken for a repository either.
+  const where = (work: string): Record<string, string> => ({
+    GIT_DIR: gitDirOf(work), GIT_WORK_TREE: work, GIT_CEILING_DIRECTORIES: dirname(work),
+  });
+  const git = async (dir: string, args: string[], subcmd: string, timeoutMs = LOCAL_TIMEOUT_MS, check = true) =>
+    runner(["git", ...args], { cwd: dir, env: { ...env, ...where(dir) }, as, timeoutMs, tag: tag(subcmd), check });
   const stageIndex = (dir: string, path: string): string => join(gitDirOf(dir), `pgo-index-${basename(path)}`);
   return {
     async clone(dir, repo, branch) {
       const r = remoteAccess(repo);
       // No templates (no sample hooks either); the `.git` file clone leaves in the work tree goes.
-      await runner([
-        "git", "--no-pager", ...safeArgs(), "clone", "--quiet", "--template=", `--separate-git-dir=${gitDirOf(dir)}`,
-        "--branch", branch, "--", r.url, ".",
-      ], {
-        cwd: dir, env: { ...env, ...r.env, GIT_CEILING_DIRECTORIES: dirname(dir) }, as, timeoutMs: NET_TIMEOUT_MS, tag: tag("clone"),
+      await runner(["git", "clone", "--quiet", "--template=", `--upload-pack=${UPLOAD_PACK}`, `--separate-git-dir=${gitDirOf(dir)}`, "--branch", branch, "--", r.url, "."], {
+        cwd: dir, env: { ...withConfig(safe, configPairs(r.env)), GIT_CEILING_DIRECTORIES: dirname(dir) }, as, timeoutMs: NET_TIMEOUT_MS, tag: tag("clone"),
       });
       await runner(["rm", "-f", "--", join(dir, ".git")], { env: baseEnv(account), as, tag: tag("clone") });
     },
     async remoteHead(dir, branch) {
-      const r = await git(dir, ["ls-remote", "--heads", "origin", `refs/heads/${branch}`], "ls-remote", NET_TIMEOUT_MS);
+      const r = await git(dir, ["ls-remote", "--heads", `--upload-pack=${UPLOAD_PACK}`, "origin", `refs/heads/${branch}`], "ls-remote", NET_TIMEOUT_MS);
       const id = r.stdout.split(/\s/)[0] ?? "";
       if (!/^[0-9a-f]{40,64}$/.test(id)) throw new Error(`Cannot find branch "${branch}" on the remote`);
       return id;
     },
     async fetch(dir, branch) {
       const ref = `refs/remotes/origin/${branch}`;
-      await git(dir, ["fetch", "--quiet", "--no-tags", "origin", `+refs/heads/${branch}:${ref}`], "fetch", NET_TIMEOUT_MS);
+      await git(dir, ["fetch", "--quiet", "--no-tags", `--upload-pack=${UPLOAD_PACK}`, "origin", `+refs/heads/${branch}:${ref}`], "fetch", NET_TIMEOUT_MS);
       const r = await git(dir, ["rev-parse", "--verify", "--quiet", `${ref}^{commit}`], "rev-parse");
       return r.stdout.trim();
     },
@@ -199,11 +213,9 @@ export function makeGit(runner: Runner, account: Account, service: string, repos
       await git(dir, ["clean", "--quiet", "-d", "-x", "--force", "--force", ...keep.flatMap((k) => ["-e", k])], "clean");
     },
     async addWorktree(dir, path, commit) {
-      const index = { GIT_INDEX_FILE: stageIndex(dir, path) };
+      const stageEnv = { ...env, GIT_DIR: gitDirOf(dir), GIT_WORK_TREE: path, GIT_CEILING_DIRECTORIES: dirname(path), GIT_INDEX_FILE: stageIndex(dir, path) };
       const stage = async (args: string[], subcmd: string) =>
-        runner(["git", "--no-pager", ...safeArgs(), `--git-dir=${gitDirOf(dir)}`, `--work-tree=${path}`, ...args], {
-          cwd: path, env: { ...env, ...index, GIT_CEILING_DIRECTORIES: dirname(path) }, as, timeoutMs: LOCAL_TIMEOUT_MS, tag: tag(subcmd),
-        });
+        runner(["git", ...args], { cwd: path, env: stageEnv, as, timeoutMs: LOCAL_TIMEOUT_MS, tag: tag(subcmd) });
       await stage(["read-tree", commit], "read-tree");
       await stage(["checkout-index", "--all", "--force"], "checkout-index");
     },
@@ -224,6 +236,13 @@ export function makeGit(runner: Runner, account: Account, service: string, repos
       await git(dir, ["remote", "set-url", "origin", url], "remote");
     },
   };
+}
+
+/** The `key=value` pairs of config that remoteAccess put in an environment. */
+function configPairs(env: Record<string, string>): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < Number(env["GIT_CONFIG_COUNT"] ?? "0"); i++) out.push(`${env[`GIT_CONFIG_KEY_${i}`]}=${env[`GIT_CONFIG_VALUE_${i}`]}`);
+  return out;
 }
 
 /** The network timeout: 120 s, or a positive whole number of ms from `value`. */

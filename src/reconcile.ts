@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readFileSync } from "node:fs";
 import { chmod, chown, lstat, mkdir, rename, rm, stat } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { dirname, join, posix } from "node:path";
 import type { ServiceConfig } from "./config.ts";
 import { composeDependencies, COMPOSE_FILES, findComposeFile, makeCompose } from "./compose.ts";
 import type { Compose } from "./compose.ts";
@@ -15,7 +15,8 @@ import { allRunning, readiness } from "./containers.ts";
 import type { Containers } from "./containers.ts";
 import { errorMessage } from "./errors.ts";
 import type { Runner } from "./exec.ts";
-import { makeGit, NET_TIMEOUT_MS, remoteAccess } from "./git.ts";
+import { gitDirOf, GITDIRS, makeGit, NET_TIMEOUT_MS, remoteAccess } from "./git.ts";
+import { ensureGitDirs, migrateGitDir, restoreCheckout } from "./checkout.ts";
 import type { Git } from "./git.ts";
 import { writeImportFile } from "./caddy.ts";
 import { writeFileAtomic } from "./files.ts";
@@ -34,7 +35,7 @@ import type { Logger } from "./log.ts";
 import { jitter, Mutex } from "./scheduler.ts";
 import type { Clock, Semaphore } from "./scheduler.ts";
 import type { Account, Users } from "./users.ts";
-import { baseEnv, engineEnv } from "./users.ts";
+import { baseEnv, CHILD_PATH, engineEnv } from "./users.ts";
 
 /** What started a cycle. */
 export type Trigger = "start" | "poll" | "pgoctl" | "webhook" | "rollback";
@@ -249,6 +250,8 @@ export class ServiceWorker {
     const a = await this.d.users.lookup(this.svc.user);
     const started = this.d.clock.now();
     const say = (text: string): unknown => io.onStderr?.(new TextEncoder().encode(`${text}\n`));
+    // Judge what runs: compose reads the checkout as the commit has it, whatever a container wrote.
+    if (this.head !== null) await this.moveTo(a, this.head);
     // The commit was evaluated a moment ago, before the checkout moved to it: once is enough.
     const fresh = this.assessed !== null && this.assessed.commit === this.head ? this.assessed : null;
     this.assessed = null;
@@ -290,8 +293,7 @@ export class ServiceWorker {
     await this.saveState({ bad });
     await this.record({ commit: bad, time: started, trigger, result: "rolled back", durationMs: this.d.clock.now() - started, detail: attempt.why });
     this.d.onDeploy?.(this.svc.name, "rolled back");
-    const git = (this.d.makeGit ?? makeGit)(this.d.runner, a, this.svc.name, this.svc.repository);
-    await git.checkout(this.checkout, this.svc.branch, good);
+    await this.moveTo(a, good);
     this.head = good;
     this.st.commit = good;
     const code = await this.deployNow("rollback", io, services, false);
@@ -344,7 +346,7 @@ export class ServiceWorker {
       await io.onStderr?.(new TextEncoder().encode(`Refused: ${verdict}\n`));
       return 65;
     }
-    await git.checkout(this.checkout, this.svc.branch, target);
+    await this.moveTo(a, target);
     this.head = target;
     this.st.commit = target;
     await this.pin(target);
@@ -355,6 +357,24 @@ export class ServiceWorker {
   async syncNow(): Promise<ServiceStatus> {
     await this.lock.run(() => this.cycle("pgoctl"));
     return this.status();
+  }
+
+  /**
+   * Puts the checkout at exactly `commit`, cleaned of everything untracked and ignored (what a
+   * container wrote), then writes pgod's own import file again: what compose reads next is the
+   * commit's bytes and pgod's, nothing else.
+   */
+  private async moveTo(a: Account, commit: string): Promise<void> {
+    const git = (this.d.makeGit ?? makeGit)(this.d.runner, a, this.svc.name, this.svc.repository);
+    const keep = this.svc.import !== undefined ? [`/${posix.normalize(this.svc.import)}`] : [];
+    await restoreCheckout({ checkout: this.checkout, branch: this.svc.branch, commit, keep }, a, git, this.d.runner);
+    await this.writeImport(a);
+  }
+
+  /** Puts the checkout back to the commit that runs (see moveTo); call it inside `exclusive`. */
+  async restoreNow(): Promise<void> {
+    if (this.head === null) return;
+    await this.moveTo(await this.d.users.lookup(this.svc.user), this.head);
   }
 
   /** Pull and up (with registry logins), then wait until the containers run and are healthy. */
@@ -606,41 +626,62 @@ export class ServiceWorker {
 
   /** Clones when the checkout is missing or damaged; returns HEAD. A failed fetch never gets here. */
   private async ensureCheckout(a: Account, git: Git): Promise<string> {
+    await ensureGitDirs(this.checkout);
+    const want = remoteAccess(this.svc.repository).url;
     if (existsSync(this.checkout)) {
       const s = await lstat(this.checkout);
       if (s.isDirectory() && s.uid !== a.uid) {
         await this.d.runner(["chown", "-R", "--no-dereference", `${a.uid}:${a.gid}`, this.checkout], { env: baseEnv(a) });
       }
-      const head = s.isDirectory() && existsSync(join(this.checkout, ".git")) ? await git.head(this.checkout) : null;
+      if (s.isDirectory() && (await migrateGitDir(this.checkout, want, a, this.d.runner))) {
+        this.log.info("moved the git directory out of the checkout", { dir: gitDirOf(this.checkout) });
+      }
+      const head = s.isDirectory() && existsSync(gitDirOf(this.checkout)) ? await git.head(this.checkout) : null;
       if (head !== null) {
         // The stored URL holds no credentials (remoteAccess); one stored by an older pgod loses them here.
         const url = await git.remoteUrl(this.checkout);
-        const want = remoteAccess(this.svc.repository).url;
         if (url !== want) await git.setRemoteUrl(this.checkout, want);
         return head;
       }
       this.log.warn("checkout is damaged, cloning again", { dir: this.checkout });
     }
+    // The clone goes to <tmp>/<name> with its git directory in <tmp>/.gitdirs/<name> (gitDirOf), both
+    // the user's; then each moves to its place.
     const tmp = join(this.d.dir, `.clone-${this.svc.name}-${process.pid}-${Math.floor(this.d.random() * 1e9)}`);
-    await rm(tmp, { recursive: true, force: true });
+    const work = join(tmp, this.svc.name);
+    await this.removeTree(tmp);
     await privateDir(tmp, a);
+    await privateDir(work, a);
+    await privateDir(join(tmp, GITDIRS), a);
     try {
-      await this.d.slots.run(() => git.clone(tmp, this.svc.repository, this.svc.branch));
-      if (existsSync(this.checkout)) {
-        const trash = join(this.d.dir, `.trash-${this.svc.name}-${process.pid}`);
-        await rename(this.checkout, trash);
-        await rename(tmp, this.checkout);
-        await rm(trash, { recursive: true, force: true });
-      } else {
-        await rename(tmp, this.checkout);
+      await this.d.slots.run(() => git.clone(work, this.svc.repository, this.svc.branch));
+      for (const [from, to] of [[gitDirOf(work), gitDirOf(this.checkout)], [work, this.checkout]] as const) {
+        if (existsSync(to)) {
+          const trash = join(this.d.dir, `.trash-${this.svc.name}-${process.pid}`);
+          await this.removeTree(trash);
+          await rename(to, trash);
+          await rename(from, to);
+          await this.removeTree(trash);
+        } else {
+          await rename(from, to);
+        }
       }
     } finally {
-      await rm(tmp, { recursive: true, force: true });
+      await this.removeTree(tmp);
     }
     const head = await git.head(this.checkout);
     if (head === null) throw new Error(`Cannot read HEAD of the fresh clone of "${this.svc.repository}"`);
     this.log.info("cloned", { commit: head.slice(0, 12), branch: this.svc.branch });
     return head;
+  }
+
+  /**
+   * Removes a tree a container may still be writing (an old checkout): coreutils' rm, which never
+   * follows a symlink swapped in meanwhile, and stays on this file system.
+   */
+  private async removeTree(path: string): Promise<void> {
+    if (!existsSync(path)) return;
+    await this.d.runner(["rm", "-rf", "--one-file-system", "--", path], { env: { PATH: CHILD_PATH } });
   }
 
   /**
@@ -664,7 +705,7 @@ export class ServiceWorker {
         return false;
       }
     }
-    await git.checkout(this.checkout, this.svc.branch, fetched);
+    await this.moveTo(a, fetched);
     this.head = fetched;
     this.st.commit = fetched;
     this.refused = null;
