@@ -1,5 +1,5 @@
 import { afterEach, expect, test } from "bun:test";
-import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ServiceConfig } from "../src/config.ts";
 import { memoryLogger } from "../src/log.ts";
@@ -7,7 +7,7 @@ import { gitDirOf } from "../src/git.ts";
 import { ServiceWorker } from "../src/reconcile.ts";
 import type { ReconcileDeps } from "../src/reconcile.ts";
 import { ManualClock, Semaphore } from "../src/scheduler.ts";
-import { checkoutGit, FakeDocker, git, rootUsers, tempDir, TestRepo, waitFor } from "./helpers.ts";
+import { checkoutGit, COMPOSE as COMPOSE_WEB, FakeDocker, git, rootUsers, tempDir, TestRepo, waitFor } from "./helpers.ts";
 
 const cleanups: (() => void)[] = [];
 afterEach(() => cleanups.splice(0).forEach((f) => f()));
@@ -559,4 +559,65 @@ test("a commit whose rollback fails as well is not held against it and is tried 
   await worker.cycle("poll");
   expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(next);
   expect(worker.status()).toMatchObject({ lastResult: "deployed", commit: next, good: next, bad: null, lastError: null });
+});
+
+test("what a container wrote into the checkout (untracked, ignored, a .env, a symlink, a .git, an edit) is gone before every up", async () => {
+  const { worker, repo, checkout, deps, docker } = setup({}, { "compose.yaml": COMPOSE_WEB, ".gitignore": ".env\nlink\ncache/\n" });
+  await worker.cycle("start");
+  const seen: string[][] = [];
+  const real = deps.runner;
+  deps.runner = (argv, o) => {
+    if (argv.includes("up")) seen.push(readdirSync(checkout).sort());
+    return real(argv, o);
+  };
+  const plant = () => {
+    writeFileSync(join(checkout, ".env"), "PRIV=true\n");
+    rmSync(join(checkout, "link"), { force: true });
+    symlinkSync("/", join(checkout, "link"));
+    mkdirSync(join(checkout, "cache"), { recursive: true });
+    writeFileSync(join(checkout, "cache", "x"), "x");
+    writeFileSync(join(checkout, "stray"), "x");
+    mkdirSync(join(checkout, ".git", "hooks"), { recursive: true });
+    writeFileSync(join(checkout, "compose.yaml"), "services: {tampered: {image: x}}\n");
+  };
+  const clean = [".gitignore", "compose.yaml"];
+  // A new commit.
+  plant();
+  repo.commit({ "compose.yaml": `${COMPOSE_WEB}    environment: [A=1]\n` });
+  await worker.cycle("poll");
+  // pgoctl up, and self-healing after the containers went.
+  plant();
+  expect(await worker.exclusive(() => worker.deployNow("pgoctl"))).toBe(0);
+  plant();
+  rmSync(join(docker.bin, "state"), { recursive: true, force: true });
+  await worker.cycle("poll");
+  expect(seen).toEqual([clean, clean, clean]);
+  expect(readFileSync(join(checkout, "compose.yaml"), "utf8")).toContain("A=1");
+  expect(checkoutGit(checkout, "status", "--porcelain", "--ignored")).toBe("");
+});
+
+test("a checkout made by an older pgod has its .git moved out at start, without a clone, and nothing a container put in it runs", async () => {
+  const { worker, repo, checkout, deps, log, root } = setup();
+  git(root, "clone", "--quiet", repo.remote, checkout);
+  const head = git(checkout, "rev-parse", "HEAD");
+  const marker = join(root, "MARKER");
+  writeFileSync(join(checkout, ".git", "hooks", "post-checkout"), `#!/bin/sh\ntouch ${marker}\n`);
+  chmodSync(join(checkout, ".git", "hooks", "post-checkout"), 0o755);
+  git(checkout, "config", "core.fsmonitor", `touch ${marker}; false`);
+  git(checkout, "config", "filter.evil.smudge", `touch ${marker}; cat`);
+  await worker.cycle("start");
+  expect(log.lines.join("\n")).toContain("moved the git directory out of the checkout");
+  expect(log.lines.join("\n")).not.toContain("msg=cloned");
+  expect(existsSync(join(checkout, ".git"))).toBe(false);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(head);
+  const config = readFileSync(join(gitDirOf(checkout), "config"), "utf8");
+  expect(config).not.toContain("fsmonitor");
+  expect(config).not.toContain("evil");
+  expect(existsSync(join(gitDirOf(checkout), "hooks"))).toBe(false);
+  const next = repo.commit({ "compose.yaml": `${COMPOSE_WEB}    environment: [B=1]\n`, ".gitattributes": "* filter=evil\n" });
+  await worker.cycle("poll");
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(next);
+  expect(existsSync(marker)).toBe(false);
+  expect(worker.status()).toMatchObject({ lastResult: "deployed", lastError: null });
+  void deps;
 });

@@ -4,6 +4,7 @@
  * concurrently. Run `bash scripts/build.sh` first.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { gitDirOf } from "../../src/git.ts";
 import { existsSync, statSync } from "node:fs";
 import { rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
@@ -286,7 +287,7 @@ describe("pgod with a real Docker engine", () => {
       await run(["docker", "compose", "--project-name", other, "up", "--detach"], { cwd: elsewhere });
       const otherBefore = await waitRunning(other);
       const keptBefore = await waitRunning(kept);
-      expect(existsSync(join(env.dir, gone, ".git"))).toBe(true);
+      expect(existsSync(gitDirOf(join(env.dir, gone)))).toBe(true);
 
       const second = await env.pgod([{ name: kept, repository: repo.bare }], { tag: "second" });
       // Stale projects are handled before the loops start.
@@ -294,6 +295,7 @@ describe("pgod with a real Docker engine", () => {
       expect(second.lines(new RegExp(`msg="bringing down a project that is no longer configured" project=${gone}`)).length).toBe(1);
       expect(await containersOf(gone)).toEqual([]);
       expect(existsSync(join(env.dir, gone))).toBe(false);
+      expect(existsSync(gitDirOf(join(env.dir, gone)))).toBe(false);
       expect((await runningOf(other)).map((c) => c.id)).toEqual([otherBefore.id]);
       expect(second.lines(new RegExp(`project=(${other}|${kept})\\b`))).toEqual([]);
       const keptAfter = await waitRunning(kept);
