@@ -4,6 +4,7 @@
  * `<dir>/.gitdirs/<name>`, where no container can mount it; every call names both explicitly, so
  * a `.git` written into the checkout is never read, and settings that run programs are overridden.
  */
+import { rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { Runner, Tag } from "./exec.ts";
 import type { Account } from "./users.ts";
@@ -220,7 +221,8 @@ export function makeGit(runner: Runner, account: Account, service: string, repos
       await stage(["checkout-index", "--all", "--force"], "checkout-index");
     },
     async removeWorktree(dir, path) {
-      await runner(["rm", "-f", "--", stageIndex(dir, path)], { env: baseEnv(account), as, tag: tag("worktree"), check: false });
+      // An unlink: it removes a symlink put there, never what it points to.
+      await rm(stageIndex(dir, path), { force: true });
     },
     async resolveCommit(dir, rev) {
       if (!/^[0-9a-f]{4,64}$/.test(rev)) return null;

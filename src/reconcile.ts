@@ -141,6 +141,8 @@ export class ServiceWorker {
   private httpRefs = true;
   /** The verdict on a commit evaluated just before the checkout moved to it, for the deploy that follows. */
   private assessed: { commit: string } & Assessment | null = null;
+  /** The commit moveTo put the checkout at during this cycle (the deploy that follows need not again). */
+  private restored: string | null = null;
 
   constructor(readonly svc: ServiceConfig, private readonly d: ReconcileDeps) {
     this.log = d.logger.with({ service: svc.name });
@@ -250,8 +252,10 @@ export class ServiceWorker {
     const a = await this.d.users.lookup(this.svc.user);
     const started = this.d.clock.now();
     const say = (text: string): unknown => io.onStderr?.(new TextEncoder().encode(`${text}\n`));
-    // Judge what runs: compose reads the checkout as the commit has it, whatever a container wrote.
-    if (this.head !== null) await this.moveTo(a, this.head);
+    // Judge what runs: compose reads the checkout as the commit has it, whatever a container wrote
+    // (unless this very cycle just put it there).
+    if (this.head !== null && this.restored !== this.head) await this.moveTo(a, this.head);
+    this.restored = null;
     // The commit was evaluated a moment ago, before the checkout moved to it: once is enough.
     const fresh = this.assessed !== null && this.assessed.commit === this.head ? this.assessed : null;
     this.assessed = null;
@@ -369,6 +373,7 @@ export class ServiceWorker {
     const keep = this.svc.import !== undefined ? [`/${posix.normalize(this.svc.import)}`] : [];
     await restoreCheckout({ checkout: this.checkout, branch: this.svc.branch, commit, keep }, a, git, this.d.runner);
     await this.writeImport(a);
+    this.restored = commit;
   }
 
   /** Puts the checkout back to the commit that runs (see moveTo); call it inside `exclusive`. */
@@ -537,6 +542,7 @@ export class ServiceWorker {
   async cycle(trigger: Trigger): Promise<void> {
     this.st.lastPollAt = this.d.clock.now();
     this.assessed = null;
+    this.restored = null;
     try {
       const account = await this.d.users.lookup(this.svc.user);
       const git = (this.d.makeGit ?? makeGit)(this.d.runner, account, this.svc.name, this.svc.repository);
@@ -599,6 +605,8 @@ export class ServiceWorker {
       this.st.lastError = errorMessage(e);
       this.failStreak++;
       this.log.error("cycle failed", { trigger, error: errorMessage(e) });
+    } finally {
+      this.restored = null;
     }
   }
 
