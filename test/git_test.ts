@@ -179,7 +179,7 @@ test("hooks and program-running config in pgod's own git directory run nothing e
 });
 
 test("a credential helper from the git directory never runs against a remote that asks for a password", async () => {
-  const repo = new TestRepo(join(root, "cred"));
+  new TestRepo(join(root, "cred"));
   const server = serveGitHttp(join(root, "cred"), { auth: { user: "bot", pass: "pw" } });
   try {
     const dir = join(root, "cred-dir", "web");
@@ -195,7 +195,6 @@ test("a credential helper from the git directory never runs against a remote tha
     const anonymous = makeGit(makeRunner({ logger: memoryLogger() }), ROOT_ACCOUNT, "web", `${server.base}/remote.git`);
     await expect(anonymous.fetch(dir, "main")).rejects.toThrow();
     expect(existsSync(marker)).toBe(false);
-    void repo;
   } finally {
     await server.stop();
   }

@@ -597,7 +597,7 @@ test("what a container wrote into the checkout (untracked, ignored, a .env, a sy
 });
 
 test("a checkout made by an older pgod has its .git moved out at start, without a clone, and nothing a container put in it runs", async () => {
-  const { worker, repo, checkout, deps, log, root } = setup();
+  const { worker, repo, checkout, log, root } = setup();
   git(root, "clone", "--quiet", repo.remote, checkout);
   const head = git(checkout, "rev-parse", "HEAD");
   const marker = join(root, "MARKER");
@@ -619,5 +619,4 @@ test("a checkout made by an older pgod has its .git moved out at start, without 
   expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(next);
   expect(existsSync(marker)).toBe(false);
   expect(worker.status()).toMatchObject({ lastResult: "deployed", lastError: null });
-  void deps;
 });
