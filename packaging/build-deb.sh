@@ -73,7 +73,9 @@ chmod 0711 "$root/var/lib/pgo"   # as pgod and the unit's StateDirectoryMode= ke
 # The executables must not be stripped: bun build --compile appends the program to the runtime.
 install -m 0755 dist/pgod dist/pgoctl "$root/usr/bin/"
 install -m 0644 packaging/pgod.service "$root/lib/systemd/system/pgod.service"
-install -m 0644 packaging/pgo.toml "$root/etc/pgo.toml"
+# 0640 root:root: the config holds registry tokens, env values, webhook secrets and tokens in
+# repository URLs (pgod warns at start when other users can read it).
+install -m 0640 packaging/pgo.toml "$root/etc/pgo.toml"
 gzip -9n < man/pgod.8 > "$root/usr/share/man/man8/pgod.8.gz"
 gzip -9n < man/pgoctl.1 > "$root/usr/share/man/man1/pgoctl.1.gz"
 install -m 0644 packaging/debian/copyright "$doc/copyright"

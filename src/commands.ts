@@ -9,10 +9,13 @@ import type { PublicKey } from "./keys.ts";
 import { formatHistory, readHistory } from "./history.ts";
 import { keyAllows, keysEqual } from "./keys.ts";
 import type { Logger } from "./log.ts";
+import { EXIT_TEMPFAIL, type LongRunning } from "./long_running.ts";
 import type { Hold, ServiceStatus } from "./reconcile.ts";
 import type { ClientKey, SessionIO } from "./ssh_server.ts";
 import { requestName } from "./ssh_server.ts";
 import { parseRequest } from "./target.ts";
+import { formatVerdict } from "./verdict.ts";
+import type { Verdict } from "./verdict.ts";
 
 /** sysexits(3) statuses for errors of the request itself. */
 export const EX = { usage: 64, unavailable: 69, software: 70, noperm: 77 } as const;
@@ -27,11 +30,13 @@ export interface ServiceHandle {
   deployNow(trigger: "pgoctl", io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }, services?: string[]): Promise<number>;
   pullNow(io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }, services?: string[]): Promise<number>;
   setHold(hold: Hold | null): Promise<void>;
-  /** The compose file's verdict: null when it may be deployed, else the reason. */
-  check(): Promise<string | null>;
+  /** The verdict on the newest commit of the branch (what would deploy next). */
+  check(): Promise<Verdict>;
   rollbackTo(rev: string | null, io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }): Promise<number>;
   unpin(): Promise<void>;
   syncNow(): Promise<ServiceStatus>;
+  /** The age recipient (`age1…`) the service's encrypted files are made for. */
+  recipient(): Promise<string>;
   readonly historyFile: string;
 }
 
@@ -44,12 +49,14 @@ export interface RouterDeps {
   now?: () => number;
   /** Counts a request by command and result. */
   count?: (command: string, result: string) => void;
+  /** Caps concurrent `exec` and `logs -f` per service and per key (none when absent). */
+  longRunning?: LongRunning;
 }
 
 /** The commands pgoctl can run. `load` is the original's name for `check`. */
 export const COMMANDS = [
   "up", "down", "stop", "start", "restart", "pull", "ps", "logs", "exec", "ping", "status", "check", "load",
-  "history", "rollback", "unpin", "sync",
+  "history", "rollback", "unpin", "sync", "recipient",
 ] as const;
 type Command = (typeof COMMANDS)[number];
 
@@ -139,12 +146,12 @@ export async function dispatch(key: ClientKey, request: string, io: SessionIO, d
     if (command === "unknown") {
       throw new RequestError(EX.usage, `Unknown command "${req.command}": expected one of ${COMMANDS.filter((c) => c !== "load").join(", ")}`);
     }
-    status = await run(req.command as Command, req.args, handle, io, d);
+    status = await run(req.command as Command, req.args, handle, io, d, { service, key: key.fingerprint });
     result = status === 0 ? "ok" : "error";
   } catch (e) {
     if (e instanceof RequestError) {
       status = e.status;
-      result = e.status === EX.noperm ? "denied" : e.status === EX.usage ? "malformed" : e.status === EX.unavailable ? "unavailable" : "error";
+      result = e.status === EX.noperm ? "denied" : e.status === EX.usage ? "malformed" : e.status === EX.unavailable || e.status === EXIT_TEMPFAIL ? "unavailable" : "error";
       await io.stderr.write(`${e.message}\n`).catch(() => {});
     } else {
       status = EX.software;
@@ -158,12 +165,23 @@ export async function dispatch(key: ClientKey, request: string, io: SessionIO, d
   return status;
 }
 
-async function run(cmd: Command, args: string[], h: ServiceHandle, io: SessionIO, d: RouterDeps): Promise<number> {
+async function run(
+  cmd: Command,
+  args: string[],
+  h: ServiceHandle,
+  io: SessionIO,
+  d: RouterDeps,
+  who: { service: string; key: string },
+): Promise<number> {
   const out = { onStdout: (c: Uint8Array) => io.stdout.write(c), onStderr: (c: Uint8Array) => io.stderr.write(c), signal: io.signal };
   switch (cmd) {
     case "ping":
       checkArgs(cmd, args);
       await io.stdout.write(`pong ${d.hostname}\n`);
+      return 0;
+    case "recipient":
+      checkArgs(cmd, args);
+      await io.stdout.write(`${await h.recipient()}\n`);
       return 0;
     case "status":
       checkArgs(cmd, args);
@@ -174,27 +192,35 @@ async function run(cmd: Command, args: string[], h: ServiceHandle, io: SessionIO
       checkArgs(cmd, args);
       ready(h);
       const verdict = await h.check();
-      if (verdict === null) {
-        await io.stdout.write("ok: the compose file may be deployed\n");
-        return 0;
-      }
-      await io.stdout.write(`refused: ${verdict}\n`);
-      return 1;
+      if (verdict.stale) await io.stderr.write(`Cannot fetch branch "${verdict.branch}": ${verdict.stale}; judged the last fetched commit\n`);
+      await io.stdout.write(formatVerdict(verdict));
+      return verdict.refusal === null ? 0 : 1;
     }
     case "exec": {
       const [container, ...rest] = args;
       if (container === undefined || rest.length === 0) throw new RequestError(EX.usage, 'Usage: "exec <container> <command> [args...]"');
       if (!SERVICE_NAME.test(container)) throw new RequestError(EX.usage, `Invalid container "${container}": expected a compose service name`);
       ready(h);
-      const c = await h.composeFor();
-      return (await c.run(["exec", "-T", container, ...rest], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
+      const release = await d.longRunning?.take(who.service, who.key, "exec", io.signal);
+      try {
+        const c = await h.composeFor();
+        return (await c.run(["exec", "-T", container, ...rest], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
+      } finally {
+        release?.();
+      }
     }
     case "ps":
     case "logs": {
       const a = checkArgs(cmd, args);
       ready(h);
-      const c = await h.composeFor();
-      return (await c.run([cmd, ...a], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
+      const follows = cmd === "logs" && a.some((x) => x === "-f" || x === "--follow");
+      const release = follows ? await d.longRunning?.take(who.service, who.key, "logs -f", io.signal) : undefined;
+      try {
+        const c = await h.composeFor();
+        return (await c.run([cmd, ...a], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
+      } finally {
+        release?.();
+      }
     }
     case "history": {
       if (args.length > 1 || (args[0] !== undefined && !/^[1-9][0-9]{0,3}$/.test(args[0]))) {
@@ -284,6 +310,8 @@ export function formatStatus(s: ServiceStatus, now: () => number): string {
     `pinned:      ${s.pinned ? `${s.pinned} (no new commits are pulled; "unpin" releases it)` : "no"}`,
     `last good:   ${s.good ?? "none"}`,
     `rolled back: ${s.bad ? `${s.bad} (not tried again until a newer commit arrives)` : "none"}`,
+    `refused:     ${s.refused ? `${s.refused.commit} (not deployed; what runs keeps running)` : "none"}`,
+    ...(s.refused ? [`refusal:     ${s.refused.reason.split("\n").join("\n             ")}`] : []),
     `stop file:   ${s.stopFile ? "present (the service is kept down)" : "absent"}`,
     `last poll:   ${t(s.lastPollAt)}`,
     `next poll:   ${s.nextPollAt === null ? "now" : `${t(s.nextPollAt)} (in ${Math.max(0, Math.round((s.nextPollAt - now()) / 1000))}s)`}`,

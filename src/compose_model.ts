@@ -1,5 +1,5 @@
 /** The compose model as docker compose itself resolves it, screened first and run under a memory limit. */
-import { oomKills } from "./cgroup.ts";
+import { oomKills, pidsRefusals } from "./cgroup.ts";
 import type { ComposeTarget } from "./compose.ts";
 import { composeEnv } from "./compose.ts";
 import type { Runner } from "./exec.ts";
@@ -7,8 +7,8 @@ import type { YamlLimits } from "./yaml_screen.ts";
 import { screenComposeTree } from "./yaml_screen.ts";
 
 export interface ModelOptions {
-  /** Run docker compose inside this cgroup (see makeMemoryCgroup). */
-  cgroupDir?: string;
+  /** Run docker compose inside this cgroup, or these (see makeCgroups). */
+  cgroupDir?: string | readonly string[];
   /** Default 60 s. */
   timeoutMs?: number;
   /**
@@ -33,7 +33,9 @@ export async function composeModel(runner: Runner, target: ComposeTarget, opts: 
   const argv = ["docker", "compose", "--project-name", target.project, "--file", target.file];
   if ((opts.profiles ?? "all") === "all") argv.push("--profile", "*");
   argv.push("config", "--format", "json");
-  const oomBefore = opts.cgroupDir ? await oomKills(opts.cgroupDir) : 0;
+  const cgroups = typeof opts.cgroupDir === "string" ? [opts.cgroupDir] : opts.cgroupDir ?? [];
+  const count = async (f: (dir: string) => Promise<number>): Promise<number> => (await Promise.all(cgroups.map(f))).reduce((a, b) => a + b, 0);
+  const [oomBefore, pidsBefore] = await Promise.all([count(oomKills), count(pidsRefusals)]);
   const timeoutMs = opts.timeoutMs ?? MODEL_TIMEOUT_MS;
   const r = await runner(argv, {
     cwd: target.dir,
@@ -42,12 +44,15 @@ export async function composeModel(runner: Runner, target: ComposeTarget, opts: 
     timeoutMs,
     check: false,
     tag: { service: target.project, cmd: "compose", subcmd: "config" },
-    ...(opts.cgroupDir ? { cgroup: opts.cgroupDir } : {}),
+    ...(cgroups.length > 0 ? { cgroup: cgroups } : {}),
   });
   const file = target.file;
   if (r.timedOut) throw new Error(`docker compose rejects "${file}": it took longer than ${timeoutMs} ms`);
-  if (opts.cgroupDir && (await oomKills(opts.cgroupDir)) > oomBefore) {
+  if (cgroups.length > 0 && (await count(oomKills)) > oomBefore) {
     throw new Error(`docker compose rejects "${file}": it ran out of its memory limit`);
+  }
+  if (cgroups.length > 0 && (r.exitCode !== 0 || r.signal) && (await count(pidsRefusals)) > pidsBefore) {
+    throw new Error(`docker compose rejects "${file}": it ran out of its process limit`);
   }
   if (r.exitCode !== 0 || r.signal) {
     const tail = r.stderr.split(`${target.dir}/`).join("").trim().split("\n").filter((l) => l.trim()).slice(-3).join(" | ");

@@ -52,6 +52,10 @@ export interface ServiceConfig {
   healthTimeoutMs: number;
   /** Secret that push webhooks for this service are verified with. */
   webhookSecret?: string;
+  /** `swarm` deploys with `docker stack deploy` on a Swarm manager; absent means docker compose. */
+  engine?: "swarm";
+  /** Files of extra age identities that may decrypt this service's `*.age` and SOPS files. */
+  ageIdentities?: string[];
   /** Line of this service's `[[services]]` header. */
   line: number;
 }
@@ -66,6 +70,7 @@ export interface Config {
 export const SERVICE_KEYS: readonly string[] = [
   "name", "user", "repository", "branch", "compose", "registries",
   "env", "urls", "networks", "import", "reload", "mount", "health_timeout", "webhook_secret",
+  "age_identities", "engine",
 ];
 
 /** Default of `health_timeout`: how long a deploy may take to become running and healthy. */
@@ -292,6 +297,17 @@ function checkService(
       }
     }
   }
+
+  const engine = str("engine");
+  if (engine !== undefined && engine !== "compose" && engine !== "swarm") {
+    invalid("engine", engine, 'expected "compose" or "swarm"');
+  } else if (engine === "swarm") svc.engine = "swarm";
+
+  const identities = strs("age_identities");
+  identities?.forEach((f, i) => {
+    if (!f.startsWith("/") || CONTROL.test(f)) report("age_identities", `Invalid entry ${i + 1} for "age_identities": expected an absolute path to an age identity file`);
+  });
+  if (identities !== undefined) svc.ageIdentities = identities;
 
   const networks = strs("networks");
   networks?.forEach((n, i) => {

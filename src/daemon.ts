@@ -8,11 +8,12 @@ import { dispatch } from "./commands.ts";
 import { findComposePlugin } from "./compose.ts";
 import type { RouterDeps } from "./commands.ts";
 import { parseConfig } from "./config.ts";
+import { warnIfConfigExposed } from "./config_secrets.ts";
 import type { Config } from "./config.ts";
 import { caddyImport } from "./caddy.ts";
 import { makeDockerContainers } from "./containers.ts";
 import { unmountStale } from "./mount.ts";
-import { makeMemoryCgroup, removeMemoryCgroup } from "./cgroup.ts";
+import { EVAL_LIMITS, EVAL_PREFIX, makeCgroups, removeCgroups, removeStaleCgroups } from "./cgroup.ts";
 import type { Containers } from "./containers.ts";
 import { ConfigError, errorMessage, formatProblem } from "./errors.ts";
 import { gitDirOf } from "./git.ts";
@@ -20,8 +21,9 @@ import { makeRunner } from "./exec.ts";
 import type { Runner } from "./exec.ts";
 import { keyAllows, keysEqual } from "./keys.ts";
 import { Metrics, startMetricsServer } from "./metrics.ts";
+import { LongRunning } from "./long_running.ts";
 import { startSshServer } from "./ssh_server.ts";
-import { startWebhookServer } from "./webhook.ts";
+import { readDeliveries, startWebhookServer } from "./webhook.ts";
 import type { SshServer } from "./ssh_server.ts";
 import type { PgodFlags } from "./flags.ts";
 import type { Logger } from "./log.ts";
@@ -70,6 +72,7 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
     reportConfigError(log, configFile, e);
     return EXIT.fatal;
   }
+  await warnIfConfigExposed(configFile, config, log);
   try {
     await mkdir(dir, { recursive: true });
     await chmod(dir, 0o711); // service users may enter their own checkout but not list the others
@@ -84,16 +87,14 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
   const containers = deps.containers ?? makeDockerContainers();
   const clock = deps.clock ?? realClock;
   // Three independent chores, run side by side: start-up time is time the SSH port is closed.
-  const [, , composeCgroup] = await Promise.all([
+  const [, , cgroups] = await Promise.all([
     cleanupStale(config, dir, { runner, containers, logger: log }),
     unmountStale(resolve(flags.datadir), new Set(config.services.map((s) => s.name)), { runner }).then(
       (gone) => gone.forEach((p) => log.info("unmounted the data share of a service that is no longer configured", { dir: p })),
       (e: unknown) => log.warn("cannot unmount stale data shares", { error: errorMessage(e) }),
     ),
-    // docker compose has no limit on YAML aliases (DECISIONS.md #10): its config runs get 1 GiB.
-    makeMemoryCgroup(`compose-${process.pid}`, 1024 * 1024 * 1024).catch(() => null),
+    evaluationCgroups(config, log),
   ]);
-  if (composeCgroup === null) log.warn("no memory cgroup for docker compose config: relying on its timeout alone");
   const importText = caddyImport(config.services);
 
   const users = makeUsers({ runner, homeRoot: join(dir, ".home") });
@@ -103,8 +104,9 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
     workers.set(svc.name, new ServiceWorker(svc, {
       runner, users, containers, logger: log, clock, random: deps.random ?? Math.random, slots,
       dir, datadir: resolve(flags.datadir), intervalMs: flags.durationMs, importText,
-      ...(composeCgroup ? { composeCgroup } : {}),
+      ...(cgroups.has(svc.name) ? { composeCgroup: cgroups.get(svc.name)! } : {}),
       onDeploy: metrics.deployed,
+      onReplicas: metrics.replicasOf,
     }));
   }
   log.info("starting", { services: workers.size, config: configFile, dir, interval_ms: flags.durationMs });
@@ -148,9 +150,26 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
   log.info("stopping: waiting for running commands", { code });
   await Promise.all([...workers.values()].map((w) => w.stop()));
   await close?.();
-  if (composeCgroup) await removeMemoryCgroup(composeCgroup).catch(() => false);
+  await Promise.all([...cgroups.values()].map((dirs) => removeCgroups(dirs).catch(() => false)));
   log.info("stopped", { code });
   return code;
+}
+
+/**
+ * One cgroup per service for its `docker compose config` runs, limited in memory and processes
+ * (EVAL_LIMITS): docker compose has no limit on YAML aliases or on what it reads (DECISIONS.md
+ * #10), and a limit shared by all services would let one service's evaluation get the others'
+ * killed. Cgroups left by an earlier pgod that was killed are removed first.
+ */
+async function evaluationCgroups(config: Config, log: Logger): Promise<Map<string, string[]>> {
+  await removeStaleCgroups(EVAL_PREFIX).catch(() => []);
+  const out = new Map<string, string[]>();
+  await Promise.all(config.services.map(async (s) => {
+    const dirs = await makeCgroups(`${EVAL_PREFIX}-${process.pid}-${s.name}`, EVAL_LIMITS).catch(() => []);
+    if (dirs.length > 0) out.set(s.name, dirs);
+  }));
+  if (out.size < config.services.length) log.warn("no memory cgroup for docker compose config: relying on its timeout alone");
+  return out;
 }
 
 function reportConfigError(log: Logger, file: string, e: unknown): void {
@@ -276,6 +295,7 @@ async function startServers(d: {
     hostname: hostname(),
     logger: d.logger,
     count: (command, result) => d.metrics.sshRequests.inc({ command, result }),
+    longRunning: new LongRunning({}, d.logger),
   };
   let ssh: SshServer;
   try {
@@ -296,6 +316,7 @@ async function startServers(d: {
   }
   let hooks: { close(): Promise<void> } | null = null;
   if (d.flags.webhook !== "") {
+    const deliveriesFile = join(d.dir, ".state", "webhook_deliveries.json");
     try {
       hooks = startWebhookServer(d.flags.webhook, {
         targets: new Map([...d.workers].map(([name, w]) => [name, {
@@ -304,7 +325,8 @@ async function startServers(d: {
           trigger: () => w.trigger("webhook"),
         }])),
         logger: d.logger,
-        seen: new Map(),
+        seen: await readDeliveries(deliveriesFile, Date.now(), d.logger),
+        deliveriesFile,
       });
     } catch (e) {
       await ssh.close();

@@ -57,6 +57,14 @@ export class PolicyError extends Error {
   override name = "PolicyError";
 }
 
+/** An encrypted file in the repository cannot be decrypted; `file` is its path in the checkout. */
+export class SecretError extends Error {
+  override name = "SecretError";
+  constructor(readonly file: string, message: string, options?: ErrorOptions) {
+    super(message, options);
+  }
+}
+
 /** A request over SSH failed; `status` is the exit status to send (0..255). */
 export class RequestError extends Error {
   override name = "RequestError";

@@ -34,8 +34,11 @@ export interface RunOptions {
   onStderr?: (chunk: Uint8Array) => Promise<void> | void;
   /** Throw a CommandError on a non-zero exit (default true). */
   check?: boolean;
-  /** Start the child inside this cgroup directory (memory limits). */
-  cgroup?: string;
+  /**
+   * Start the child inside this cgroup directory (memory limits), or inside each of these (cgroup
+   * v1 keeps memory and pids in separate hierarchies).
+   */
+  cgroup?: string | readonly string[];
   tag?: Tag;
   /** Names of env variables whose values are secret; only names are ever logged anyway. */
   quiet?: boolean;
@@ -86,7 +89,9 @@ export function makeRunner(ro: RunnerOptions): Runner {
     const started = performance.now();
     const plugin = ro.composePlugin?.path;
     const direct = plugin && argv[0] === "docker" && argv[1] === "compose" ? [plugin, ...argv.slice(2)] : argv;
-    const full = opts.as && opts.as.uid !== 0 ? asUserArgv(direct, opts.as) : [...direct];
+    const [cgroup, ...moreCgroups] = typeof opts.cgroup === "string" ? [opts.cgroup] : opts.cgroup ?? [];
+    const user = opts.as && opts.as.uid !== 0 ? asUserArgv(direct, opts.as) : [...direct];
+    const full = moreCgroups.length > 0 ? joinCgroupsArgv(moreCgroups, user) : user;
     if (ro.logger.debugEnabled) {
       ro.logger.debug("exec", {
         argv: redactArgv(argv).join(" "),
@@ -110,7 +115,7 @@ export function makeRunner(ro: RunnerOptions): Runner {
         stdout: "pipe",
         stderr: "pipe",
         detached: true,
-        ...(opts.cgroup ? { cgroup: opts.cgroup } : {}),
+        ...(cgroup ? { cgroup } : {}),
       }) as unknown as ReturnType<typeof Bun.spawn<"pipe", "pipe", "pipe">>;
     } catch (e) {
       // Bun throws synchronously when the executable is missing or cwd does not exist.
@@ -156,6 +161,16 @@ export function makeRunner(ro: RunnerOptions): Runner {
     if (opts.tag) ro.observe?.(opts.tag, exitCode === 0);
     return { exitCode: exitCode ?? 128, signal, stdout, stderr, durationMs, timedOut };
   };
+}
+
+/**
+ * The argv that moves itself into each of `dirs` and then runs `argv`: Bun.spawn joins one cgroup
+ * only. The shell runs as root (before setpriv drops to the service user) and execs, so the
+ * command and everything it starts stay in those cgroups; a failed join runs nothing (exit 125).
+ */
+export function joinCgroupsArgv(dirs: readonly string[], argv: readonly string[]): string[] {
+  const script = 'for d do [ "$d" = -- ] && break; echo $$ > "$d/cgroup.procs" || exit 125; shift; done; shift; exec "$@"';
+  return ["/bin/sh", "-c", script, "pgo-cgroup", ...dirs, "--", ...argv];
 }
 
 async function drain(

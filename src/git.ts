@@ -96,6 +96,8 @@ export interface Git {
   remoteHead(dir: string, branch: string): Promise<string>;
   /** Fetches the branch; returns the fetched commit. Force-pushes are followed. */
   fetch(dir: string, branch: string): Promise<string>;
+  /** The commit the last fetch brought for the branch, or null when there is none. */
+  fetchedHead(dir: string, branch: string): Promise<string | null>;
   /** The commit checked out, or null when the checkout is damaged. */
   head(dir: string): Promise<string | null>;
   /** Paths that differ between two commits (`git diff --name-only -z`). */
@@ -194,6 +196,11 @@ export function makeGit(runner: Runner, account: Account, service: string, repos
       await git(dir, ["fetch", "--quiet", "--no-tags", `--upload-pack=${UPLOAD_PACK}`, "origin", `+refs/heads/${branch}:${ref}`], "fetch", NET_TIMEOUT_MS);
       const r = await git(dir, ["rev-parse", "--verify", "--quiet", `${ref}^{commit}`], "rev-parse");
       return r.stdout.trim();
+    },
+    async fetchedHead(dir, branch) {
+      const r = await git(dir, ["rev-parse", "--verify", "--quiet", `refs/remotes/origin/${branch}^{commit}`], "rev-parse", LOCAL_TIMEOUT_MS, false);
+      const id = r.stdout.trim();
+      return r.exitCode === 0 && /^[0-9a-f]{40,64}$/.test(id) ? id : null;
     },
     async head(dir) {
       const r = await git(dir, ["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], "rev-parse", LOCAL_TIMEOUT_MS, false);

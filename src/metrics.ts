@@ -3,6 +3,7 @@ import { collectDefaultMetrics, Counter, Gauge, Registry } from "prom-client";
 import type { Tag } from "./exec.ts";
 import type { Logger } from "./log.ts";
 import type { DeployResult } from "./reconcile.ts";
+import type { Replicas } from "./swarm.ts";
 import { parseListenAddress } from "./ssh_server.ts";
 
 /** pgod's metrics; one instance per daemon, injected where counted. */
@@ -34,6 +35,11 @@ export class Metrics {
     labelNames: ["service"], registers: [this.registry],
   });
 
+  readonly swarmReplicas = new Gauge({
+    name: "pgo_swarm_replicas", help: "Replicas of each swarm service of a stack (engine = swarm), desired and running.",
+    labelNames: ["service", "swarm_service", "state"], registers: [this.registry],
+  });
+
   /** Without `processMetrics`, call collectProcessMetrics() later (pgod does once its ports listen). */
   constructor(processMetrics = true) {
     if (processMetrics) this.collectProcessMetrics();
@@ -60,6 +66,14 @@ export class Metrics {
   observe = (tag: Tag, ok: boolean): void => {
     this.commands.inc({ ...tag });
     if (!ok) this.commandErrors.inc({ ...tag });
+  };
+
+  /** Records the desired and running replicas of a stack's services. */
+  replicasOf = (service: string, replicas: readonly Replicas[]): void => {
+    for (const r of replicas) {
+      this.swarmReplicas.set({ service, swarm_service: r.service, state: "desired" }, r.desired);
+      this.swarmReplicas.set({ service, swarm_service: r.service, state: "running" }, r.running);
+    }
   };
 
   /** Records a deploy outcome. */

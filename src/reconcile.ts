@@ -6,14 +6,15 @@
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { chmod, chown, lstat, mkdir, rename, rm, stat } from "node:fs/promises";
 import { dirname, join, posix } from "node:path";
 import type { ServiceConfig } from "./config.ts";
 import { composeDependencies, COMPOSE_FILES, findComposeFile, makeCompose } from "./compose.ts";
 import type { Compose } from "./compose.ts";
-import { allRunning, readiness } from "./containers.ts";
+import { allRunning, dockerSocket, readiness } from "./containers.ts";
 import type { Containers } from "./containers.ts";
-import { errorMessage } from "./errors.ts";
+import { errorMessage, SecretError } from "./errors.ts";
 import type { Runner } from "./exec.ts";
 import { gitDirOf, GITDIRS, makeGit, NET_TIMEOUT_MS, remoteAccess } from "./git.ts";
 import { ensureGitDirs, migrateGitDir, restoreCheckout } from "./checkout.ts";
@@ -29,6 +30,11 @@ import { composeModel } from "./compose_model.ts";
 import { evaluatePolicy, formatViolations } from "./policy.ts";
 import { pullsImages, screenComposeTree } from "./yaml_screen.ts";
 import { readServiceKeys } from "./keys.ts";
+import { locateFindings } from "./verdict.ts";
+import type { Finding, Verdict } from "./verdict.ts";
+import { makeSwarm, makeSwarmApi, stackReadiness } from "./swarm.ts";
+import type { Replicas, StackPlan, SwarmApi } from "./swarm.ts";
+import { decryptTree, plainName, redact, serviceKeys } from "./secrets.ts";
 import { advertisedHead, isHttpRemote, RemoteTimeout, UnsupportedRemote } from "./refs.ts";
 import type { PublicKey } from "./keys.ts";
 import type { Logger } from "./log.ts";
@@ -62,6 +68,8 @@ export interface ServiceStatus {
   good: string | null;
   /** A commit that was rolled back; it is not tried again until a newer one arrives. */
   bad: string | null;
+  /** The newest commit of the branch when it was refused (what runs keeps running), and why. */
+  refused?: { commit: string; reason: string } | null;
 }
 
 /** Why a service is held down. */
@@ -94,8 +102,8 @@ export interface ReconcileDeps {
   remoteRefs?: typeof advertisedHead;
   /** The Caddy import file's text, for the service that sets `import`. */
   importText?: string;
-  /** A memory-limited cgroup for `docker compose config` (DECISIONS.md #10), when cgroups work. */
-  composeCgroup?: string;
+  /** This service's own limited cgroup(s) for `docker compose config` (DECISIONS.md #10), when cgroups work. */
+  composeCgroup?: string | readonly string[];
   /** How long containers must stay ready after `up` before a deploy counts as good (default 2 s). */
   settleMs?: number;
   /** How often readiness is polled after `up` (default 500 ms). */
@@ -103,12 +111,18 @@ export interface ReconcileDeps {
   /** Where mounts are read from (default /proc/self/mountinfo). */
   mountinfo?: string;
   onDeploy?: (service: string, result: DeployResult) => void;
+  /** The engine's swarm state, for services with `engine = "swarm"` (default: its socket). */
+  swarm?: SwarmApi;
+  /** Desired and running replicas of a swarm service's stack, whenever pgod looks. */
+  onReplicas?: (service: string, replicas: Replicas[]) => void;
 }
 
 /** The policy verdict on a compose tree (null: it may be deployed), and whether a pull has work. */
 interface Assessment {
   why: string | null;
   pulls: boolean;
+  /** The policy's reasons, located in the compose file. */
+  findings?: Finding[];
 }
 
 /** The reconcile loop of one service. */
@@ -143,6 +157,10 @@ export class ServiceWorker {
   private assessed: { commit: string } & Assessment | null = null;
   /** The commit moveTo put the checkout at during this cycle (the deploy that follows need not again). */
   private restored: string | null = null;
+  /** The last stack file made for a swarm service. */
+  private stackPlan: StackPlan | null = null;
+  /** Decrypted values seen lately: redacted from every message pgod writes or sends. */
+  private secretValues: string[] = [];
 
   constructor(readonly svc: ServiceConfig, private readonly d: ReconcileDeps) {
     this.log = d.logger.with({ service: svc.name });
@@ -151,7 +169,7 @@ export class ServiceWorker {
     this.st = {
       name: svc.name, commit: null, deployedAt: null, lastResult: null, lastError: null,
       stopFile: false, nextPollAt: null, lastPollAt: null, hold: readHold(this.holdFile),
-      pinned: null, good: null, bad: null,
+      pinned: null, good: null, bad: null, refused: null,
     };
     const saved = readState(this.stateFile);
     this.state = saved;
@@ -224,10 +242,65 @@ export class ServiceWorker {
     return this.keyCache.keys;
   }
 
-  /** The policy verdict on the checkout: null when it may be deployed, else why not. */
-  async check(): Promise<string | null> {
-    const a = await this.d.users.lookup(this.svc.user);
-    return (await this.assess(a, this.checkout)).why;
+  /** The service's age keys: its own identity (made on first use) and the admin's extra ones. */
+  private ageKeys(): ReturnType<typeof serviceKeys> {
+    return serviceKeys(join(this.d.dir, ".state", this.svc.name), this.svc.ageIdentities ?? []);
+  }
+
+  /** The age recipient (`age1…`) that this service's encrypted files are made for. */
+  async recipient(): Promise<string> {
+    return (await this.ageKeys()).recipient;
+  }
+
+  private get secretsManifest(): string {
+    return join(this.d.dir, ".state", this.svc.name, "secret-files.json");
+  }
+
+  /**
+   * Decrypts the encrypted files of `dir` beside themselves (see secrets.ts). For the checkout,
+   * the plain files of encrypted files that went away are removed (a manifest remembers them).
+   */
+  private async decryptInto(a: Account, dir: string): Promise<void> {
+    const main = dir === this.checkout;
+    const previous = main ? await readFile(this.secretsManifest, "utf8").then((t) => JSON.parse(t) as unknown, () => []) : [];
+    const before = Array.isArray(previous) ? previous.filter((p): p is string => typeof p === "string") : [];
+    const r = await decryptTree(dir, await this.ageKeys(), a, before);
+    this.secretValues = [...new Set([...this.secretValues, ...r.values])].slice(-1000);
+    const now = r.files.map((f) => f.plain);
+    if (main && JSON.stringify(now) !== JSON.stringify(before)) await writeFileAtomic(this.secretsManifest, JSON.stringify(now));
+    if (r.files.length > 0) this.log.debug("decrypted secrets", { files: r.files.map((f) => f.source).join(","), dir });
+  }
+
+  /**
+   * The verdict on the newest commit of the branch, what would deploy next (DECISIONS.md #12):
+   * fetched now (else the last fetched one) and judged in a stage worktree; the checkout stays.
+   */
+  async check(): Promise<Verdict> {
+    return this.lock.run(async () => {
+      const a = await this.d.users.lookup(this.svc.user);
+      const git = (this.d.makeGit ?? makeGit)(this.d.runner, a, this.svc.name, this.svc.repository);
+      let commit: string | null;
+      let stale: string | null = null;
+      try {
+        commit = await git.fetch(this.checkout, this.svc.branch);
+      } catch (e) {
+        stale = errorMessage(e);
+        commit = (await git.fetchedHead(this.checkout, this.svc.branch)) ?? this.head;
+      }
+      if (commit === null) throw new Error(`Cannot find a commit of branch "${this.svc.branch}" to judge`);
+      const kept = this.assessed; // a verdict for the deploy that follows a cycle's evaluation, not this one's
+      const r = await this.evaluateCommit(git, a, commit).finally(() => (this.assessed = kept));
+      if (r.why !== null) this.st.refused = { commit, reason: r.why };
+      else if (this.st.refused?.commit !== commit) this.st.refused = null;
+      // A commit that was rolled back passes the policy but does not deploy again either.
+      const bad = r.why === null && commit === this.state.bad && commit !== this.head
+        ? `Commit ${commit.slice(0, 12)} was rolled back after a failed deploy; it is not tried again until a newer commit arrives`
+        : null;
+      return {
+        commit, branch: this.svc.branch, running: this.st.deployedAt !== null ? this.head : null, refusal: r.why ?? bad, findings: r.findings ?? [],
+        ...(stale !== null ? { stale } : {}), ...(this.state.pin ? { pinned: this.state.pin.commit } : {}),
+      };
+    });
   }
 
 
@@ -259,7 +332,13 @@ export class ServiceWorker {
     // The commit was evaluated a moment ago, before the checkout moved to it: once is enough.
     const fresh = this.assessed !== null && this.assessed.commit === this.head ? this.assessed : null;
     this.assessed = null;
-    const { why: verdict, pulls } = fresh ?? await this.assess(a, this.checkout);
+    let { why: verdict, pulls } = fresh ?? await this.assess(a, this.checkout);
+    if (fresh !== null && verdict === null) {
+      // Judged in the stage worktree: the checkout gets the same plain files before up.
+      await this.decryptInto(a, this.checkout).catch((e: unknown) => {
+        verdict = errorMessage(e);
+      });
+    }
     if (verdict !== null) {
       await say(`Refused: ${verdict}`);
       await this.refuse(this.head ?? "unknown", trigger, verdict);
@@ -345,7 +424,7 @@ export class ServiceWorker {
       target = earlier.at(-1)?.commit ?? null;
       if (target === null) throw new Error("Cannot roll back: no earlier commit deployed well");
     }
-    const verdict = await this.evaluateCommit(git, a, target);
+    const verdict = (await this.evaluateCommit(git, a, target)).why;
     if (verdict !== null) {
       await io.onStderr?.(new TextEncoder().encode(`Refused: ${verdict}\n`));
       return 65;
@@ -379,12 +458,16 @@ export class ServiceWorker {
   /** Puts the checkout back to the commit that runs (see moveTo); call it inside `exclusive`. */
   async restoreNow(): Promise<void> {
     if (this.head === null) return;
-    await this.moveTo(await this.d.users.lookup(this.svc.user), this.head);
+    const a = await this.d.users.lookup(this.svc.user);
+    await this.moveTo(a, this.head);
+    // The clean took the plain files of encrypted ones too: compose needs them back.
+    await this.decryptInto(a, this.checkout);
   }
 
   /** Pull and up (with registry logins), then wait until the containers run and are healthy. */
   private async bringUp(a: Account, io: DeployIO, services: string[], pulls = true): Promise<{ code: number; why: string }> {
     const c = this.compose(a, this.composeFile());
+    const started = Date.now();
     try {
       await this.ensureData(a);
       const code = await this.d.slots.run(() =>
@@ -397,13 +480,15 @@ export class ServiceWorker {
           return up.exitCode;
         })
       );
-      if (code !== 0) return { code, why: `docker compose up exited with status ${code}` };
+      if (code !== 0) return { code, why: `${this.svc.engine === "swarm" ? "docker stack deploy" : "docker compose up"} exited with status ${code}` };
     } catch (e) {
       // A failed registry login or mount: compose never ran.
       return { code: 1, why: errorMessage(e) };
     }
     // The engine may go away while containers start: a failed attempt like any other.
-    const why = await this.waitReady(services.length > 0 ? services : this.expected).catch((e: unknown) => errorMessage(e));
+    const waitFor = services.length > 0 ? services : this.expected;
+    const ready = this.svc.engine === "swarm" ? this.waitStack(waitFor, started) : this.waitReady(waitFor);
+    const why = await ready.catch((e: unknown) => errorMessage(e));
     return why === null ? { code: 0, why: "" } : { code: 1, why };
   }
 
@@ -590,7 +675,9 @@ export class ServiceWorker {
         return errorMessage(e);
       });
       if (!deploy && this.st.hold === null) {
-        const running = allRunning(this.expected, await this.d.containers.ofProject(this.svc.name));
+        const running = this.svc.engine === "swarm"
+          ? await this.stackPresent()
+          : allRunning(this.expected, await this.d.containers.ofProject(this.svc.name));
         if (!running) {
           this.log.warn("containers missing or not running, bringing them up");
           deploy = true;
@@ -626,6 +713,8 @@ export class ServiceWorker {
     // Each service's registry credentials then sit in a directory only its user can read.
     await sharedParent(dirname(this.dockerConfig));
     await privateDir(this.dockerConfig, a);
+    // The service's age identity exists from the first start, so a team can ask for its recipient.
+    await this.ageKeys();
   }
 
   private get dockerConfig(): string {
@@ -706,7 +795,7 @@ export class ServiceWorker {
     const relevant = await this.relevantChange(git, head, fetched);
     if (relevant) {
       // DECISIONS.md #2: a new compose model is evaluated before the checkout moves to it.
-      const verdict = await this.evaluateCommit(git, a, fetched);
+      const verdict = (await this.evaluateCommit(git, a, fetched)).why;
       if (verdict !== null) {
         this.refused = fetched;
         await this.refuse(fetched, "poll", verdict);
@@ -718,6 +807,7 @@ export class ServiceWorker {
     this.st.commit = fetched;
     this.refused = null;
     this.refusal = null;
+    this.st.refused = null;
     this.log.info("new commit", { from: head.slice(0, 12), to: fetched.slice(0, 12), redeploy: relevant });
     return relevant;
   }
@@ -747,7 +837,7 @@ export class ServiceWorker {
   }
 
   /** Evaluates `commit` in a worktree beside the checkout (same depth, so relative symlinks resolve alike). */
-  private async evaluateCommit(git: Git, a: Account, commit: string): Promise<string | null> {
+  private async evaluateCommit(git: Git, a: Account, commit: string): Promise<Assessment> {
     const stage = join(this.d.dir, `.stage-${this.svc.name}`);
     await rm(stage, { recursive: true, force: true });
     await privateDir(stage, a);
@@ -755,7 +845,7 @@ export class ServiceWorker {
       await git.addWorktree(this.checkout, stage, commit);
       const r = await this.assess(a, stage);
       this.assessed = r.why === null ? { commit, ...r } : null;
-      return r.why;
+      return r;
     } finally {
       await git.removeWorktree(this.checkout, stage).catch(() => {});
       await rm(stage, { recursive: true, force: true });
@@ -769,6 +859,13 @@ export class ServiceWorker {
    * is then checked against the sandbox rules.
    */
   private async assess(a: Account, dir: string): Promise<Assessment> {
+    // Encrypted files become plain ones before compose reads anything, in the tree judged.
+    try {
+      await this.decryptInto(a, dir);
+    } catch (e) {
+      if (e instanceof SecretError) return { why: e.message, pulls: true };
+      throw e;
+    }
     const file = findComposeFile((f) => existsSync(join(dir, f)), this.svc.compose);
     if (file === null) {
       return { why: `Cannot find a compose file: looked for ${this.svc.compose !== undefined ? `"${this.svc.compose}"` : COMPOSE_FILES.map((f) => `"${f}"`).join(", ")}`, pulls: true };
@@ -782,9 +879,13 @@ export class ServiceWorker {
         project: this.svc.name, repoDir: dir, dataDir: join(this.d.datadir, this.svc.name),
         ...(this.svc.networks ? { networks: this.svc.networks } : {}),
       });
-      return { why: v.length === 0 ? null : formatViolations(file, v), pulls: pullsImages(model) };
+      if (v.length === 0) return { why: null, pulls: pullsImages(model) };
+      const findings = locateFindings(dir, file, v).map((f) => ({
+        ...f, reason: redact(f.reason, this.secretValues), ...(f.value !== undefined ? { value: redact(f.value, this.secretValues) } : {}),
+      }));
+      return { why: redact(formatViolations(file, v), this.secretValues), pulls: pullsImages(model), findings };
     } catch (e) {
-      return { why: errorMessage(e), pulls: true };
+      return { why: redact(errorMessage(e), this.secretValues), pulls: true };
     }
   }
 
@@ -793,6 +894,7 @@ export class ServiceWorker {
     this.refusal = `Refused commit ${commit.slice(0, 12)}: ${why}`;
     this.st.lastError = this.refusal;
     this.st.lastResult = "refused";
+    this.st.refused = { commit, reason: why };
     this.log.error("compose file refused, keeping what runs", { commit: commit.slice(0, 12), trigger, reason: why });
     this.d.onDeploy?.(this.svc.name, "refused");
     await this.record({ commit, time: this.d.clock.now(), trigger, result: "refused by policy", durationMs: 0, detail: why });
@@ -824,15 +926,65 @@ export class ServiceWorker {
       }
       if (file === undefined) continue;
       const deps = await composeDependencies(read, file);
-      if (deps === "all" || changed.some((p) => deps.has(p))) return true;
+      if (deps === "all" || changed.some((p) => deps.has(p) || deps.has(plainName(p)?.plain ?? p))) return true;
     }
     return false;
   }
 
   private compose(a: Account, file: string): Compose {
-    return makeCompose(this.d.runner, {
-      project: this.svc.name, dir: this.checkout, file, account: a, env: this.svc.env, dockerConfig: this.dockerConfig,
+    const target = { project: this.svc.name, dir: this.checkout, file, account: a, env: this.svc.env, dockerConfig: this.dockerConfig };
+    if (this.svc.engine !== "swarm") return makeCompose(this.d.runner, target);
+    return makeSwarm(this.d.runner, target, {
+      api: this.swarmApi,
+      ...(this.d.composeCgroup ? { cgroupDir: this.d.composeCgroup } : {}),
+      onPlan: (plan) => {
+        this.stackPlan = plan;
+        for (const w of plan.warnings) this.log.warn("left out of the stack", { detail: w });
+      },
     });
+  }
+
+  private get swarmApi(): SwarmApi {
+    return (this.d.swarm ??= makeSwarmApi(dockerSocket()));
+  }
+
+  /** What the last stack deploy left out (keys stack deploy ignores), for `check`. */
+  get stackWarnings(): string[] {
+    return this.stackPlan?.warnings ?? [];
+  }
+
+  /** Whether every swarm service of the stack exists (Swarm heals tasks itself); sets the replica metrics. */
+  private async stackPresent(): Promise<boolean> {
+    const services = await this.swarmApi.services(this.svc.name);
+    const tasks = await this.swarmApi.tasks(services.map((s) => s.ID));
+    const r = stackReadiness(this.svc.name, this.expected, services, tasks, 0);
+    this.d.onReplicas?.(this.svc.name, r.replicas);
+    const names = new Set(services.map((s) => s.Spec.Name));
+    return this.expected.length > 0 ? this.expected.every((e) => names.has(`${this.svc.name}_${e}`)) : services.length > 0;
+  }
+
+  /** Polls the stack until it converged (see stackReadiness); null, or why not in time. */
+  private async waitStack(expected: string[], since: number): Promise<string | null> {
+    const deadline = this.d.clock.now() + this.svc.healthTimeoutMs;
+    const settle = this.d.settleMs ?? 2000;
+    let readySince: number | null = null;
+    let why = "";
+    for (;;) {
+      const services = await this.swarmApi.services(this.svc.name);
+      const r = stackReadiness(this.svc.name, expected, services, await this.swarmApi.tasks(services.map((s) => s.ID)), since);
+      this.d.onReplicas?.(this.svc.name, r.replicas);
+      if (r.state === "failed") return r.why;
+      const now = this.d.clock.now();
+      if (r.state === "ready") {
+        readySince ??= now;
+        if (now - readySince >= settle) return null;
+      } else {
+        readySince = null;
+        why = r.why;
+      }
+      if (now >= deadline) return `not converged after ${Math.round(this.svc.healthTimeoutMs / 1000)}s: ${why || "unstable"}`;
+      await this.d.clock.sleep(Math.min(this.d.pollMs ?? 500, Math.max(1, deadline - now)));
+    }
   }
 
   /** The compose file in the checkout, or an error naming what was looked for. */
@@ -856,7 +1008,7 @@ export class ServiceWorker {
     const code = await this.deployNow(trigger, { onStderr: (c) => void (errors.length < 64 && errors.push(c)) });
     if (code !== 0) {
       // deployNow recorded why (a failed login or mount never reached compose); add compose's words.
-      const said = tail(Buffer.concat(errors).toString("utf8"));
+      const said = redact(tail(Buffer.concat(errors).toString("utf8")), this.secretValues);
       const why = this.st.lastError ?? `docker compose up exited with status ${code}`;
       const msg = said && !why.includes(said) ? `${why}: ${said}` : why;
       this.st.lastError = msg;
@@ -873,6 +1025,7 @@ export class ServiceWorker {
       // No compose file: compose can still find the project's containers by its labels.
     }
     if (file) await this.compose(a, file).must(["down", "--remove-orphans"]);
+    else if (this.svc.engine === "swarm") await this.d.runner(["docker", "stack", "rm", this.svc.name], { env: { ...baseEnv(a), ...engineEnv() }, as: a, timeoutMs: 60_000 });
     else await downProject(this.d.runner, this.svc.name, baseEnv(a), a);
   }
 }

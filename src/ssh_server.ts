@@ -86,8 +86,19 @@ export interface SessionIO {
 export interface SshLimits {
   /** Connections that have not logged in yet; past this the oldest of the busiest address is dropped. */
   maxUnauthenticated: number;
-  /** Logged-in connections; past this a new login is refused. */
+  /** Logged-in connections in all; past this a new login is refused. */
   maxAuthenticated: number;
+  /** Logged-in connections of one key; past this a new login with that key is refused while the pool is busy. */
+  maxPerKey: number;
+  /** Logged-in connections from one source address; past this a new login from there is refused while the pool is busy. */
+  maxPerAddress: number;
+  /**
+   * The pool is busy from this many logged-in connections on: below it, a key or an address may
+   * use the free room beyond its own limit (a CI job's burst), from it on it gets no more.
+   */
+  busyFrom: number;
+  /** Time from login, and from opening a channel, to its exec request; past this the connection (or channel) is closed. */
+  execWaitMs: number;
   /** Time from TCP accept to a successful login. */
   loginGraceMs: number;
   /** Failed login attempts per connection before it is closed. */
@@ -104,6 +115,10 @@ export interface SshLimits {
 export const DEFAULT_LIMITS: Readonly<SshLimits> = {
   maxUnauthenticated: 64,
   maxAuthenticated: 128,
+  maxPerKey: 16,
+  maxPerAddress: 32,
+  busyFrom: 64,
+  execWaitMs: 10_000,
   loginGraceMs: 30_000,
   maxAuthTries: 6,
   idleTimeoutMs: 10 * 60_000,
@@ -177,6 +192,8 @@ interface Conn {
   sessions: number;
   graceTimer?: ReturnType<typeof setTimeout>;
   idleTimer?: ReturnType<typeof setTimeout>;
+  /** Runs from login until the first exec request. */
+  execTimer?: ReturnType<typeof setTimeout>;
   readonly gone: AbortController;
 }
 
@@ -231,6 +248,7 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
     socket.once("close", () => {
       clearTimeout(conn.graceTimer);
       clearTimeout(conn.idleTimer);
+      clearTimeout(conn.execTimer);
       unauthenticated.delete(conn);
       authenticated.delete(conn);
       if (byPeer.get(peer) === conn) byPeer.delete(peer);
@@ -318,6 +336,12 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
     }
     const blob = ctx.key.data;
     const key: ClientKey = { algo: blobType(blob) || ctx.key.algo, blob, fingerprint: fingerprint(blob), ip: conn.addr };
+    // SHA-1 signatures ("ssh-rsa"), refused as OpenSSH 8.8 and later refuse them by default: an
+    // RSA key signs with rsa-sha2-256 or rsa-sha2-512, which ssh2 reports as a hash algorithm.
+    if (key.algo === "ssh-rsa" && ctx.hashAlgo !== "sha256" && ctx.hashAlgo !== "sha512") {
+      refuse(conn, ctx, "ssh-rsa (SHA-1) signature", key);
+      return;
+    }
     if (ctx.signature !== undefined) {
       const parsed = utils.parseKey(blob);
       if (parsed instanceof Error || ctx.blob === undefined || parsed.verify(ctx.blob, ctx.signature, ctx.hashAlgo) !== true) {
@@ -340,14 +364,48 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
       ctx.accept(); // the key would do: the client signs next
       return;
     }
-    if (authenticated.size >= limits.maxAuthenticated) {
-      log.warn("Refusing SSH login: too many connections logged in", { max: limits.maxAuthenticated, key: key.fingerprint });
+    const full = overLimit(key.fingerprint, conn.addr);
+    if (full) {
+      warnFull(full, key.fingerprint, conn.addr);
       ctx.reject(["publickey"]);
       end(conn);
       return;
     }
     conn.key = key;
     ctx.accept();
+  }
+
+  /**
+   * Which limit on logged-in connections a login with this key from this address would pass;
+   * null when none. Once the pool is busy, a key past its own limit (or an address past its
+   * own) gets no more, so one key holder or one host can never take the whole pool from other
+   * teams; below that, a burst of one key may use the room nobody else needs.
+   */
+  function overLimit(fp: string, addr: string): "key" | "address" | "all" | null {
+    if (authenticated.size >= limits.maxAuthenticated) return "all";
+    if (authenticated.size < limits.busyFrom) return null;
+    let sameKey = 0;
+    let sameAddr = 0;
+    for (const c of authenticated) {
+      if (c.key?.fingerprint === fp) sameKey++;
+      if (c.addr === addr) sameAddr++;
+    }
+    if (sameKey >= limits.maxPerKey) return "key";
+    if (sameAddr >= limits.maxPerAddress) return "address";
+    return null;
+  }
+
+  const lastFullWarning = new Map<string, number>();
+  function warnFull(which: "key" | "address" | "all", fp: string, addr: string): void {
+    // One warning a minute per key (or address): a client retrying in a loop must not flood the log.
+    const id = `${which}|${which === "address" ? addr : which === "key" ? fp : ""}`;
+    const now = Date.now();
+    if (now - (lastFullWarning.get(id) ?? 0) < 60_000) return;
+    if (lastFullWarning.size > 1000) lastFullWarning.clear();
+    lastFullWarning.set(id, now);
+    const max = which === "key" ? limits.maxPerKey : which === "address" ? limits.maxPerAddress : limits.maxAuthenticated;
+    const what = which === "key" ? "this key" : which === "address" ? "this address" : "all keys";
+    log.warn(`Refusing SSH login: too many connections logged in with ${what}`, { max, key: fp, addr });
   }
 
   function refuse(conn: Conn, ctx: AuthContext, why: string, key?: ClientKey): void {
@@ -370,11 +428,22 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
     authenticated.add(conn);
     conn.authenticated = true;
     log.debug("SSH login", { conn: conn.id, addr: conn.addr, user: conn.user, key: conn.key?.fingerprint });
-    if (authenticated.size > limits.maxAuthenticated) {
+    // Logins accepted at the same moment may together pass a limit: the later ones go.
+    authenticated.delete(conn);
+    const full = overLimit(conn.key?.fingerprint ?? "", conn.addr);
+    authenticated.add(conn);
+    if (full) {
+      warnFull(full, conn.key?.fingerprint ?? "", conn.addr);
       end(conn);
       return;
     }
     armIdle(conn);
+    // A connection that never asks for anything must not hold its place (the idle timeout does
+    // not run while a channel is open, so a channel without exec would hold it forever).
+    conn.execTimer = setTimeout(() => {
+      log.debug("Closing SSH connection: no exec request after login", { conn: conn.id, addr: conn.addr, key: conn.key?.fingerprint });
+      end(conn);
+    }, limits.execWaitMs);
   }
 
   function onSession(conn: Conn, accept: () => Session, reject: () => void): void {
@@ -386,7 +455,14 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
     conn.sessions++;
     clearTimeout(conn.idleTimer);
     let open = true;
+    // A channel that asks for no exec in time ends its connection, like one that asks for nothing
+    // (ssh2 has no way to close a session channel before its exec). pgoctl never does this.
+    const waitExec = setTimeout(() => {
+      log.debug("Closing SSH connection: a channel made no exec request", { conn: conn.id, addr: conn.addr });
+      end(conn);
+    }, limits.execWaitMs);
     session.once("close", () => {
+      clearTimeout(waitExec);
       if (!open) return;
       open = false;
       conn.sessions--;
@@ -400,6 +476,8 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
       });
     }
     session.once("exec", (acceptExec, _reject, info) => {
+      clearTimeout(waitExec);
+      clearTimeout(conn.execTimer);
       const channel = acceptExec();
       if (!channel) return;
       const p = runExec(conn, channel, info.command).finally(() => running.delete(p));

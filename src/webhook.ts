@@ -3,15 +3,24 @@
  * the service's `webhook_secret` (HMAC-SHA256 signature, or GitLab's token, compared in constant
  * time), then a sync of the service is triggered. Unsigned, wrongly signed, oversized and
  * replayed requests change nothing. `handleWebhook` is a plain function of a Request.
+ * The deliveries seen in the last 24 hours are kept in a file, so a restart does not reopen
+ * the replay window.
  */
-import { createHash, createHmac, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import { errorMessage } from "./errors.ts";
+import { writeFileAtomic } from "./files.ts";
 import type { Logger } from "./log.ts";
 import { parseListenAddress } from "./ssh_server.ts";
 
 /** Largest body accepted. */
 export const MAX_WEBHOOK_BYTES = 1024 * 1024;
-const REPLAY_TTL_MS = 24 * 3_600_000;
-const REPLAY_MAX = 10_000;
+/** How long a delivery is remembered, and how many are (in memory and in the file). */
+export const REPLAY_TTL_MS = 24 * 3_600_000;
+export const REPLAY_MAX = 2000;
+// The secret checked for a service that has none (or does not exist), so that such a request
+// costs the same HMAC as any other and timing does not tell which services take webhooks.
+const NO_SECRET = randomBytes(32).toString("hex");
 
 /** What the handler needs of one service. */
 export interface HookTarget {
@@ -26,6 +35,10 @@ export interface WebhookDeps {
   now?: () => number;
   /** Deliveries and bodies already seen, with when: filled by the handler. */
   seen: Map<string, number>;
+  /** Where `seen` is kept across restarts (see readDeliveries); not kept when absent. */
+  deliveriesFile?: string;
+  /** The HMAC-SHA256 (injected by tests to count calls). */
+  hmac?: (secret: string, body: Buffer) => Buffer;
 }
 
 const text = (status: number, body: string): Response => new Response(`${body}\n`, { status, headers: { "content-type": "text/plain" } });
@@ -42,8 +55,10 @@ export async function handleWebhook(req: Request, d: WebhookDeps): Promise<Respo
   const body = await readLimited(req, MAX_WEBHOOK_BYTES);
   if (body === null) return text(413, "body too large");
   const t = d.targets.get(name);
-  // An unknown service and a bad signature get the same answer: names do not leak.
-  if (!t?.secret || !verify(req.headers, body, t.secret)) {
+  // An unknown service, one without a secret and a bad signature get the same answer after the
+  // same work (an HMAC of the body), so neither the answer nor its timing tells names apart.
+  const ok = verify(req.headers, body, t?.secret || NO_SECRET, d.hmac ?? hmacSha256);
+  if (!t?.secret || !ok) {
     d.logger.warn("webhook refused: signature does not verify", { service: name });
     return text(401, "signature does not verify");
   }
@@ -54,17 +69,18 @@ export async function handleWebhook(req: Request, d: WebhookDeps): Promise<Respo
   const delivery = req.headers.get("x-github-delivery") ?? req.headers.get("x-gitea-delivery") ??
     req.headers.get("x-forgejo-delivery") ?? req.headers.get("x-gogs-delivery") ?? req.headers.get("x-gitlab-event-uuid");
   const keys = [`${name}:body:${createHash("sha256").update(body).digest("hex")}`];
-  if (delivery) keys.push(`${name}:delivery:${delivery}`);
+  if (delivery) keys.push(`${name}:delivery:${delivery.slice(0, 200)}`);
   prune(d.seen, now());
   if (keys.some((k) => d.seen.has(k))) {
     d.logger.warn("webhook refused: replayed", { service: name });
     return text(409, "already delivered");
   }
   for (const k of keys) d.seen.set(k, now());
+  if (d.deliveriesFile) await saveDeliveries(d);
   if (event !== "push" && event !== "Push Hook") return text(202, `ignored: event "${event}"`);
   let ref: unknown;
   try {
-    ref = (JSON.parse(body.toString("utf8")) as { ref?: unknown }).ref;
+    ref = (JSON.parse(payloadOf(req.headers, body)) as { ref?: unknown }).ref;
   } catch {
     return text(400, "body is not JSON");
   }
@@ -74,9 +90,25 @@ export async function handleWebhook(req: Request, d: WebhookDeps): Promise<Respo
   return text(202, "sync triggered");
 }
 
+/**
+ * The JSON text of a payload: the body, or for GitHub's `application/x-www-form-urlencoded`
+ * deliveries its `payload` field (the signature covers the raw body either way).
+ */
+function payloadOf(h: Headers, body: Buffer): string {
+  const type = (h.get("content-type") ?? "").split(";", 1)[0]!.trim().toLowerCase();
+  if (type !== "application/x-www-form-urlencoded") return body.toString("utf8");
+  const payload = new URLSearchParams(body.toString("utf8")).get("payload");
+  if (payload === null) throw new Error("no payload field");
+  return payload;
+}
+
+function hmacSha256(secret: string, body: Buffer): Buffer {
+  return createHmac("sha256", secret).update(body).digest();
+}
+
 /** Checks the forge's signature header against an HMAC-SHA256 of the body, or GitLab's token. */
-function verify(h: Headers, body: Buffer, secret: string): boolean {
-  const mac = createHmac("sha256", secret).update(body).digest();
+function verify(h: Headers, body: Buffer, secret: string, hmac: (secret: string, body: Buffer) => Buffer): boolean {
+  const mac = hmac(secret, body);
   const github = h.get("x-hub-signature-256");
   if (github !== null) return github.startsWith("sha256=") && equalHex(github.slice(7), mac);
   const gitea = h.get("x-gitea-signature") ?? h.get("x-forgejo-signature") ?? h.get("x-gogs-signature");
@@ -112,6 +144,49 @@ async function readLimited(req: Request, max: number): Promise<Buffer | null> {
     chunks.push(value);
   }
   return Buffer.concat(chunks);
+}
+
+/**
+ * Reads the deliveries kept by an earlier run (the file is JSON: `[[key, ms], ...]`, oldest
+ * first); an absent or damaged file gives an empty map, entries older than the window are dropped.
+ */
+export async function readDeliveries(file: string, now: number, logger?: Logger): Promise<Map<string, number>> {
+  const seen = new Map<string, number>();
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (e) {
+    if ((e as { code?: unknown }).code !== "ENOENT") logger?.warn("cannot read webhook deliveries", { file, error: errorMessage(e) });
+    return seen;
+  }
+  let list: unknown;
+  try {
+    list = JSON.parse(text);
+  } catch {
+    logger?.warn("ignoring a damaged webhook deliveries file", { file });
+    return seen;
+  }
+  if (!Array.isArray(list)) return seen;
+  for (const entry of list.slice(-REPLAY_MAX) as unknown[]) {
+    if (!Array.isArray(entry) || typeof entry[0] !== "string" || typeof entry[1] !== "number") continue;
+    if (entry[0].length > 300 || now - entry[1] >= REPLAY_TTL_MS) continue;
+    seen.set(entry[0], entry[1]);
+  }
+  return seen;
+}
+
+// Saves are chained, so two deliveries at once never write the file out of order.
+const saving = new WeakMap<WebhookDeps, Promise<void>>();
+
+async function saveDeliveries(d: WebhookDeps): Promise<void> {
+  const file = d.deliveriesFile!;
+  const p = (saving.get(d) ?? Promise.resolve()).then(() =>
+    writeFileAtomic(file, JSON.stringify([...d.seen])).catch((e: unknown) => {
+      d.logger.warn("cannot keep webhook deliveries: a restart forgets them", { file, error: errorMessage(e) });
+    })
+  );
+  saving.set(d, p);
+  await p;
 }
 
 function prune(seen: Map<string, number>, now: number): void {

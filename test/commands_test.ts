@@ -5,19 +5,23 @@ import type { Compose } from "../src/compose.ts";
 import type { RunResult } from "../src/exec.ts";
 import type { KeyOptions } from "../src/keys.ts";
 import { memoryLogger } from "../src/log.ts";
+import { EXIT_TEMPFAIL, LongRunning } from "../src/long_running.ts";
 import type { Hold, ServiceStatus } from "../src/reconcile.ts";
 import type { ClientKey, SessionIO } from "../src/ssh_server.ts";
+import type { Verdict } from "../src/verdict.ts";
 
 const KEY_A: ClientKey = { algo: "ssh-ed25519", blob: Buffer.from("key-a"), fingerprint: "SHA256:a" };
 const KEY_B: ClientKey = { algo: "ssh-ed25519", blob: Buffer.from("key-b"), fingerprint: "SHA256:b" };
 
-function fakeService(opts: { cloned?: boolean; exitCode?: number } = {}) {
+const OK: Verdict = { commit: "c".repeat(40), branch: "main", running: "c".repeat(40), refusal: null, findings: [] };
+
+function fakeService(opts: { cloned?: boolean; exitCode?: number; verdict?: Verdict; refused?: ServiceStatus["refused"] } = {}) {
   const calls: string[] = [];
   let hold: Hold | null = null;
   let locked = 0;
   const status = (): ServiceStatus => ({
     name: "web", commit: opts.cloned === false ? null : "abc", deployedAt: null, lastResult: null, lastError: null,
-    stopFile: false, nextPollAt: null, lastPollAt: null, hold, pinned: null, good: null, bad: null,
+    stopFile: false, nextPollAt: null, lastPollAt: null, hold, pinned: null, good: null, bad: null, refused: opts.refused ?? null,
   });
   const result = (stdout: string): RunResult => ({ exitCode: opts.exitCode ?? 0, signal: null, stdout, stderr: "", durationMs: 1, timedOut: false });
   const compose: Compose = {
@@ -65,7 +69,7 @@ function fakeService(opts: { cloned?: boolean; exitCode?: number } = {}) {
       hold = h;
     },
     async check() {
-      return null;
+      return opts.verdict ?? OK;
     },
     async rollbackTo(rev) {
       calls.push(`${locked ? "locked " : ""}rollback ${rev ?? "previous"}`);
@@ -77,6 +81,10 @@ function fakeService(opts: { cloned?: boolean; exitCode?: number } = {}) {
     async syncNow() {
       calls.push("sync");
       return status();
+    },
+    async recipient() {
+      calls.push("recipient");
+      return "age1testrecipient";
     },
     historyFile: "/nonexistent/history",
   };
@@ -202,8 +210,65 @@ test("dispatch() shows status with hold and stop file", async () => {
 
 test("dispatch() accepts load as the original's name for check", async () => {
   const { call } = harness();
-  expect(await call("web//load")).toMatchObject({ status: 0, stdout: "ok: the compose file may be deployed\n" });
-  expect((await call("web//check")).status).toBe(0);
+  const ok = `ok: commit ${"c".repeat(12)}, the newest of branch "main", may be deployed (it runs now)\n`;
+  expect(await call("web//load")).toEqual({ status: 0, stdout: ok, stderr: "" });
+  expect(await call("web//check")).toEqual({ status: 0, stdout: ok, stderr: "" });
+});
+
+test("check exits 1 naming the refused commit, the file, line, service, key path, rule and reason", async () => {
+  const verdict: Verdict = {
+    commit: "b".repeat(40), branch: "main", running: "a".repeat(40), refusal: 'compose file "compose.yaml" service "web": "privileged" is refused: why',
+    findings: [
+      { file: "compose.yaml", line: 7, service: "web", key: "services.web.privileged", rule: "privileged", reason: "it is root on the host" },
+      { file: "compose.yaml", service: "db", key: "services.db.volumes", rule: "bind_outside", reason: "host files", value: "/etc" },
+    ],
+  };
+  const { call } = harness(fakeService({ verdict }));
+  expect(await call("web//check")).toEqual({
+    status: 1,
+    stdout: [
+      `refused: commit ${"b".repeat(12)}, the newest of branch "main" (${"a".repeat(12)} runs now and keeps running)`,
+      'compose.yaml:7: service "web": services.web.privileged (rule privileged): it is root on the host',
+      'compose.yaml: service "db": services.db.volumes (rule bind_outside): host files: "/etc"',
+      "",
+    ].join("\n"),
+    stderr: "",
+  });
+});
+
+test("check without policy findings prints the refusal, and says when the remote could not be asked", async () => {
+  const verdict: Verdict = {
+    commit: "b".repeat(40), branch: "main", running: "b".repeat(40), refusal: 'docker compose rejects "compose.yaml": it ran out of its memory limit',
+    findings: [], stale: "git fetch exited with status 128", pinned: "a".repeat(40),
+  };
+  const { call } = harness(fakeService({ verdict }));
+  expect(await call("web//check")).toEqual({
+    status: 1,
+    stdout: [
+      `refused: commit ${"b".repeat(12)}, the newest of branch "main" (it runs now)`,
+      'docker compose rejects "compose.yaml": it ran out of its memory limit',
+      `pinned at ${"a".repeat(12)}: nothing newer deploys until "unpin"`,
+      "",
+    ].join("\n"),
+    stderr: 'Cannot fetch branch "main": git fetch exited with status 128; judged the last fetched commit\n',
+  });
+});
+
+test("check before the first deploy says that nothing is deployed", async () => {
+  const verdict: Verdict = { ...OK, running: null, refusal: "why", findings: [] };
+  const { call } = harness(fakeService({ verdict }));
+  expect(await call("web//check")).toEqual({
+    status: 1, stdout: `refused: commit ${"c".repeat(12)}, the newest of branch "main" (nothing is deployed)\nwhy\n`, stderr: "",
+  });
+});
+
+test("status names the refused commit and the refusal, one reason a line", async () => {
+  const refused = { commit: "b".repeat(40), reason: "first reason\nsecond reason" };
+  const { call } = harness(fakeService({ refused }));
+  const r = await call("web//status");
+  expect(r.stdout).toContain(`\nrefused:     ${"b".repeat(40)} (not deployed; what runs keeps running)\nrefusal:     first reason\n             second reason\n`);
+  expect((await harness().call("web//status")).stdout).toContain("\nrefused:     none\n");
+  expect((await harness().call("web//status")).stdout).not.toContain("refusal:");
 });
 
 test("checkArgs() allows only documented options and service names", () => {
@@ -238,6 +303,13 @@ test("dispatch() runs sync and unpin", async () => {
   expect(svc.calls).toEqual(["sync", "unpin"]);
 });
 
+test("dispatch() prints the service's age recipient and refuses arguments to it", async () => {
+  const { call, svc } = harness();
+  expect(await call("web//recipient")).toEqual({ status: 0, stdout: "age1testrecipient\n", stderr: "" });
+  expect((await call("web//recipient extra")).status).toBe(64);
+  expect(svc.calls).toEqual(["recipient"]);
+});
+
 test("dispatch() lets a key line with from= in only from a matching address, with the answer of an unknown service otherwise", async () => {
   const { call } = harness(fakeService(), [{ from: ["10.0.0.0/8", "!10.9.9.9"] }]);
   expect((await call("web//ping", { ...KEY_A, ip: "10.1.2.3" })).status).toBe(0);
@@ -264,4 +336,86 @@ test("dispatch() runs a key's command= instead of the request, unless another li
 
   const either = harness(fakeService(), [{ command: "sync" }, undefined]);
   expect((await either.call("web//ping")).stdout).toBe("pong box\n");
+});
+
+test("dispatch() caps exec and logs -f per key and per service with exit 75, and frees a slot when one ends", async () => {
+  const svc = fakeService();
+  const gates: Array<() => void> = [];
+  const started: string[] = [];
+  const blocking: Compose = {
+    async run(args) {
+      started.push(args.join(" "));
+      await new Promise<void>((r) => gates.push(r));
+      return { exitCode: 0, signal: null, stdout: "", stderr: "", durationMs: 1, timedOut: false };
+    },
+    must: async () => ({ exitCode: 0, signal: null, stdout: "", stderr: "", durationMs: 1, timedOut: false }),
+    services: async () => ["web"],
+    withRegistries: (_r, fn) => fn(),
+  };
+  svc.handle.composeFor = async () => blocking;
+  const keys = [KEY_A, KEY_B, { ...KEY_A, blob: Buffer.from("key-c"), fingerprint: "SHA256:c" }];
+  const counted: string[] = [];
+  const deps: RouterDeps = {
+    services: new Map([["web", svc.handle]]),
+    keysOf: async () => keys.map((k) => ({ algo: k.algo, blob: k.blob, comment: "" })),
+    hostname: "box",
+    logger: memoryLogger(),
+    count: (c, r) => counted.push(`${c} ${r}`),
+    longRunning: new LongRunning({ perService: 3, perKey: 2, waitMs: 0 }),
+  };
+  const call = (request: string, key: ClientKey) => {
+    let stderr = "";
+    const io: SessionIO = {
+      stdout: { write: async () => {} },
+      stderr: { write: async (c) => void (stderr += typeof c === "string" ? c : new TextDecoder().decode(c)) },
+      signal: new AbortController().signal,
+    };
+    return dispatch(key, request, io, deps).then((status) => ({ status, stderr }));
+  };
+  const a1 = call("web//exec web sleep 1", KEY_A);
+  const a2 = call("web//logs -f web", KEY_A);
+  const a3 = await call("web//logs --follow", KEY_A);
+  expect(a3).toEqual({ status: EXIT_TEMPFAIL, stderr: 'Cannot run "logs -f" for "web": this key runs 2 long-running commands ("exec", "logs -f"), the limit is 2\n' });
+  // logs without -f and ps are not long-running: they are never capped.
+  const plain = call("web//logs --tail 5", KEY_A);
+  const b1 = call("web//exec web top", KEY_B);
+  const b2 = await call("web//exec web top", KEY_B);
+  expect(b2.status).toBe(EXIT_TEMPFAIL);
+  expect(b2.stderr).toContain('run for this service, the limit is 3');
+  expect(started).toEqual(["exec -T web sleep 1", "logs -f web", "logs --tail 5", "exec -T web top"]);
+  expect(counted).toEqual(["logs unavailable", "exec unavailable"]);
+  gates.shift()!(); // the first exec ends
+  expect((await a1).status).toBe(0);
+  const c1 = call("web//exec web true", keys[2]!);
+  await new Promise((r) => setTimeout(r, 0));
+  expect(started.at(-1)).toBe("exec -T web true");
+  for (const g of gates.splice(0)) g();
+  expect((await Promise.all([a2, plain, b1, c1])).map((r) => r.status)).toEqual([0, 0, 0, 0]);
+  expect(deps.longRunning!.running("web")).toBe(0);
+});
+
+test("LongRunning.take() waits for a slot to free up, and refuses with 75 when none does in time or the client goes away", async () => {
+  const lr = new LongRunning({ perService: 1, perKey: 1, waitMs: 60_000 });
+  const first = await lr.take("web", "SHA256:a", "exec");
+  let second: (() => void) | null = null;
+  const waiting = lr.take("web", "SHA256:b", "exec").then((r) => (second = r));
+  await new Promise((r) => setTimeout(r, 20));
+  expect(second).toBeNull();
+  first();
+  await waiting;
+  expect(second).not.toBeNull();
+  expect(lr.running("web")).toBe(1);
+  // Nothing frees up: refused after the wait.
+  const short = new LongRunning({ perService: 1, perKey: 1, waitMs: 30 });
+  await short.take("web", "SHA256:a", "exec");
+  const t0 = Date.now();
+  await expect(short.take("web", "SHA256:c", "logs -f")).rejects.toMatchObject({ status: EXIT_TEMPFAIL });
+  expect(Date.now() - t0).toBeGreaterThanOrEqual(25);
+  // The client goes away while it waits: refused at once.
+  const ac = new AbortController();
+  const gone = lr.take("web", "SHA256:d", "exec", ac.signal);
+  ac.abort();
+  await expect(gone).rejects.toMatchObject({ status: EXIT_TEMPFAIL });
+  second!();
+  expect(lr.running("web")).toBe(0);
 });

@@ -48,6 +48,8 @@ networks = [ "reverseproxy" ]
 mount = "nfs://nfs.example.org:2049/share/pgo"
 health_timeout = "1m30s"
 webhook_secret = "0123456789abcdef-secret"
+age_identities = [ "/etc/pgo/age/pgo.txt" ]
+engine = "swarm"
 `;
 
 describe("parseConfig()", () => {
@@ -98,6 +100,8 @@ describe("parseConfig()", () => {
       networks: ["reverseproxy"],
       mount: { host: "nfs.example.org", port: 2049, path: "/share/pgo" },
       healthTimeoutMs: 90_000,
+      ageIdentities: ["/etc/pgo/age/pgo.txt"],
+      engine: "swarm",
       webhookSecret: "0123456789abcdef-secret",
       line: 9,
     });
@@ -417,6 +421,18 @@ x = 1
     const text = service(`branch = "dev"\r\nports = 1\r\n`).replaceAll("\n", "\r\n").replaceAll("\r\r", "\r");
     expect(problems(text)).toEqual([{ line: 6, key: "services[1].ports", message: `Unknown key "ports"` }]);
   });
+});
+
+test("parseConfig() refuses a relative age_identities path, naming the entry", () => {
+  expect(problems(service('age_identities = [ "keys.txt" ]\n'))).toEqual([
+    { line: 5, key: "services[1].age_identities", message: 'Invalid entry 1 for "age_identities": expected an absolute path to an age identity file' },
+  ]);
+});
+
+test("parseConfig() refuses an unknown engine", () => {
+  expect(problems(service('engine = "kubernetes"\n')).map((p) => p.message)).toEqual([
+    'Invalid value "kubernetes" for "engine": expected "compose" or "swarm"',
+  ]);
 });
 
 describe("SERVICE_KEYS", () => {

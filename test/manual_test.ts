@@ -6,7 +6,8 @@ import { SERVICE_KEYS } from "../src/config.ts";
 import { PGOD_FLAGS, pgodUsage } from "../src/flags.ts";
 import { USAGE as PGOCTL_USAGE } from "../src/pgoctl.ts";
 import { RULES } from "../src/policy.ts";
-import { CIPHER_ALGORITHMS, HOST_KEY_ALGORITHMS, KEX_ALGORITHMS, MAC_ALGORITHMS } from "../src/ssh_server.ts";
+import { DEFAULT_LONG_RUNNING } from "../src/long_running.ts";
+import { CIPHER_ALGORITHMS, DEFAULT_LIMITS, HOST_KEY_ALGORITHMS, KEX_ALGORITHMS, MAC_ALGORITHMS } from "../src/ssh_server.ts";
 
 const man = (f: string): string => readFileSync(join(import.meta.dir, "..", "man", f), "utf8");
 /** roff source with escaped hyphens made plain, for searching. */
@@ -50,4 +51,65 @@ test("man renders both pages without warnings", () => {
     expect({ file: f, status: r.exitCode, warnings: r.stderr.toString() }).toEqual({ file: f, status: 0, warnings: "" });
     expect(r.stdout.toString().length).toBeGreaterThan(2000);
   }
+}, 60_000);
+
+const renderedPages = new Map<string, string>();
+
+/** A page as man renders it at 80 columns, as plain text (overstrikes removed). */
+function rendered(f: string): string {
+  const done = renderedPages.get(f);
+  if (done !== undefined) return done;
+  const r = Bun.spawnSync(["man", "-P", "cat", "-l", join(import.meta.dir, "..", "man", f)], {
+    env: { PATH: "/usr/bin:/bin", MANWIDTH: "80", LC_ALL: "C.UTF-8", MAN_KEEP_FORMATTING: "" },
+  });
+  if (r.exitCode !== 0) throw new Error(`man -l ${f} exited ${r.exitCode}: ${r.stderr.toString()}`);
+  const text = r.stdout.toString().replace(/.\x08/g, "").replace(/\x1b\[[0-9;]*m/g, "");
+  renderedPages.set(f, text);
+  return text;
+}
+
+test("both pages render at 80 columns with no wider line, no literal triple quotes and no words run together", () => {
+  for (const f of ["pgod.8", "pgoctl.1"]) {
+    const text = rendered(f);
+    const wide = text.split("\n").filter((l) => [...l].length > 80);
+    expect({ file: f, wide }).toEqual({ file: f, wide: [] });
+    expect({ file: f, tripleQuotes: text.includes('"""') }).toEqual({ file: f, tripleQuotes: false });
+    expect({ file: f, rolledback: /rolledback/.test(text) }).toEqual({ file: f, rolledback: false });
+  }
+  expect(rendered("pgod.8")).toContain('pgo_deploys_total{result="rolled back"}');
+  expect(rendered("pgod.8")).toMatch(/registries = \["deploy:s3cret@registry\.example\.org"\]/);
+  expect(rendered("pgod.8")).toMatch(/env = \["SITE_TITLE=Shop", "LOG_LEVEL=info"\]/);
+  expect(rendered("pgod.8")).toMatch(/networks = \["reverseproxy"\]/);
+}, 60_000);
+
+test("the rendered pages have their sections, pgoctl(1) with FILES and HOME, USER and LOGNAME", () => {
+  const sections = (text: string): string[] => text.split("\n").filter((l) => /^[A-Z][A-Z ]+$/.test(l));
+  const pgodSections = sections(rendered("pgod.8"));
+  const pgoctlText = rendered("pgoctl.1");
+  for (const s of ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "FILES", "ENVIRONMENT", "EXIT STATUS", "SEE ALSO"]) {
+    expect({ page: "pgod.8", section: s, present: pgodSections.includes(s) }).toEqual({ page: "pgod.8", section: s, present: true });
+  }
+  for (const s of ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "ENVIRONMENT", "FILES", "SEE ALSO"]) {
+    expect({ page: "pgoctl.1", section: s, present: sections(pgoctlText).includes(s) }).toEqual({ page: "pgoctl.1", section: s, present: true });
+  }
+  const env = pgoctlText.slice(pgoctlText.indexOf("\nENVIRONMENT\n"), pgoctlText.indexOf("\nFILES\n"));
+  for (const v of ["PGOCTL_ID", "HOME", "USER", "LOGNAME"]) expect({ variable: v, documented: new RegExp(`^ {7}(\\S+, )?${v}\\b`, "m").test(env) }).toEqual({ variable: v, documented: true });
+  const files = pgoctlText.slice(pgoctlText.indexOf("\nFILES\n"));
+  expect(files).toContain("~/.ssh/known_hosts");
+}, 60_000);
+
+test("the SSH and long-running limits pgod(8) and pgoctl(1) give are the ones in the code", () => {
+  const text = rendered("pgod.8").replace(/\s+/g, " ");
+  expect(text).toContain(`Logged-in connections: ${DEFAULT_LIMITS.maxAuthenticated} in all`);
+  expect(text).toContain(
+    `Once ${DEFAULT_LIMITS.busyFrom} are logged in, a key that has ${DEFAULT_LIMITS.maxPerKey} of them, or a client address that has ${DEFAULT_LIMITS.maxPerAddress},`,
+  );
+  expect(text).toContain(`within ${DEFAULT_LIMITS.execWaitMs / 1000} seconds of logging in`);
+  expect(text).toContain(`at most ${DEFAULT_LONG_RUNNING.perService} at once for one service`);
+  expect(text).toContain(`at most ${DEFAULT_LONG_RUNNING.perKey} at once for one key`);
+  expect(text).toContain(`One more waits up to ${DEFAULT_LONG_RUNNING.waitMs / 1000} seconds for a free slot`);
+  const ctl = rendered("pgoctl.1").replace(/\s+/g, " ");
+  expect(ctl).toContain(`at most ${DEFAULT_LONG_RUNNING.perService} exec or logs -f for one service, and at most ${DEFAULT_LONG_RUNNING.perKey} for one key`);
+  expect(ctl).toContain(`waits up to ${DEFAULT_LONG_RUNNING.waitMs / 1000} seconds`);
+  expect(ctl).toContain(`while all clients have ${DEFAULT_LIMITS.maxAuthenticated} connections open to pgod, or while ${DEFAULT_LIMITS.busyFrom} are open and the key already has ${DEFAULT_LIMITS.maxPerKey} of them or its address ${DEFAULT_LIMITS.maxPerAddress}`);
 }, 60_000);

@@ -437,6 +437,8 @@ test("a commit whose containers exit at once is rolled back to the last good com
   docker.clear();
   await worker.cycle("poll");
   expect(docker.composeCalls()).toEqual([]); // the bad commit is not tried again
+  // check says so: it would not deploy, though the policy allows it.
+  expect(await worker.check()).toMatchObject({ commit: bad, running: good, refusal: expect.stringContaining(`Commit ${bad.slice(0, 12)} was rolled back`) });
   const next = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8").replace("# fake: exits\n", "# fixed\n") });
   await worker.cycle("poll");
   expect(worker.status()).toMatchObject({ lastResult: "deployed", commit: next, good: next, bad: null });
@@ -599,7 +601,7 @@ test("what a container wrote into the checkout (untracked, ignored, a .env, a sy
 test("a checkout made by an older pgod has its .git moved out at start, without a clone, and nothing a container put in it runs", async () => {
   const { worker, repo, checkout, log, root } = setup();
   git(root, "clone", "--quiet", repo.remote, checkout);
-  const head = git(checkout, "rev-parse", "HEAD");
+  const head = checkoutGit(checkout, "rev-parse", "HEAD");
   const marker = join(root, "MARKER");
   writeFileSync(join(checkout, ".git", "hooks", "post-checkout"), `#!/bin/sh\ntouch ${marker}\n`);
   chmodSync(join(checkout, ".git", "hooks", "post-checkout"), 0o755);
@@ -619,4 +621,50 @@ test("a checkout made by an older pgod has its .git moved out at start, without 
   expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(next);
   expect(existsSync(marker)).toBe(false);
   expect(worker.status()).toMatchObject({ lastResult: "deployed", lastError: null });
+});
+
+test("check judges the newest commit of the branch without moving the checkout, and status names a refused one", async () => {
+  const compose = "services:\n  web:\n    image: x\n";
+  const { worker, docker, repo, checkout } = setup({ user: "app" }, { "compose.yaml": compose });
+  await worker.cycle("start");
+  const good = checkoutGit(checkout, "rev-parse", "HEAD");
+  expect(await worker.check()).toEqual({ commit: good, branch: "main", running: good, refusal: null, findings: [] });
+
+  // Pushed, and not yet seen by the loop: check answers for it all the same.
+  writeFileSync(join(docker.bin, "model.json"), JSON.stringify({ name: "web", services: { web: { image: "x", privileged: true } } }));
+  const bad = repo.commit({ "compose.yaml": `${compose}    privileged: true\n` });
+  docker.clear();
+  const refused = await worker.check();
+  expect(refused).toMatchObject({ commit: bad, running: good, refusal: expect.stringContaining('"privileged" is refused') });
+  expect(refused.findings).toEqual([expect.objectContaining({ file: "compose.yaml", line: 4, service: "web", key: "services.web.privileged", rule: "privileged" })]);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(good);
+  expect(docker.composeCalls().filter((c) => / (up|pull|down) ?/.test(` ${c}`))).toEqual([]);
+  expect(worker.status().refused).toEqual({ commit: bad, reason: refused.refusal! });
+  expect(existsSync(join(worker.dir, "..", ".stage-web"))).toBe(false);
+
+  // The loop refuses it too and keeps what runs; status keeps naming it.
+  await worker.cycle("poll");
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(good);
+  expect(worker.status()).toMatchObject({ lastResult: "refused", refused: { commit: bad } });
+
+  // A fixing commit: check says it would deploy before the loop deploys it; then status clears.
+  rmSync(join(docker.bin, "model.json"));
+  const fixed = repo.commit({ "compose.yaml": `${compose}    environment: [A=1]\n` });
+  expect(await worker.check()).toMatchObject({ commit: fixed, running: good, refusal: null });
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(good);
+  await worker.cycle("poll");
+  expect(worker.status()).toMatchObject({ commit: fixed, lastResult: "deployed", refused: null });
+});
+
+test("check judges the last fetched commit when the remote cannot be reached, and says so", async () => {
+  const { worker, repo, checkout, docker } = setup({ user: "app" });
+  await worker.cycle("start");
+  const head = checkoutGit(checkout, "rev-parse", "HEAD");
+  writeFileSync(join(docker.bin, "model.json"), JSON.stringify({ name: "web", services: { web: { image: "x", privileged: true } } }));
+  const bad = repo.commit({ "compose.yaml": `${readFileSync(join(repo.work, "compose.yaml"), "utf8")}    privileged: true\n` });
+  await worker.cycle("poll"); // fetched and refused: the checkout stays
+  renameSync(repo.remote, `${repo.remote}.gone`);
+  const v = await worker.check();
+  renameSync(`${repo.remote}.gone`, repo.remote);
+  expect(v).toMatchObject({ commit: bad, running: head, refusal: expect.stringContaining("privileged"), stale: expect.stringContaining("fetch") });
 });

@@ -3,11 +3,12 @@ import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
 import { connect as tcpConnect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Client, type ClientChannel, type ConnectConfig } from "ssh2";
+import { Client, utils, type ClientChannel, type ConnectConfig } from "ssh2";
 import { fingerprint, keysEqual, parseAuthorizedKeys, type PublicKey } from "../src/keys.ts";
 import { memoryLogger } from "../src/log.ts";
 import {
   clampStatus,
+  DEFAULT_LIMITS,
   parseListenAddress,
   sshAlgorithms,
   startSshServer,
@@ -394,6 +395,174 @@ describe("startSshServer()", () => {
     expect(code).toBe(255);
     expect(stdout).toBe("");
     expect(stderr).toContain("Permission denied (publickey)");
+  });
+});
+
+describe("startSshServer() keeps one key holder from locking other teams out", () => {
+  let teamB: string; // private key text of another team's key
+  let rsa: string; // private key text of an RSA key
+  let both: PublicKey[];
+
+  beforeAll(async () => {
+    for (const n of ["teamb", "rsa"]) {
+      const args = n === "rsa" ? ["-t", "rsa", "-b", "2048"] : ["-t", "ed25519"];
+      sh(["ssh-keygen", "-q", ...args, "-N", "", "-f", join(dir, n)]);
+    }
+    teamB = await readFile(join(dir, "teamb"), "utf8");
+    rsa = await readFile(join(dir, "rsa"), "utf8");
+    both = [...allowed, ...parseAuthorizedKeys(await readFile(join(dir, "teamb.pub"), "utf8"))];
+  });
+
+  const knownBoth = (k: ClientKey): boolean => both.some((a) => keysEqual(a, k));
+  const pong: Handle = async (_key, _command, io) => {
+    await io.stdout.write("pong\n");
+    return 0;
+  };
+
+  function connectFrom(port: number, key: string, localAddress: string): Promise<Client> {
+    return new Promise((resolve, reject) => {
+      const c = new Client();
+      clients.push(c);
+      c.on("ready", () => resolve(c)).on("error", reject);
+      c.on("close", () => reject(new Error("Connection closed before login")));
+      c.connect({ host: "127.0.0.1", port, localAddress, username: "t", privateKey: key, algorithms: sshAlgorithms(), readyTimeout: 20_000 });
+    });
+  }
+
+  test("one key trying to hold 150 idle connections gets the 64 of a quiet pool and no more, and another team's ping answers within 2 s", async () => {
+    const { srv, log } = await start(pong, { known: knownBoth });
+    const held = new Set<Client>();
+    // Six waves of 25 logins (fewer than the 64 connections that may wait to log in, whose cap
+    // would otherwise drop the holder's own connections before they log in).
+    const attack = (async () => {
+      const results: PromiseSettledResult<void>[] = [];
+      for (let wave = 0; wave < 6; wave++) {
+        results.push(...await Promise.allSettled(
+          Array.from({ length: 25 }, async () => {
+            const c = await connectFrom(srv.port, goodKey, "127.0.0.2");
+            held.add(c);
+            c.on("close", () => held.delete(c));
+          }),
+        ));
+      }
+      return results;
+    })();
+    const ms: number[] = [];
+    const ping = async (): Promise<void> => {
+      const t0 = performance.now();
+      const c = await connectFrom(srv.port, teamB, "127.0.0.3");
+      const r = await run(c, "b//ping");
+      ms.push(Math.round(performance.now() - t0));
+      c.end();
+      expect(r).toEqual({ stdout: "pong\n", stderr: "", code: 0 });
+    };
+    // During the attack's logins the other key gets in too (not timed: here the 150 clients'
+    // handshakes run in this same process; test/reliability/hostile_clients_test.ts times it
+    // against a real pgod).
+    await ping();
+    const results = await attack;
+    // The pool turns busy at 64 logged in, the other team's one connection included if it was open then.
+    const won = results.filter((r) => r.status === "fulfilled").length;
+    expect(won === DEFAULT_LIMITS.busyFrom || won === DEFAULT_LIMITS.busyFrom - 1).toBe(true);
+    expect(held.size).toBe(won);
+    for (let i = 0; i < 4; i++) await ping(); // while the attacker holds its 64
+    console.log(`150 logins by one key: ${held.size} held; the other team's ping took ${ms.join(", ")} ms (the first during the logins)`);
+    expect(Math.max(...ms.slice(1))).toBeLessThan(2000);
+    expect(log.lines.some((l) => l.includes("too many connections logged in with this key"))).toBe(true);
+  }, 60_000);
+
+  test("logins from one address past its cap are refused while other addresses still get in", async () => {
+    const { srv } = await start(pong, { known: knownBoth, limits: { maxPerAddress: 2, busyFrom: 0 } });
+    await connectFrom(srv.port, goodKey, "127.0.0.2");
+    await connectFrom(srv.port, teamB, "127.0.0.2");
+    await expect(connectFrom(srv.port, teamB, "127.0.0.2")).rejects.toThrow();
+    const c = await connectFrom(srv.port, teamB, "127.0.0.4");
+    expect((await run(c, "b//ping")).code).toBe(0);
+  });
+
+  test("a connection that sends no exec request after login is closed after the wait, and its place is free again", async () => {
+    const { srv } = await start(pong, { limits: { execWaitMs: 200, maxPerKey: 1, busyFrom: 0 } });
+    const idle = await connect(srv.port, goodKey);
+    let closed = false;
+    idle.on("close", () => (closed = true));
+    await expect(connect(srv.port, goodKey)).rejects.toThrow(); // its one place is taken
+    await waitFor(() => closed, "the exec wait to close the idle connection", 5000);
+    const c = await connect(srv.port, goodKey);
+    expect((await run(c, "web//ping")).code).toBe(0);
+  });
+
+  test("a key may use a quiet pool beyond its limit, but not a busy one", async () => {
+    const { srv } = await start(pong, { known: knownBoth, limits: { maxPerKey: 2, busyFrom: 4, maxAuthenticated: 8 } });
+    // Quiet: one key takes 4, past its limit of 2.
+    for (let i = 0; i < 4; i++) await connectFrom(srv.port, goodKey, "127.0.0.2");
+    // Busy now: that key gets no more, another key gets its 2, and no more either.
+    await expect(connectFrom(srv.port, goodKey, "127.0.0.2")).rejects.toThrow();
+    const b = [await connectFrom(srv.port, teamB, "127.0.0.3"), await connectFrom(srv.port, teamB, "127.0.0.3")];
+    await expect(connectFrom(srv.port, teamB, "127.0.0.3")).rejects.toThrow();
+    expect((await run(b[0]!, "b//ping")).code).toBe(0);
+  });
+
+  test("a channel that sends no exec request ends its connection after the wait, though the connection made a request before", async () => {
+    const { srv } = await start(pong, { limits: { execWaitMs: 300 } });
+    const c = await connect(srv.port, goodKey);
+    expect((await run(c, "web//ping")).code).toBe(0);
+    let closed = false;
+    c.on("close", () => (closed = true));
+    // A shell request is refused, and the channel stays open without exec.
+    c.shell(false, () => {});
+    await waitFor(() => closed, "the exec wait to close the connection", 5000);
+  });
+
+  test("an RSA key signing with SHA-1 (ssh-rsa) is refused, and with rsa-sha2-256 it gets in", async () => {
+    const rsaPub = parseAuthorizedKeys(await readFile(join(dir, "rsa.pub"), "utf8"));
+    const ran: string[] = [];
+    const { srv, log } = await start(async (_k, command, io) => {
+      ran.push(command);
+      return pong(_k, command, io);
+    }, { known: (k) => rsaPub.some((a) => keysEqual(a, k)) });
+    // ssh2's client signs with rsa-sha2-256 when the server offers it: force "ssh-rsa" and SHA-1.
+    const parsed = utils.parseKey(rsa);
+    if (parsed instanceof Error || Array.isArray(parsed)) throw new Error("Cannot parse the RSA test key");
+    const sha1 = connect(srv.port, {
+      authHandler: (_methods, _partial, next) => {
+        const proto = (clients.at(-1) as unknown as { _protocol: { authPK: (...a: unknown[]) => void } })._protocol;
+        const authPK = proto.authPK.bind(proto);
+        proto.authPK = (user: unknown, key: unknown, _algo: unknown, sign?: unknown) =>
+          authPK(user, key, "ssh-rsa", sign ? (buf: Buffer, cb: (s: Buffer) => void) => cb(parsed.sign(buf, "sha1") as Buffer) : undefined);
+        next({ type: "publickey", username: "t", key: parsed });
+      },
+    });
+    await expect(sha1).rejects.toThrow();
+    expect(log.lines.some((l) => l.includes("ssh-rsa (SHA-1) signature"))).toBe(true);
+    expect(ran).toEqual([]);
+    const c = await connect(srv.port, rsa);
+    expect((await run(c, "web//ping")).code).toBe(0);
+    expect(ran).toEqual(["web//ping"]);
+  });
+
+  test("OpenSSH's ssh with an RSA key gets in by default and is refused when it may only use ssh-rsa", async () => {
+    const rsaPub = parseAuthorizedKeys(await readFile(join(dir, "rsa.pub"), "utf8"));
+    const { srv, log } = await start(pong, { known: (k) => rsaPub.some((a) => keysEqual(a, k)) });
+    const ssh = async (extra: string[]) => {
+      const p = Bun.spawn(
+        [
+          "ssh", "-F", "/dev/null", "-p", String(srv.port), "-i", join(dir, "rsa"), ...extra,
+          "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=no",
+          "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+          "127.0.0.1", "svc//ping",
+        ],
+        { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
+      );
+      const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+      return { stdout, stderr, code };
+    };
+    expect(await ssh([])).toEqual({ stdout: "pong\n", stderr: "", code: 0 });
+    const old = await ssh(["-o", "PubkeyAcceptedAlgorithms=ssh-rsa"]);
+    expect(old.code).toBe(255);
+    expect(old.stdout).toBe("");
+    expect(old.stderr).toContain("Permission denied (publickey)");
+    // OpenSSH did offer the key with ssh-rsa: pgod saw it and refused it for that.
+    expect(log.lines.some((l) => l.includes("ssh-rsa (SHA-1) signature"))).toBe(true);
   });
 });
 

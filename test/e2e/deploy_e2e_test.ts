@@ -251,6 +251,16 @@ describe("safe deploys with a real Docker engine", () => {
       expect(await post(address, s.name, good)).toEqual({ status: 409, text: "already delivered" });
       await holdsFor("no further sync after the replay", 1500, unchanged, (u) => u.follows === 2 && u.ids.join() === second.id);
       expect(await headOf(s.checkout)).toBe(commit);
+
+      // ... and after a restart too: the deliveries seen are kept under --dir/.state.
+      await s.pg.stop();
+      const again = await env.pgod([s.spec], { tag: "again", args: ["-t", QUIET_INTERVAL, "--webhook", "127.0.0.1:0"] });
+      const address2 = await webhookAddress(again);
+      const fetches = new RegExp(`msg=exec argv="git fetch [^"]*" cwd=${join(s.pg.dir, s.name)} `);
+      const fetchesBefore = again.lines(fetches).length;
+      expect(await post(address2, s.name, good)).toEqual({ status: 409, text: "already delivered" });
+      expect(again.lines(/msg="webhook refused: replayed"/)).toHaveLength(1);
+      expect(again.lines(fetches)).toHaveLength(fetchesBefore);
     });
   });
 

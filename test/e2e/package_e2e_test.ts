@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { closeSync, existsSync, lstatSync, openSync, readFileSync, statSync } from "node:fs";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { parseConfig } from "../../src/config.ts";
@@ -108,7 +108,7 @@ describe("the Debian package", () => {
     for (const f of files) expect(f[1]).toBe("root/root");
     const mode = (p: string): string | undefined => files.find((f) => f.at(-1) === `./${p}`)?.[0];
     expect([mode("usr/bin/pgod"), mode("usr/bin/pgoctl"), mode("etc/pgo.toml"), mode("var/lib/pgo/")])
-      .toEqual(["-rwxr-xr-x", "-rwxr-xr-x", "-rw-r--r--", "drwx--x--x"]);
+      .toEqual(["-rwxr-xr-x", "-rwxr-xr-x", "-rw-r-----", "drwx--x--x"]);
 
     expect((await sys(["dpkg-deb", "--info", deb, "conffiles"])).stdout).toBe("/etc/pgo.toml\n");
     const md5 = (await sys(["dpkg-deb", "--info", deb, "md5sums"])).stdout;
@@ -152,6 +152,9 @@ describe("the Debian package", () => {
       expect(r.stdout.length).toBeGreaterThan(2000);
     }
     expect(readFileSync("/etc/pgo.toml", "utf8")).toBe(readFileSync(join(ROOT, "packaging", "pgo.toml"), "utf8"));
+    // It holds secrets once the admin fills it in: root's alone.
+    const config = statSync("/etc/pgo.toml");
+    expect({ mode: (config.mode & 0o7777).toString(8), uid: config.uid, gid: config.gid }).toEqual({ mode: "640", uid: 0, gid: 0 });
     expect(readFileSync("/lib/systemd/system/pgod.service", "utf8"))
       .toBe(readFileSync(join(ROOT, "packaging", "pgod.service"), "utf8"));
     const state = statSync("/var/lib/pgo");
@@ -211,6 +214,12 @@ describe("the Debian package", () => {
   test("dpkg -r keeps the edited config, and dpkg --purge removes it, pgod's state and the enable link", async () => {
     // What an admin does after installing: edit the config, enable pgod, and let it make state.
     await writeFile("/etc/pgo.toml", `${readFileSync("/etc/pgo.toml", "utf8")}# edited by the admin\n`);
+    // A config left world-readable (as packages before 0640 installed it) loses that at the next
+    // configure; the admin's edit stays.
+    await chmod("/etc/pgo.toml", 0o644);
+    await run([...NICE, "dpkg", "--install", deb], { env: SYS_ENV });
+    expect((statSync("/etc/pgo.toml").mode & 0o7777).toString(8)).toBe("640");
+    expect(readFileSync("/etc/pgo.toml", "utf8")).toEndWith("# edited by the admin\n");
     await sys(["systemctl", "enable", "pgod.service"]);
     expect(existsSync(ENABLED)).toBe(true);
     await writeFile("/var/lib/pgo/ssh_host_ed25519_key", "state pgod keeps\n");

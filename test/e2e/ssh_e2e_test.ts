@@ -448,7 +448,7 @@ describe("the SSH interface of pgod with a real Docker engine", () => {
       const unknownAnswer = {
         code: 64,
         stdout: "",
-        stderr: 'Unknown command "frobnicate": expected one of up, down, stop, start, restart, pull, ps, logs, exec, ping, status, check, history, rollback, unpin, sync\n',
+        stderr: 'Unknown command "frobnicate": expected one of up, down, stop, start, restart, pull, ps, logs, exec, ping, status, check, history, rollback, unpin, sync, recipient\n',
       };
       expect(unknown).toEqual(unknownAnswer);
       expect(sshUnknown).toEqual(unknownAnswer);
@@ -457,6 +457,47 @@ describe("the SSH interface of pgod with a real Docker engine", () => {
       expect(sshTooLong).toEqual(tooLongAnswer);
       expect(pingArgs).toEqual({ code: 64, stdout: "", stderr: 'Command "ping" takes no arguments\n' });
       expect(s.pg.exitCode).toBeNull();
+    });
+  });
+  test.concurrent("a key past its 8 long-running commands waits for a slot, gets one when a client goes away, and 75 when none frees up", async () => {
+    await scenario("long-running cap", async (env) => {
+      const s = await serve(env, "cap");
+      await waitRunning(s.name);
+      expect((await pgoctl(s, `${s.name}//ping`)).code).toBe(0); // records the host key once
+      const follow = (): ReturnType<typeof Bun.spawn> =>
+        Bun.spawn([PGOCTL, "-i", s.key.file, "-p", String(s.port), "--known-hosts", s.knownHosts, `127.0.0.1:${s.name}//logs`, "-f"], {
+          cwd: "/", stdin: "ignore", stdout: "ignore", stderr: "ignore",
+        });
+      const children = (): Promise<string[]> => processesWith(["--project-name", s.name, "logs"]);
+      const clients = Array.from({ length: 8 }, follow);
+      try {
+        await waitFor("eight docker compose logs -f", children, (ps) => ps.length === 8, { timeoutMs: 90_000 });
+        // Short commands are not capped.
+        expect((await pgoctl(s, `${s.name}//ps`)).code).toBe(0);
+        // A ninth waits; when a client goes away, it gets that slot.
+        const t0 = performance.now();
+        const ninth = pgoctl(s, `${s.name}//exec`, "web", "true");
+        await s.pg.waitForLog(new RegExp(`msg="waiting for a slot for a long-running command" service=${s.name} command=exec `), { timeoutMs: 60_000 });
+        clients[0]!.kill("SIGTERM");
+        expect(await ninth).toEqual({ code: 0, stdout: "", stderr: "" });
+        const waited = performance.now() - t0;
+        // Eight run again (the ninth's slot is free, a new follower takes it); one more is refused after 10 s.
+        clients[0] = follow();
+        await waitFor("eight docker compose logs -f again", children, (ps) => ps.length === 8, { timeoutMs: 60_000 });
+        const t1 = performance.now();
+        const refused = await pgoctl(s, `${s.name}//exec`, "web", "true");
+        const refusedAfter = performance.now() - t1;
+        console.log(`long-running cap: the ninth exec waited ${Math.round(waited)} ms for a slot; one more was refused after ${Math.round(refusedAfter)} ms`);
+        expect(refused).toEqual({
+          code: 75,
+          stdout: "",
+          stderr: `Cannot run "exec" for "${s.name}": this key runs 8 long-running commands ("exec", "logs -f"), the limit is 8 (none ended within 10 s)\n`,
+        });
+        expect(refusedAfter).toBeGreaterThanOrEqual(9_500);
+      } finally {
+        for (const c of clients) c.kill("SIGTERM");
+      }
+      await waitFor("no docker compose logs left", children, (ps) => ps.length === 0, { timeoutMs: 30_000 });
     });
   });
 });

@@ -302,7 +302,8 @@ function fakeHandle(rng: Rng, calls: string[], cloned: boolean): ServiceHandle {
     },
     async check() {
       await maybeFail("check");
-      return rng.chance(0.5) ? null : "a reason";
+      const refusal = rng.chance(0.5) ? null : "a reason";
+      return { commit: "abc", branch: "main", running: "abc", refusal, findings: [] };
     },
     async rollbackTo() {
       await maybeFail("rollback");
@@ -314,6 +315,10 @@ function fakeHandle(rng: Rng, calls: string[], cloned: boolean): ServiceHandle {
     async syncNow() {
       await maybeFail("sync");
       return status();
+    },
+    async recipient() {
+      await maybeFail("recipient");
+      return "age1fuzz";
     },
     historyFile: "/nonexistent/history",
   };

@@ -11,8 +11,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import { openssh, preflight, processesWith, scenario, sweepRun, waitFor, waitRunning } from "../e2e/harness.ts";
-import type { ClientChannel } from "ssh2";
-import { percentile, rssMiB, RssSampler, serveOne, sshRequest } from "./util.ts";
+import { Client, type ClientChannel } from "ssh2";
+import { sshAlgorithms } from "../../src/ssh_server.ts";
+import { keyWithText, percentile, rssMiB, RssSampler, serveOne, sshRequest } from "./util.ts";
 import type { Answer, Service } from "./util.ts";
 
 /** A client with a valid key must get its answer within this, whatever else goes on. */
@@ -118,6 +119,64 @@ describe("hostile SSH clients against a real pgod", () => {
         for (const sock of open) sock.destroy();
       }
       expectPrompt("after the flood", await pings(s, 2));
+      expect(s.pg.exitCode).toBeNull();
+    });
+  }, 300_000);
+
+  test("one key trying to hold 150 idle logged-in connections gets at most 64, and another key's ping is answered within 2 s throughout", async () => {
+    await scenario("idle sessions", async (env) => {
+      const holder = await keyWithText(await env.tempDir(0o700), "holder");
+      const s = await serveOne(env, "idle", { interval: "10m", files: { "ssh/holder.pub": holder.pub } });
+      await warmUp(s);
+      const held = new Set<Client>();
+      let peakHeld = 0;
+      let refused = 0;
+      let stop = false;
+      // 150 clients with the one key, from 127.0.0.2: each logs in and asks for nothing; when
+      // it is refused or dropped, it tries again 10 s later (about 15 logins a second in all).
+      const holdOne = (): void => {
+        if (stop) return;
+        const c = new Client();
+        let up = false;
+        c.on("ready", () => {
+          up = true;
+          held.add(c);
+          peakHeld = Math.max(peakHeld, held.size);
+        });
+        c.on("error", () => {});
+        c.on("close", () => {
+          held.delete(c);
+          if (!up) refused++;
+          setTimeout(holdOne, 10_000);
+        });
+        c.connect({
+          host: "127.0.0.1", port: s.port, localAddress: "127.0.0.2", username: "holder", privateKey: holder.text,
+          algorithms: sshAlgorithms(), readyTimeout: 30_000, hostVerifier: () => true,
+        });
+      };
+      try {
+        // Spread over 7.5 s, so that the cap on connections waiting to log in (64) does not drop
+        // the holder's own connections before the limits on logged-in ones are reached.
+        for (let i = 0; i < 150; i++) setTimeout(holdOne, i * 50);
+        await waitFor("the holder's logins to be refused past its cap", () => refused, (n) => n >= 80, { timeoutMs: 60_000 });
+        const during = expectPrompt("while one key holds its connections", await pings(s, 10));
+        // The holder's idle connections are closed after 10 s without a request: its 150 clients
+        // keep coming back, and the other key is still served.
+        await waitFor("the holder's idle connections to be closed", () => s.pg.lines(/msg="Closing SSH connection: no exec request after login"/).length, (n) => n > 0, {
+          timeoutMs: 30_000,
+        });
+        const later = expectPrompt("while the holder's connections churn", await pings(s, 5));
+        console.log(
+          `150 idle connections of one key: at most ${peakHeld} held, ${refused} logins refused; ` +
+          `the other key's ping ms ${during.join(", ")}; during churn ${later.join(", ")}`,
+        );
+        expect(peakHeld).toBeLessThanOrEqual(64);
+        expect(peakHeld).toBeGreaterThan(0);
+        expect(s.pg.lines(/msg="Refusing SSH login: too many connections logged in with this key"/).length).toBeGreaterThanOrEqual(1);
+      } finally {
+        stop = true;
+        for (const c of held) c.end();
+      }
       expect(s.pg.exitCode).toBeNull();
     });
   }, 300_000);

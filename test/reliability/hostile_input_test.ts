@@ -121,7 +121,9 @@ describe("hostile input against a real pgod", () => {
       expect(status.stdout).toMatch(/^last result: refused$/m);
       expect(status.stdout).toContain("symlink out of the repository");
       const [check, history] = await Promise.all([openssh(client, `${a}//check`), openssh(client, `${a}//history`)]);
-      expect(check.code).toBe(0); // the checkout still holds the good commit
+      // check answers for the newest commit, the last hostile one (DECISIONS.md #12).
+      expect(check.code).toBe(1);
+      expect(check.stdout).toContain("symlink out of the repository");
       expect(history.stdout.match(/refused by policy/g)?.length).toBe(cases.length);
       for (const text of [pg.log(), status.stdout, status.stderr, check.stdout, history.stdout]) {
         for (const l of shadow) expect(text.includes(l)).toBe(false);

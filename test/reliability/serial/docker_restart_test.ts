@@ -3,8 +3,12 @@
  * converges on the new commit, with exactly one container.
  *
  * The daemon stopped is a real dockerd of its own (own socket, data root, exec root and managed
- * containerd, no bridge, no iptables), so that stopping it leaves the machine's engine, and every
- * other test or benchmark using it, alone. pgod reaches it through DOCKER_HOST (its own reads of
+ * containerd, no bridge, no iptables) in a network namespace of its own (`unshare --net`, with
+ * only loopback up), so that stopping it leaves the machine's engine, and every other test or
+ * benchmark using it, alone. A dockerd started with `--bridge none` deletes the default bridge
+ * `docker0` of the namespace it runs in: in the host's namespace that took the machine's engine
+ * off its default network until it restarted. The test talks to the engine over its unix socket,
+ * which a network namespace does not hide, and checks at the end that `docker0` is still there. pgod reaches it through DOCKER_HOST (its own reads of
  * the engine's socket) and through a `docker` wrapper first on its PATH (every docker and compose
  * child). The file sits in serial/ all the same: starting an engine costs these two cores enough
  * to upset the timings of concurrent tests. Run `bash scripts/build.sh` first.
@@ -17,7 +21,17 @@ import { composeExec, IMAGE, preflight, run, scenario, statusOf, waitFor } from 
 import type { Container, Env } from "../../e2e/harness.ts";
 import { serve, version } from "../faults.ts";
 
-beforeAll(() => preflight());
+/** Whether the host's default bridge is there (the machine's engine made it at its start). */
+async function hasDocker0(): Promise<boolean> {
+  return (await run(["ip", "link", "show", "docker0"], { check: false })).code === 0;
+}
+
+let docker0AtStart = false;
+
+beforeAll(async () => {
+  preflight();
+  docker0AtStart = await hasDocker0();
+});
 
 afterAll(async () => {
   // The machine's engine was never touched; say so loudly if it is not answering.
@@ -48,7 +62,11 @@ class PrivateEngine {
     return `unix://${this.socket}`;
   }
 
-  /** Starts dockerd detached (setsid, output to a log file) and waits until it answers. */
+  /**
+   * Starts dockerd detached (setsid, output to a log file) in a new network namespace with
+   * loopback up, and waits until it answers. setsid, unshare and sh each exec the next, so the
+   * pid printed is dockerd's.
+   */
   async up(): Promise<void> {
     const argv = [
       "dockerd", "--config-file", join(this.root, "daemon.json"), "--host", this.host,
@@ -57,7 +75,8 @@ class PrivateEngine {
       "--ip-forward=false",
     ];
     const quoted = argv.map((a) => `'${a}'`).join(" ");
-    await run(["sh", "-c", `setsid ${quoted} >>'${join(this.root, "dockerd.log")}' 2>&1 </dev/null & echo $!`]).then((r) => {
+    const inNetns = `unshare --net sh -c 'ip link set lo up && exec "$@"' sh ${quoted}`;
+    await run(["sh", "-c", `setsid ${inNetns} >>'${join(this.root, "dockerd.log")}' 2>&1 </dev/null & echo $!`]).then((r) => {
       this.pid = Number(r.stdout.trim());
     });
     await waitFor("the private dockerd to answer", () => this.docker(["info", "--format", "{{.ServerVersion}}"]), (r) => r.code === 0, {
@@ -169,5 +188,12 @@ describe("the Docker daemon stopped mid-deploy", () => {
       await pg.waitForLog(/msg=exec argv="git ls-remote/, { since: pg.log().length });
       expect((await engine.containersOf(name)).map((x) => x.id)).toEqual([c!.id]);
     });
+  });
+
+  test("the machine's engine keeps its docker0 bridge and still runs a container on it", async () => {
+    // A private engine was started and stopped twice above, and removed.
+    expect({ docker0AtStart, docker0Now: await hasDocker0() }).toEqual({ docker0AtStart: true, docker0Now: true });
+    const r = await run(["docker", "run", "--rm", "--pull", "never", IMAGE, "true"], { check: false });
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: "" });
   });
 });

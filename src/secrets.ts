@@ -1,0 +1,249 @@
+/**
+ * Secrets committed encrypted to a service: `NAME.age` files (age, X25519) and SOPS files
+ * (`*.sops.env|yaml|yml|json`) are decrypted, before docker compose reads anything, to the plain
+ * name beside them: mode 0600, owned by the service user, never shown to git. Each service has
+ * its own age identity in pgod's state directory, so one team can never decrypt another's files.
+ */
+import { randomBytes } from "node:crypto";
+import { constants } from "node:fs";
+import { chmod, lstat, mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
+import { basename, dirname, join, relative, sep } from "node:path";
+import { armor, Decrypter, generateX25519Identity, identityToRecipient } from "age-encryption";
+import { SecretError } from "./errors.ts";
+import { writeFileAtomic } from "./files.ts";
+import { decryptSops, isSopsName, plainSopsName } from "./sops.ts";
+
+/** One service's age identities: its own (first) and any the admin configured. */
+export interface ServiceKeys {
+  /** `age1…`, the recipient teams encrypt to. */
+  recipient: string;
+  identities: string[];
+}
+
+const IDENTITY_FILE = "age-identity.txt";
+/** Encrypted files larger than this are refused (a secret is small; this bounds memory). */
+export const MAX_SECRET_BYTES = 1024 * 1024;
+/** At most this many encrypted files per tree. */
+export const MAX_SECRET_FILES = 200;
+
+/**
+ * The service's own identity from `<stateDir>/age-identity.txt` (root's alone, mode 0600),
+ * made on first use; plus the identities in the admin's `extra` files.
+ */
+export async function serviceKeys(stateDir: string, extra: readonly string[] = []): Promise<ServiceKeys> {
+  const file = join(stateDir, IDENTITY_FILE);
+  let own = await readIdentityFile(file).catch((e: unknown) => {
+    if ((e as { code?: string }).code === "ENOENT") return null;
+    throw e;
+  });
+  if (own === null) {
+    await mkdir(stateDir, { recursive: true, mode: 0o700 });
+    const id = await generateX25519Identity();
+    const rcpt = await identityToRecipient(id);
+    await writeFileAtomic(file, `# age identity of this pgo service; public key: ${rcpt}\n${id}\n`, 0o600);
+    own = [id];
+  }
+  const identities = [...own];
+  for (const f of extra) {
+    try {
+      identities.push(...(await readIdentityFile(f)));
+    } catch (e) {
+      throw new SecretError(f, `Cannot read the age identity file "${f}": ${(e as Error).message}`, { cause: e });
+    }
+  }
+  return { recipient: await identityToRecipient(own[0]!), identities };
+}
+
+async function readIdentityFile(path: string): Promise<string[]> {
+  const text = await readFile(path, "utf8");
+  const ids = text.split("\n").map((l) => l.trim()).filter((l) => l.startsWith("AGE-SECRET-KEY-1"));
+  if (ids.length === 0) throw new Error(`no AGE-SECRET-KEY line in "${path}"`);
+  return ids;
+}
+
+/** An encrypted file found in a tree and the plain file it becomes. */
+export interface SecretFile {
+  /** Relative path of the encrypted file. */
+  source: string;
+  /** Relative path of the plain file beside it. */
+  plain: string;
+  kind: "age" | "sops";
+}
+
+/** The plain name for an encrypted file's name, or null when it is not one. */
+export function plainName(rel: string): { plain: string; kind: "age" | "sops" } | null {
+  const base = basename(rel);
+  if (base.endsWith(".age") && base.length > 4 && base !== ".age") {
+    return { plain: rel.slice(0, -4), kind: "age" };
+  }
+  if (isSopsName(base)) return { plain: join(dirname(rel), plainSopsName(base)), kind: "sops" };
+  return null;
+}
+
+/**
+ * Encrypted files in `root`, found by walking real directories only (a symlink is never followed,
+ * `.git` is skipped). A symlink named like an encrypted file is refused.
+ */
+export async function findSecretFiles(root: string): Promise<SecretFile[]> {
+  const out: SecretFile[] = [];
+  const walk = async (dir: string): Promise<void> => {
+    const entries = await readdir(dir, { withFileTypes: true });
+    for (const e of entries) {
+      const abs = join(dir, e.name);
+      const rel = relative(root, abs);
+      if (e.isDirectory()) {
+        if (e.name === ".git") continue;
+        await walk(abs);
+        continue;
+      }
+      const p = plainName(rel);
+      if (p === null) continue;
+      if (!e.isFile()) throw new SecretError(rel, `Cannot decrypt "${rel}": it is not a regular file`);
+      if (out.length >= MAX_SECRET_FILES) throw new SecretError(rel, `Cannot decrypt "${rel}": more than ${MAX_SECRET_FILES} encrypted files`);
+      out.push({ source: rel, plain: p.plain, kind: p.kind });
+    }
+  };
+  await walk(root);
+  return out.sort((a, b) => a.source.localeCompare(b.source));
+}
+
+/** Reads a regular file of at most `max` bytes without following a final symlink. */
+async function readNoFollow(path: string, rel: string, max: number): Promise<Uint8Array> {
+  const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new SecretError(rel, `Cannot decrypt "${rel}": it is not a regular file`);
+    if (st.size > max) throw new SecretError(rel, `Cannot decrypt "${rel}": it is larger than ${max} bytes`);
+    const buf = Buffer.alloc(st.size);
+    let n = 0;
+    while (n < st.size) {
+      const { bytesRead } = await fh.read(buf, n, st.size - n, n);
+      if (bytesRead === 0) break;
+      n += bytesRead;
+    }
+    return buf.subarray(0, n);
+  } finally {
+    await fh.close();
+  }
+}
+
+const ARMOR_BEGIN = "-----BEGIN AGE ENCRYPTED FILE-----";
+
+/** Decrypts one age file (binary or armored) with any of `identities`. */
+export async function decryptAge(data: Uint8Array, identities: readonly string[], rel: string): Promise<Uint8Array> {
+  const d = new Decrypter();
+  for (const id of identities) d.addIdentity(id);
+  let bytes = data;
+  const head = Buffer.from(data.subarray(0, 64)).toString("latin1").trimStart();
+  try {
+    if (head.startsWith(ARMOR_BEGIN)) bytes = armor.decode(Buffer.from(data).toString("utf8"));
+    return await d.decrypt(bytes);
+  } catch (e) {
+    const why = /no identity matched/i.test((e as Error).message)
+      ? "it is not encrypted to this service's key (pgoctl SERVICE//recipient prints it)"
+      : `it is not a valid age file: ${(e as Error).message.split("\n")[0]}`;
+    throw new SecretError(rel, `Cannot decrypt "${rel}": ${why}`, { cause: e });
+  }
+}
+
+/** What decryptTree did: the plain files it wrote and the values they hold (for redaction). */
+export interface Decrypted {
+  files: SecretFile[];
+  /** Every decrypted value long enough to be recognised in text (for redaction), never logged. */
+  values: string[];
+}
+
+/**
+ * Decrypts every encrypted file in `root` to its plain name beside it, mode 0600, owned by
+ * `owner`, written beside and renamed (a symlink at the plain name is replaced, never followed).
+ * Plain files of encrypted files that are gone (listed in `previous`) are removed. Throws a
+ * SecretError naming the first file that cannot be decrypted; nothing is left half written.
+ */
+export async function decryptTree(
+  root: string,
+  keys: ServiceKeys,
+  owner: { uid: number; gid: number },
+  previous: readonly string[] = [],
+): Promise<Decrypted> {
+  const files = await findSecretFiles(root);
+  const plains = new Set(files.map((f) => f.plain));
+  const values: string[] = [];
+  const outputs: { file: SecretFile; data: Uint8Array }[] = [];
+  for (const f of files) {
+    const data = await readNoFollow(join(root, f.source), f.source, MAX_SECRET_BYTES);
+    if (f.kind === "age") {
+      const plain = await decryptAge(data, keys.identities, f.source);
+      values.push(...secretValues(Buffer.from(plain).toString("utf8")));
+      outputs.push({ file: f, data: plain });
+    } else {
+      const r = await decryptSops(Buffer.from(data).toString("utf8"), f.source, (enc) => decryptAge(enc, keys.identities, f.source));
+      values.push(...r.values);
+      outputs.push({ file: f, data: Buffer.from(r.text) });
+    }
+  }
+  // Everything decrypted: only now is anything written.
+  for (const { file, data } of outputs) await writePlain(root, file, data, owner);
+  for (const rel of previous) {
+    if (plains.has(rel)) continue;
+    const abs = join(root, rel);
+    const st = await lstat(abs).catch(() => null);
+    if (st && (st.isFile() || st.isSymbolicLink())) await rm(abs, { force: true });
+  }
+  return { files, values: [...new Set(values)].filter((v) => v.length >= 4) };
+}
+
+async function writePlain(root: string, f: SecretFile, data: Uint8Array, owner: { uid: number; gid: number }): Promise<void> {
+  const target = join(root, f.plain);
+  const dir = dirname(target);
+  // The walk only descended real directories; check again that no part of the path became a symlink.
+  for (let d = dir; d.startsWith(root) && d !== root; d = dirname(d)) {
+    const st = await lstat(d);
+    if (!st.isDirectory()) throw new SecretError(f.source, `Cannot decrypt "${f.source}": "${relative(root, d)}" is not a directory`);
+  }
+  const existing = await lstat(target).catch(() => null);
+  if (existing && existing.isDirectory()) {
+    throw new SecretError(f.source, `Cannot decrypt "${f.source}": "${f.plain}" is a directory`);
+  }
+  const tmp = join(dir, `.${basename(f.plain)}.pgo-${randomBytes(6).toString("hex")}`);
+  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  try {
+    await fh.chown(owner.uid, owner.gid);
+    await fh.writeFile(data);
+    await fh.sync();
+  } catch (e) {
+    await fh.close();
+    await rm(tmp, { force: true });
+    throw e;
+  }
+  await fh.close();
+  await chmod(tmp, 0o600);
+  await rename(tmp, target);
+}
+
+/** Values worth redacting from a decrypted text: each dotenv value and each whole line. */
+export function secretValues(text: string): string[] {
+  const out: string[] = [];
+  for (const line of text.split(/\r?\n/)) {
+    const t = line.trim();
+    if (t === "" || t.startsWith("#")) continue;
+    out.push(t);
+    const m = t.match(/^(?:export\s+)?[A-Za-z_][A-Za-z0-9_.-]*\s*=\s*(.*)$/);
+    if (m && m[1]) out.push(m[1].replace(/^(['"])(.*)\1$/, "$2"));
+  }
+  if (text.trim() !== "" && !text.includes("\n")) out.push(text.trim());
+  return out;
+}
+
+/** `text` with every secret value replaced by `***`. */
+export function redact(text: string, values: readonly string[]): string {
+  let out = text;
+  for (const v of [...values].sort((a, b) => b.length - a.length)) {
+    if (v.length >= 4) out = out.split(v).join("***");
+  }
+  return out;
+}
+
+/** Whether `rel` (a path relative to the checkout) is inside it: no `..`, not absolute. */
+export function insideTree(rel: string): boolean {
+  return rel !== "" && !rel.startsWith("..") && !rel.startsWith(sep);
+}
