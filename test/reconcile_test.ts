@@ -601,7 +601,7 @@ test("what a container wrote into the checkout (untracked, ignored, a .env, a sy
 test("a checkout made by an older pgod has its .git moved out at start, without a clone, and nothing a container put in it runs", async () => {
   const { worker, repo, checkout, log, root } = setup();
   git(root, "clone", "--quiet", repo.remote, checkout);
-  const head = checkoutGit(checkout, "rev-parse", "HEAD");
+  const head = git(checkout, "rev-parse", "HEAD");
   const marker = join(root, "MARKER");
   writeFileSync(join(checkout, ".git", "hooks", "post-checkout"), `#!/bin/sh\ntouch ${marker}\n`);
   chmodSync(join(checkout, ".git", "hooks", "post-checkout"), 0o755);
