@@ -312,6 +312,7 @@ export function formatStatus(s: ServiceStatus, now: () => number): string {
     `rolled back: ${s.bad ? `${s.bad} (not tried again until a newer commit arrives)` : "none"}`,
     `refused:     ${s.refused ? `${s.refused.commit} (not deployed; what runs keeps running)` : "none"}`,
     ...(s.refused ? [`refusal:     ${s.refused.reason.split("\n").join("\n             ")}`] : []),
+    ...(s.unverified !== undefined ? [`unverified:  ${s.unverified} (not deployed; what runs keeps running)`] : []),
     `stop file:   ${s.stopFile ? "present (the service is kept down)" : "absent"}`,
     `last poll:   ${t(s.lastPollAt)}`,
     `next poll:   ${s.nextPollAt === null ? "now" : `${t(s.nextPollAt)} (in ${Math.max(0, Math.round((s.nextPollAt - now()) / 1000))}s)`}`,

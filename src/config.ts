@@ -52,6 +52,10 @@ export interface ServiceConfig {
   healthTimeoutMs: number;
   /** Secret that push webhooks for this service are verified with. */
   webhookSecret?: string;
+  /** `verify = "commits"`: deploy only commits signed by a trusted key (src/signatures.ts). */
+  verify?: "commits";
+  /** `trust_root`: the full id of the first commit the admin trusts; set exactly when `verify` is. */
+  trustRoot?: string;
   /** `swarm` deploys with `docker stack deploy` on a Swarm manager; absent means docker compose. */
   engine?: "swarm";
   /** Files of extra age identities that may decrypt this service's `*.age` and SOPS files. */
@@ -70,7 +74,7 @@ export interface Config {
 export const SERVICE_KEYS: readonly string[] = [
   "name", "user", "repository", "branch", "compose", "registries",
   "env", "urls", "networks", "import", "reload", "mount", "health_timeout", "webhook_secret",
-  "age_identities", "engine",
+  "verify", "trust_root", "age_identities", "engine",
 ];
 
 /** Default of `health_timeout`: how long a deploy may take to become running and healthy. */
@@ -234,6 +238,17 @@ function checkService(
   if (secret !== undefined) {
     if (secret.length < 16 || CONTROL.test(secret)) report("webhook_secret", `Invalid value for "webhook_secret": expected at least 16 characters without control characters`);
     else svc.webhookSecret = secret;
+  }
+
+  const verify = str("verify");
+  if (verify !== undefined && verify !== "commits") invalid("verify", verify, `expected "commits" (deploy only signed commits), or no "verify" key`);
+  const root = str("trust_root");
+  if (root !== undefined && !/^[0-9a-f]{40}$/.test(root)) invalid("trust_root", root, "expected a full commit id: 40 lower-case hex digits");
+  if (verify === "commits" && root === undefined) report("verify", `Missing key "trust_root": "verify" needs the first commit to trust`);
+  if (root !== undefined && verify === undefined) report("trust_root", `Key "trust_root" needs verify = "commits"`);
+  if (verify === "commits" && root !== undefined && /^[0-9a-f]{40}$/.test(root)) {
+    svc.verify = verify;
+    svc.trustRoot = root;
   }
 
   for (const key of ["compose", "import"] as const) {

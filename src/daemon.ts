@@ -106,6 +106,7 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
       dir, datadir: resolve(flags.datadir), intervalMs: flags.durationMs, importText,
       ...(cgroups.has(svc.name) ? { composeCgroup: cgroups.get(svc.name)! } : {}),
       onDeploy: metrics.deployed,
+      onVerify: metrics.verified,
       onReplicas: metrics.replicasOf,
     }));
   }

@@ -121,6 +121,27 @@ export interface Git {
   /** The configured remote URL. */
   remoteUrl(dir: string): Promise<string | null>;
   setRemoteUrl(dir: string, url: string): Promise<void>;
+  /** Whether `ancestor` is `commit` or one of its ancestors (`git merge-base --is-ancestor`). */
+  isAncestor(dir: string, ancestor: string, commit: string): Promise<boolean>;
+  /** The raw commit object (`git cat-file commit`): its headers, a signature among them, and message. */
+  commitObject(dir: string, commit: string): Promise<string>;
+  /** The entries of folder `folder` of a commit's tree (`git ls-tree --long`), from the object store. */
+  listTree(dir: string, commit: string, folder: string): Promise<TreeEntry[]>;
+  /**
+   * Checks a commit's SSH signature against an allowed-signers file (`git verify-commit` with
+   * `gpg.format=ssh`, i.e. `ssh-keygen -Y verify`): whether it is good, and git's words.
+   */
+  verifyCommit(dir: string, commit: string, allowedSigners: string): Promise<{ good: boolean; output: string }>;
+}
+
+/** One entry of a tree listing. */
+export interface TreeEntry {
+  mode: string;
+  type: string;
+  /** The blob's size in bytes; -1 for other types. */
+  size: number;
+  /** The path from the top of the repository. */
+  path: string;
 }
 
 /**
@@ -243,6 +264,36 @@ export function makeGit(runner: Runner, account: Account, service: string, repos
     },
     async setRemoteUrl(dir, url) {
       await git(dir, ["remote", "set-url", "origin", url], "remote");
+    },
+    async isAncestor(dir, ancestor, commit) {
+      const r = await git(dir, ["merge-base", "--is-ancestor", ancestor, commit], "merge-base", LOCAL_TIMEOUT_MS, false);
+      if (r.exitCode === 0) return true;
+      if (r.exitCode === 1) return false;
+      throw new Error(`Cannot compare commits ${ancestor.slice(0, 12)} and ${commit.slice(0, 12)}: ${r.stderr.trim() || `git exited with status ${r.exitCode}`}`);
+    },
+    async commitObject(dir, commit) {
+      return (await git(dir, ["cat-file", "commit", commit], "cat-file")).stdout;
+    },
+    async listTree(dir, commit, folder) {
+      const r = await git(dir, ["ls-tree", "-z", "--long", commit, "--", `${folder}/`], "ls-tree");
+      const out: TreeEntry[] = [];
+      for (const rec of r.stdout.split("\0")) {
+        const m = /^(\d+) (\w+) [0-9a-f]+ +(-|\d+)\t(.*)$/s.exec(rec);
+        if (m) out.push({ mode: m[1]!, type: m[2]!, size: m[3] === "-" ? -1 : Number(m[3]), path: m[4]! });
+      }
+      return out;
+    },
+    async verifyCommit(dir, commit, allowedSigners) {
+      // The program and the files are fixed here, and no global git config of the user is read:
+      // a repository or a home directory cannot point the check elsewhere.
+      const r = await runner([
+        "git", "-c", "gpg.format=ssh", "-c", "gpg.ssh.program=ssh-keygen", "-c", `gpg.ssh.allowedSignersFile=${allowedSigners}`,
+        "verify-commit", commit,
+      ], {
+        cwd: dir, env: { ...env, ...where(dir) }, as,
+        timeoutMs: LOCAL_TIMEOUT_MS, tag: tag("verify-commit"), check: false,
+      });
+      return { good: r.exitCode === 0, output: `${r.stdout}${r.stderr}`.trim() };
     },
   };
 }

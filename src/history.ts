@@ -9,8 +9,8 @@ import { dirname } from "node:path";
 /** What started a deploy. */
 export type HistoryTrigger = "start" | "poll" | "pgoctl" | "webhook" | "rollback";
 
-/** How a deploy attempt ended. */
-export type HistoryResult = "deployed" | "rolled back" | "refused by policy" | "failed";
+/** How a deploy attempt ended; `unverified`: the commit's signature did not verify (`verify = "commits"`). */
+export type HistoryResult = "deployed" | "rolled back" | "refused by policy" | "failed" | "unverified";
 
 /** One deploy attempt. */
 export interface HistoryEntry {

@@ -23,8 +23,12 @@ export class Metrics {
     labelNames: ["command", "result"], registers: [this.registry],
   });
   readonly deploys = new Counter({
-    name: "pgo_deploys_total", help: "Deploy attempts by service and result (deployed, failed, stopped, refused by the compose policy).",
+    name: "pgo_deploys_total", help: "Deploy attempts by service and result (deployed, failed, stopped, refused by the compose policy, unverified: a commit whose signature did not verify).",
     labelNames: ["service", "result"], registers: [this.registry],
+  });
+  readonly unverified = new Gauge({
+    name: "pgo_service_head_unverified", help: "1 while the newest commit of a service that verifies commits is not verified (not deployed), else 0.",
+    labelNames: ["service"], registers: [this.registry],
   });
   readonly up = new Gauge({
     name: "pgo_service_up", help: "1 while the service's last deploy succeeded and it is not stopped, else 0.",
@@ -79,9 +83,14 @@ export class Metrics {
   /** Records a deploy outcome. */
   deployed = (service: string, result: DeployResult): void => {
     this.deploys.inc({ service, result });
-    // A refused compose file changes nothing that runs.
-    if (result !== "refused") this.up.set({ service }, result === "deployed" ? 1 : 0);
+    // A refused compose file or unverified commit changes nothing that runs.
+    if (result !== "refused" && result !== "unverified") this.up.set({ service }, result === "deployed" ? 1 : 0);
     if (result === "deployed") this.lastDeploy.set({ service }, Math.floor(Date.now() / 1000));
+  };
+
+  /** Records whether the newest commit judged by its signature verified. */
+  verified = (service: string, ok: boolean): void => {
+    this.unverified.set({ service }, ok ? 0 : 1);
   };
 }
 

@@ -28,11 +28,13 @@ import { readState, writeState } from "./state.ts";
 import type { ServiceState } from "./state.ts";
 import { composeModel } from "./compose_model.ts";
 import { evaluatePolicy, formatViolations } from "./policy.ts";
-import { pullsImages, screenComposeTree } from "./yaml_screen.ts";
+import { pullsImages, screenComposeTree, screenYaml } from "./yaml_screen.ts";
 import { readServiceKeys } from "./keys.ts";
 import { locateFindings } from "./verdict.ts";
 import type { Finding, Verdict } from "./verdict.ts";
-import { makeSwarm, makeSwarmApi, stackReadiness } from "./swarm.ts";
+import { addVerified, anchorOf, describe, judgeCommit, signersWriter, UnknownTrustRoot, wasVerified } from "./signatures.ts";
+import { makeSwarm, makeSwarmApi, stackReadiness, stackWarnings } from "./swarm.ts";
+import { parse as parseYaml } from "yaml";
 import type { Replicas, StackPlan, SwarmApi } from "./swarm.ts";
 import { decryptTree, plainName, redact, serviceKeys } from "./secrets.ts";
 import { advertisedHead, isHttpRemote, RemoteTimeout, UnsupportedRemote } from "./refs.ts";
@@ -47,7 +49,7 @@ import { baseEnv, CHILD_PATH, engineEnv } from "./users.ts";
 export type Trigger = "start" | "poll" | "pgoctl" | "webhook" | "rollback";
 
 /** Outcome of the last deploy attempt. */
-export type DeployResult = "deployed" | "failed" | "stopped" | "refused" | "rolled back";
+export type DeployResult = "deployed" | "failed" | "stopped" | "refused" | "rolled back" | "unverified";
 
 /** What `status` shows for a service. */
 export interface ServiceStatus {
@@ -70,6 +72,8 @@ export interface ServiceStatus {
   bad: string | null;
   /** The newest commit of the branch when it was refused (what runs keeps running), and why. */
   refused?: { commit: string; reason: string } | null;
+  /** With `verify = "commits"`: why the newest commit of the branch did not verify. */
+  unverified?: string;
 }
 
 /** Why a service is held down. */
@@ -111,6 +115,8 @@ export interface ReconcileDeps {
   /** Where mounts are read from (default /proc/self/mountinfo). */
   mountinfo?: string;
   onDeploy?: (service: string, result: DeployResult) => void;
+  /** With `verify = "commits"`: whether the newest commit judged verified. */
+  onVerify?: (service: string, ok: boolean) => void;
   /** The engine's swarm state, for services with `engine = "swarm"` (default: its socket). */
   swarm?: SwarmApi;
   /** Desired and running replicas of a swarm service's stack, whenever pgod looks. */
@@ -157,6 +163,8 @@ export class ServiceWorker {
   private assessed: { commit: string } & Assessment | null = null;
   /** The commit moveTo put the checkout at during this cycle (the deploy that follows need not again). */
   private restored: string | null = null;
+  /** With `verify = "commits"`: whether the checkout's commit was judged since this worker started. */
+  private trustChecked = false;
   /** The last stack file made for a swarm service. */
   private stackPlan: StackPlan | null = null;
   /** Decrypted values seen lately: redacted from every message pgod writes or sends. */
@@ -288,6 +296,13 @@ export class ServiceWorker {
         commit = (await git.fetchedHead(this.checkout, this.svc.branch)) ?? this.head;
       }
       if (commit === null) throw new Error(`Cannot find a commit of branch "${this.svc.branch}" to judge`);
+      const running = this.st.deployedAt !== null ? this.head : null;
+      const extra = { ...(stale !== null ? { stale } : {}), ...(this.state.pin ? { pinned: this.state.pin.commit } : {}) };
+      // With verify, a commit that does not verify would not deploy, whatever its compose file says.
+      if (this.svc.verify && !this.verifiedCommit(commit)) {
+        const v = await this.judgeSignature(git, commit);
+        if (!v.ok) return { commit, branch: this.svc.branch, running, refusal: `not verified: ${describe(v)}`, findings: [], ...extra };
+      }
       const kept = this.assessed; // a verdict for the deploy that follows a cycle's evaluation, not this one's
       const r = await this.evaluateCommit(git, a, commit).finally(() => (this.assessed = kept));
       if (r.why !== null) this.st.refused = { commit, reason: r.why };
@@ -296,13 +311,34 @@ export class ServiceWorker {
       const bad = r.why === null && commit === this.state.bad && commit !== this.head
         ? `Commit ${commit.slice(0, 12)} was rolled back after a failed deploy; it is not tried again until a newer commit arrives`
         : null;
+      const warnings = this.svc.engine === "swarm" ? await this.swarmWarnings(git, commit) : [];
       return {
-        commit, branch: this.svc.branch, running: this.st.deployedAt !== null ? this.head : null, refusal: r.why ?? bad, findings: r.findings ?? [],
-        ...(stale !== null ? { stale } : {}), ...(this.state.pin ? { pinned: this.state.pin.commit } : {}),
+        commit, branch: this.svc.branch, running, refusal: r.why ?? bad, findings: r.findings ?? [], ...extra,
+        ...(warnings.length > 0 ? { warnings } : {}),
       };
     });
   }
 
+
+  /** The keys of `commit`'s compose file (as written) that `docker stack deploy` leaves out. */
+  private async swarmWarnings(git: Git, commit: string): Promise<string[]> {
+    let file = this.svc.compose;
+    let text: string | null = null;
+    for (const f of file !== undefined ? [file] : COMPOSE_FILES) {
+      text = await git.show(this.checkout, commit, f);
+      if (text !== null) {
+        file = f;
+        break;
+      }
+    }
+    if (text === null) return [];
+    try {
+      screenYaml(text, file ?? "compose.yaml");
+      return stackWarnings(parseYaml(text));
+    } catch {
+      return []; // the verdict itself says what is wrong with the file
+    }
+  }
 
   private get holdFile(): string {
     return join(this.d.dir, ".state", this.svc.name, "hold");
@@ -332,6 +368,13 @@ export class ServiceWorker {
     // The commit was evaluated a moment ago, before the checkout moved to it: once is enough.
     const fresh = this.assessed !== null && this.assessed.commit === this.head ? this.assessed : null;
     this.assessed = null;
+    if (this.svc.verify && this.head !== null && !this.verifiedCommit(this.head)) {
+      // Only a checkout whose trust root is unknown holds an unverified commit: pgoctl up must not run it.
+      const why = `not verified: commit ${this.head.slice(0, 12)} has not been verified (verify = "commits")`;
+      await say(`Refused: ${why}`);
+      await this.refuse(this.head, trigger, why, "unverified");
+      return 65;
+    }
     let { why: verdict, pulls } = fresh ?? await this.assess(a, this.checkout);
     if (fresh !== null && verdict === null) {
       // Judged in the stage worktree: the checkout gets the same plain files before up.
@@ -365,7 +408,7 @@ export class ServiceWorker {
     }
     const bad = this.head;
     const good = this.state.good;
-    if (bad === null || good === undefined || good === bad || !autoRollback) {
+    if (bad === null || good === undefined || good === bad || !autoRollback || !this.verifiedCommit(good)) {
       await this.recordDeploy(false, trigger, started, attempt.why);
       return attempt.code;
     }
@@ -420,9 +463,12 @@ export class ServiceWorker {
       target = await git.resolveCommit(this.checkout, rev);
       if (target === null) throw new Error(`Cannot find commit "${rev}" in the checkout`);
     } else {
-      const earlier = (await readHistory(this.historyFile)).filter((e) => e.result === "deployed" && e.commit !== this.head);
+      const earlier = (await readHistory(this.historyFile)).filter((e) => e.result === "deployed" && e.commit !== this.head && this.verifiedCommit(e.commit));
       target = earlier.at(-1)?.commit ?? null;
       if (target === null) throw new Error("Cannot roll back: no earlier commit deployed well");
+    }
+    if (!this.verifiedCommit(target)) {
+      throw new Error(`Cannot roll back to ${target.slice(0, 12)}: it did not verify when it was deployed (verify = "commits")`);
     }
     const verdict = (await this.evaluateCommit(git, a, target)).why;
     if (verdict !== null) {
@@ -640,6 +686,11 @@ export class ServiceWorker {
         this.head = await this.ensureCheckout(account, git);
         this.st.commit = this.head;
         deploy = true;
+        this.trustChecked = false; // a fresh clone holds the branch's newest commit, not a verified one
+      }
+      if (this.svc.verify && !this.trustChecked) {
+        await this.trustCheckout(git);
+        this.trustChecked = true;
       }
       if (await exists(this.stopFile)) {
         this.st.stopFile = true;
@@ -788,10 +839,15 @@ export class ServiceWorker {
   private async follow(git: Git, a: Account, probe = true): Promise<boolean> {
     if (this.state.pin) return false; // pinned by `pgoctl rollback`: no automatic pulls
     const head = this.head!;
-    const skip = (c: string): boolean => c === head || c === this.refused || c === this.state.bad;
+    const skip = (c: string): boolean => {
+      // A branch moved back to what runs (an unverified push undone) has nothing left unverified.
+      if (c === head && this.st.unverified !== undefined) this.verifiedHead();
+      return c === head || c === this.refused || c === this.state.bad;
+    };
     if (probe && skip(await this.remoteHead(git))) return false;
     const fetched = await git.fetch(this.checkout, this.svc.branch);
     if (skip(fetched)) return false;
+    if (this.svc.verify && !(await this.verifies(git, fetched, "poll"))) return false;
     const relevant = await this.relevantChange(git, head, fetched);
     if (relevant) {
       // DECISIONS.md #2: a new compose model is evaluated before the checkout moves to it.
@@ -805,6 +861,7 @@ export class ServiceWorker {
     await this.moveTo(a, fetched);
     this.head = fetched;
     this.st.commit = fetched;
+    if (this.svc.verify) await this.markVerified(fetched);
     this.refused = null;
     this.refusal = null;
     this.st.refused = null;
@@ -889,15 +946,87 @@ export class ServiceWorker {
     }
   }
 
-  /** Records a refused compose file: log, status, metric and history; what runs keeps running. */
-  private async refuse(commit: string, trigger: Trigger, why: string): Promise<void> {
+  /** Records a refused compose file (or unverified commit): log, status, metric and history; what runs keeps running. */
+  private async refuse(commit: string, trigger: Trigger, why: string, result: "refused" | "unverified" = "refused"): Promise<void> {
     this.refusal = `Refused commit ${commit.slice(0, 12)}: ${why}`;
     this.st.lastError = this.refusal;
-    this.st.lastResult = "refused";
+    this.st.lastResult = result;
     this.st.refused = { commit, reason: why };
-    this.log.error("compose file refused, keeping what runs", { commit: commit.slice(0, 12), trigger, reason: why });
-    this.d.onDeploy?.(this.svc.name, "refused");
-    await this.record({ commit, time: this.d.clock.now(), trigger, result: "refused by policy", durationMs: 0, detail: why });
+    this.log.error(result === "refused" ? "compose file refused, keeping what runs" : "commit not verified, keeping what runs", { commit: commit.slice(0, 12), trigger, reason: why });
+    this.d.onDeploy?.(this.svc.name, result);
+    await this.record({ commit, time: this.d.clock.now(), trigger, result: result === "refused" ? "refused by policy" : "unverified", durationMs: 0, detail: why });
+  }
+
+  /** The commit new ones are judged from: the last verified one, else `trust_root` (src/signatures.ts). */
+  private get anchor(): string {
+    return anchorOf(this.state.verified, this.svc.trustRoot!);
+  }
+
+  /** Whether a commit may run: without `verify` any; with it, the trust root or one that verified. */
+  private verifiedCommit(commit: string): boolean {
+    return !this.svc.verify || wasVerified(this.state.verified, this.svc.trustRoot!, commit);
+  }
+
+  /**
+   * Judges `commit` by its signature before the checkout moves to it; records a refusal (result
+   * `unverified`) when it does not verify. A trust root unknown to the repository throws.
+   */
+  private async verifies(git: Git, commit: string, trigger: Trigger): Promise<boolean> {
+    const v = await this.judgeSignature(git, commit);
+    if (v.ok) {
+      this.log.info("commit verified", { commit: commit.slice(0, 12), signer: v.signer ?? "trust root" });
+      this.verifiedHead();
+      return true;
+    }
+    this.d.onVerify?.(this.svc.name, false);
+    this.refused = commit;
+    this.st.unverified = describe(v);
+    await this.refuse(commit, trigger, `not verified: ${describe(v)}`, "unverified");
+    return false;
+  }
+
+  /** The signature verdict on `commit` (src/signatures.ts), from the last verified commit or the trust root. */
+  private async judgeSignature(git: Git, commit: string): Promise<Awaited<ReturnType<typeof judgeCommit>>> {
+    const anchor = this.anchor;
+    try {
+      return await judgeCommit(git, this.checkout, {
+        anchor, commit, warn: (m) => this.log.warn(m), writeSigners: signersWriter(join(this.d.dir, ".signers", `${this.svc.name}.allowed`)),
+      }, anchor === this.svc.trustRoot ? "trust_root" : "the last verified commit");
+    } catch (e) {
+      if (e instanceof UnknownTrustRoot) {
+        throw new Error(`Cannot deploy "${this.svc.name}": ${e.message}, so no commit can be verified; nothing is deployed until "trust_root" names a commit of the branch`);
+      }
+      throw e;
+    }
+  }
+
+  /** The newest commit of the branch verified (or is what runs): nothing is held for its signature. */
+  private verifiedHead(): void {
+    delete this.st.unverified;
+    this.d.onVerify?.(this.svc.name, true);
+  }
+
+  /** Remembers a verified commit the checkout moved to: the next commits are judged by its keys. */
+  private async markVerified(commit: string): Promise<void> {
+    await this.saveState({ verified: addVerified(this.state.verified, this.svc.trustRoot!, commit) });
+  }
+
+  /**
+   * Judges the checkout's commit once per start (after a clone, or when `verify` was just turned
+   * on): one that does not verify is replaced by the last verified commit, or the trust root.
+   */
+  private async trustCheckout(git: Git): Promise<void> {
+    const head = this.head!;
+    if (this.verifiedCommit(head)) return;
+    if (await this.verifies(git, head, "start")) {
+      await this.markVerified(head);
+      return;
+    }
+    const anchor = this.anchor;
+    this.log.warn("the checkout's commit does not verify: checking out the last verified commit", { commit: head.slice(0, 12), to: anchor.slice(0, 12) });
+    await git.checkout(this.checkout, this.svc.branch, anchor);
+    this.head = anchor;
+    this.st.commit = anchor;
   }
 
   /** Appends to the durable history; a full disk is logged, never fatal. */

@@ -1,7 +1,8 @@
 /**
  * What a service remembers across restarts, in `<dir>/.state/<name>/state.json` (written
  * atomically): the last commit that deployed well, a commit that was rolled back (not retried
- * until a newer one arrives), and a pin set by `pgoctl rollback`.
+ * until a newer one arrives), a pin set by `pgoctl rollback`, and for a service that verifies
+ * commits the last verified commit and the commits that verified (what a rollback may go to).
  */
 import { readFileSync } from "node:fs";
 import { writeFileAtomic } from "./files.ts";
@@ -12,10 +13,24 @@ export interface Pin {
   config: string;
 }
 
+/** Signature verification (`verify = "commits"`): what verified, under which trust root. */
+export interface Verified {
+  /** The `trust_root` these were verified from: another trust root starts again from it. */
+  root: string;
+  /** The last verified commit the checkout moved to: the next commit is judged by its keys. */
+  last: string;
+  /** Commits that verified, newest last (bounded): `pgoctl rollback` may go back to these only. */
+  commits: string[];
+}
+
+/** How many verified commits are remembered for rollbacks. */
+export const MAX_VERIFIED = 200;
+
 export interface ServiceState {
   good?: string;
   bad?: string;
   pin?: Pin;
+  verified?: Verified;
 }
 
 const HEX = /^[0-9a-f]{40,64}$/;
@@ -38,6 +53,14 @@ export function readState(file: string): ServiceState {
     const pc = (p as Record<string, unknown>)["commit"];
     const cf = (p as Record<string, unknown>)["config"];
     if (typeof pc === "string" && HEX.test(pc) && typeof cf === "string") s.pin = { commit: pc, config: cf };
+  }
+  const ver = o["verified"];
+  if (typeof ver === "object" && ver !== null) {
+    const r = ver as Record<string, unknown>;
+    const commits = Array.isArray(r["commits"]) ? r["commits"].filter((c): c is string => typeof c === "string" && HEX.test(c)) : [];
+    if (typeof r["root"] === "string" && HEX.test(r["root"]) && typeof r["last"] === "string" && HEX.test(r["last"])) {
+      s.verified = { root: r["root"], last: r["last"], commits: commits.slice(-MAX_VERIFIED) };
+    }
   }
   return s;
 }

@@ -55,20 +55,11 @@ export async function planStack(model: unknown, project: string, content: (path:
     const s: Record<string, unknown> = {};
     const policy = def["pull_policy"];
     if (!(policy === "never" || policy === "build" || def["build"] !== undefined)) local = false;
+    warnings.push(...serviceWarnings(name, def));
     for (const [k, v] of Object.entries(def)) {
-      if (v === null || v === undefined) continue;
-      if (k in DROPPED) {
-        if (k !== "pull_policy" && k !== "profiles") warnings.push(`services.${name}.${k}: ${DROPPED[k]}`);
-        continue;
-      }
-      if (k === "depends_on" && isRecord(v)) {
-        // Swarm starts services in no order; the long syntax's conditions are not kept.
-        const conditions = Object.values(v).some((d) => isRecord(d) && d["condition"] !== undefined && d["condition"] !== "service_started");
-        if (conditions) warnings.push(`services.${name}.depends_on: Swarm does not wait for conditions (service_healthy, service_completed_successfully)`);
-        s[k] = Object.keys(v);
-        continue;
-      }
-      s[k] = v;
+      if (v === null || v === undefined || k in DROPPED) continue;
+      // Swarm starts services in no order; the long syntax's conditions are not kept.
+      s[k] = k === "depends_on" && isRecord(v) ? Object.keys(v) : v;
     }
     if (typeof s["image"] !== "string") throw new Error(`Cannot make a stack file: service "${name}" has no image (stack deploy does not build)`);
     stackServices[name] = s;
@@ -113,6 +104,26 @@ export async function planStack(model: unknown, project: string, content: (path:
     services: Object.keys(stackServices).sort(),
     objects,
   };
+}
+
+/** What `stack deploy` leaves out of one compose service, as `services.<name>.<key>: reason`. */
+function serviceWarnings(name: string, def: Record<string, unknown>): string[] {
+  const out: string[] = [];
+  for (const [k, v] of Object.entries(def)) {
+    if (v === null || v === undefined) continue;
+    if (k in DROPPED && k !== "pull_policy" && k !== "profiles") out.push(`services.${name}.${k}: ${DROPPED[k]}`);
+    if (k === "depends_on" && isRecord(v)) {
+      const conditions = Object.values(v).some((d) => isRecord(d) && d["condition"] !== undefined && d["condition"] !== "service_started");
+      if (conditions) out.push(`services.${name}.depends_on: Swarm does not wait for conditions (service_healthy, service_completed_successfully)`);
+    }
+  }
+  return out;
+}
+
+/** The warnings planStack would give for a compose file as written (for `check`). */
+export function stackWarnings(model: unknown): string[] {
+  const services = isRecord(model) && isRecord(model["services"]) ? model["services"] : {};
+  return Object.entries(services).flatMap(([name, def]) => (isRecord(def) ? serviceWarnings(name, def) : []));
 }
 
 /** Reads a config or secret file named by the model, never following a final symlink. */

@@ -29,6 +29,8 @@ export interface Verdict {
   stale?: string;
   /** Set while `pgoctl rollback` pins this commit: nothing newer deploys until `unpin`. */
   pinned?: string;
+  /** What deploys differently than written (keys `docker stack deploy` leaves out). */
+  warnings?: string[];
 }
 
 /** Largest file whose lines are looked up (the YAML screen allows no larger). */
@@ -106,6 +108,7 @@ export function formatVerdict(v: Verdict): string {
     lines.push(`refused: ${judged} (${runs}${v.running === null || v.running === v.commit ? "" : " and keeps running"})`);
     lines.push(...(v.findings.length > 0 ? v.findings.map(formatFinding) : v.refusal.split("\n")));
   }
+  for (const w of v.warnings ?? []) lines.push(`warning: ${w}`);
   if (v.pinned) lines.push(`pinned at ${id(v.pinned)}: nothing newer deploys until "unpin"`);
   return `${lines.join("\n")}\n`;
 }

@@ -1,5 +1,5 @@
 import { expect, test } from "bun:test";
-import { checkArgs, dispatch, EX } from "../src/commands.ts";
+import { checkArgs, dispatch, EX, formatStatus } from "../src/commands.ts";
 import type { RouterDeps, ServiceHandle } from "../src/commands.ts";
 import type { Compose } from "../src/compose.ts";
 import type { RunResult } from "../src/exec.ts";
@@ -418,4 +418,16 @@ test("LongRunning.take() waits for a slot to free up, and refuses with 75 when n
   await expect(gone).rejects.toMatchObject({ status: EXIT_TEMPFAIL });
   second!();
   expect(lr.running("web")).toBe(0);
+});
+
+test("formatStatus() shows why the newest commit did not verify, and no such line otherwise", () => {
+  const base: ServiceStatus = {
+    name: "web", commit: "a".repeat(40), deployedAt: null, lastResult: "unverified", lastError: null, stopFile: false,
+    nextPollAt: null, lastPollAt: null, hold: null, pinned: null, good: null, bad: null,
+  };
+  const why = "unknown key: commit bbbbbbbbbbbb is signed by SHA256:x that is not in \"ssh/\" of the last verified commit aaaaaaaaaaaa";
+  const lines = formatStatus({ ...base, unverified: why }, () => 0).split("\n");
+  expect(lines).toContain(`unverified:  ${why} (not deployed; what runs keeps running)`);
+  expect(lines).toContain("last result: unverified");
+  expect(formatStatus(base, () => 0)).not.toContain("unverified:");
 });

@@ -48,11 +48,33 @@ networks = [ "reverseproxy" ]
 mount = "nfs://nfs.example.org:2049/share/pgo"
 health_timeout = "1m30s"
 webhook_secret = "0123456789abcdef-secret"
+verify = "commits"
+trust_root = "0123456789abcdef0123456789abcdef01234567"
 age_identities = [ "/etc/pgo/age/pgo.txt" ]
 engine = "swarm"
 `;
 
 describe("parseConfig()", () => {
+  test("reads verify and trust_root, and rejects a misspelt verify, a short trust_root and one without the other", () => {
+    const root = "0123456789abcdef0123456789abcdef01234567";
+    const [s] = parseConfig(service(`verify = "commits"\ntrust_root = "${root}"\n`), FILE).services;
+    expect(s!.verify).toBe("commits");
+    expect(s!.trustRoot).toBe(root);
+    expect(parseConfig(service(), FILE).services[0]!.verify).toBeUndefined();
+    expect(problems(service(`verify = "commit"\ntrust_root = "${root}"\n`))).toEqual([
+      { line: 5, key: "services[1].verify", message: `Invalid value "commit" for "verify": expected "commits" (deploy only signed commits), or no "verify" key` },
+    ]);
+    expect(problems(service(`verify = "commits"\ntrust_root = "${root.slice(0, 12)}"\n`))).toEqual([
+      { line: 6, key: "services[1].trust_root", message: `Invalid value "${root.slice(0, 12)}" for "trust_root": expected a full commit id: 40 lower-case hex digits` },
+    ]);
+    expect(problems(service(`verify = "commits"\n`))).toEqual([
+      { line: 5, key: "services[1].verify", message: `Missing key "trust_root": "verify" needs the first commit to trust` },
+    ]);
+    expect(problems(service(`trust_root = "${root}"\n`))).toEqual([
+      { line: 5, key: "services[1].trust_root", message: `Key "trust_root" needs verify = "commits"` },
+    ]);
+  });
+
   test("rejects a bad health_timeout and a short webhook_secret without showing the secret", () => {
     const text = service() + 'health_timeout = "forever"\nwebhook_secret = "short"\n';
     expect(problems(text).map((p) => p.message)).toEqual([
@@ -103,6 +125,8 @@ describe("parseConfig()", () => {
       ageIdentities: ["/etc/pgo/age/pgo.txt"],
       engine: "swarm",
       webhookSecret: "0123456789abcdef-secret",
+      verify: "commits",
+      trustRoot: "0123456789abcdef0123456789abcdef01234567",
       line: 9,
     });
   });

@@ -35,3 +35,15 @@ test("Metrics without process metrics exports none until asked, then once", asyn
   expect(text.match(/^# TYPE process_cpu_seconds_total /gm)?.length).toBe(1);
   expect(text).not.toContain("nodejs_active_handles_total");
 });
+
+test("Metrics.verified() and an unverified deploy result set the unverified-head gauge and leave up as it was", async () => {
+  const m = new Metrics(false);
+  m.deployed("web", "deployed");
+  m.verified("web", false);
+  m.deployed("web", "unverified");
+  expect(await value(m, "pgo_service_head_unverified", 'service="web"')).toBe("1");
+  expect(await value(m, "pgo_service_up", 'service="web"')).toBe("1");
+  expect(await value(m, "pgo_deploys_total", 'service="web",result="unverified"')).toBe("1");
+  m.verified("web", true);
+  expect(await value(m, "pgo_service_head_unverified", 'service="web"')).toBe("0");
+});

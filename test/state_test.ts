@@ -29,3 +29,13 @@ test("readState() gives an empty state for a missing, torn or hostile file and d
   writeFileSync(f, JSON.stringify({ pin: { commit: A } }));
   expect(readState(f)).toEqual({});
 });
+
+test("writeState() and readState() keep the verified commits, and drop a record with a bad root or commits that are not ids", async () => {
+  const file = join(dir, "v", "state.json");
+  await writeState(file, { good: A, verified: { root: A, last: B, commits: [A, B] } });
+  expect(readState(file)).toEqual({ good: A, verified: { root: A, last: B, commits: [A, B] } });
+  writeFileSync(file, JSON.stringify({ verified: { root: A, last: B, commits: [B, "../x", 7] } }));
+  expect(readState(file)).toEqual({ verified: { root: A, last: B, commits: [B] } });
+  writeFileSync(file, JSON.stringify({ verified: { root: "HEAD", last: B, commits: [B] } }));
+  expect(readState(file)).toEqual({});
+});

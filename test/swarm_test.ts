@@ -1,6 +1,6 @@
 import { expect, test } from "bun:test";
 import type { SwarmService, SwarmTask } from "../src/swarm.ts";
-import { planStack, stackReadiness } from "../src/swarm.ts";
+import { planStack, stackReadiness, stackWarnings } from "../src/swarm.ts";
 
 const model = {
   name: "shop",
@@ -93,4 +93,12 @@ test("stackReadiness() does not hang on a one-shot service whose tasks completed
   const job = svc("migrate", { Mode: { Replicated: { Replicas: 1 } }, TaskTemplate: { ContainerSpec: spec("v2"), RestartPolicy: { Condition: "none" } } });
   expect(stackReadiness("shop", ["migrate"], [job], [task("migrate", "complete", "v2", "shutdown")], since).state).toBe("ready");
   expect(stackReadiness("shop", ["migrate"], [job], [], since).state).toBe("waiting");
+});
+
+test("stackWarnings() gives check the same warnings for a compose file as written", () => {
+  expect(stackWarnings({ services: { web: { image: "x", build: ".", restart: "always", depends_on: ["db"] }, db: { image: "y" } } })).toEqual([
+    "services.web.build: stack deploy does not build images: the image must exist on every node",
+    "services.web.restart: Swarm uses deploy.restart_policy instead",
+  ]);
+  expect(stackWarnings("not a model")).toEqual([]);
 });

@@ -231,8 +231,11 @@ export class Repo {
     return repo;
   }
 
-  /** Writes `files` (null deletes one; missing folders are made), commits, pushes to main; returns the new commit id. */
-  async commit(files: Record<string, string | null>, message: string): Promise<string> {
+  /**
+   * Writes `files` (null deletes one; missing folders are made), commits (with `signingKey`: an SSH
+   * signature made with that private key file), pushes to main; returns the new commit id.
+   */
+  async commit(files: Record<string, string | null>, message: string, o: { signingKey?: string } = {}): Promise<string> {
     for (const [path, text] of Object.entries(files)) {
       if (text === null) await rm(join(this.work, path), { force: true });
       else {
@@ -241,7 +244,8 @@ export class Repo {
       }
     }
     await run(["git", "-C", this.work, "add", "--all"]);
-    await run(["git", ...GIT_ID, "-C", this.work, "commit", "--quiet", "-m", message]);
+    const sign = o.signingKey !== undefined ? ["-c", "gpg.format=ssh", "-c", `user.signingkey=${o.signingKey}`] : [];
+    await run(["git", ...GIT_ID, ...sign, "-C", this.work, "commit", "--quiet", ...(sign.length > 0 ? ["-S"] : []), "-m", message]);
     // The remote may belong to a service user. git clears GIT_CONFIG_COUNT for git-receive-pack,
     // but a global config file reaches it.
     const global = join(dirname(this.work), ".gitconfig-trust");
@@ -250,6 +254,15 @@ export class Repo {
       env: { ...process.env, GIT_CONFIG_GLOBAL: global },
     });
     return (await run(["git", "-C", this.work, "rev-parse", "HEAD"])).stdout.trim();
+  }
+
+  /** Force-pushes `commit` to main (a rewind, say). */
+  async forcePush(commit: string): Promise<void> {
+    const global = join(dirname(this.work), ".gitconfig-trust");
+    await writeFile(global, "[safe]\n\tdirectory = *\n");
+    await run(["git", "-C", this.work, "push", "--quiet", "--force", "origin", `${commit}:refs/heads/main`], {
+      env: { ...process.env, GIT_CONFIG_GLOBAL: global },
+    });
   }
 }
 

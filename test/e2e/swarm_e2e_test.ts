@@ -81,6 +81,10 @@ describe("engine = swarm with a real single-node Swarm", () => {
       const served = await run(["docker", "exec", first, "cat", "/www/index.html"]);
       expect(served.stdout).toBe("one\n");
 
+      // check names what the stack leaves out, as warnings.
+      const check = await openssh(client, `${name}//check`);
+      expect(check.code).toBe(0);
+      expect(check.stdout).toContain("warning: services.web.container_name: Swarm names its tasks itself");
       // pgoctl: ps shows the task, logs answers, exec runs in the local task.
       const ps = await openssh(client, `${name}//ps`);
       expect(ps.code).toBe(0);
