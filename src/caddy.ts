@@ -1,8 +1,8 @@
 /** The Caddy import file: one reverse-proxy site per `urls` entry of every service. */
-import { appendFile, lchown, lstat, mkdir, readFile } from "node:fs/promises";
-import { join, posix } from "node:path";
+import { posix } from "node:path";
 import type { ServiceConfig } from "./config.ts";
-import { writeFileAtomic } from "./files.ts";
+import { addLineBeneath, writeFileBeneath } from "./files.ts";
+import { gitDirOf } from "./git.ts";
 
 /** The import file's text: services in config order, URLs in file order; stable for equal configs. */
 export function caddyImport(services: readonly ServiceConfig[]): string {
@@ -15,9 +15,10 @@ export function caddyImport(services: readonly ServiceConfig[]): string {
 
 /**
  * Writes `text` to `<checkout>/<rel>` unless it already holds exactly that; returns whether it
- * wrote. Refuses any symlink on the way, so the file is always written inside the checkout.
- * The file is owned by `uid:gid`, mode 0644, and listed in `.git/info/exclude` so that git never
- * removes it (DECISIONS.md #7).
+ * wrote. A container may write the checkout, so no symlink is followed on the way or at the end
+ * (writeFileBeneath): the file is always written inside the checkout, never through a link.
+ * The file is owned by `uid:gid`, mode 0644, and listed in `info/exclude` of the checkout's git
+ * directory (outside the checkout, gitDirOf) so that git leaves it alone (DECISIONS.md #7).
  */
 export async function writeImportFile(
   checkout: string,
@@ -25,43 +26,7 @@ export async function writeImportFile(
   text: string,
   owner: { uid: number; gid: number },
 ): Promise<boolean> {
-  const parts = posix.normalize(rel).split("/");
-  let dir = checkout;
-  for (const p of parts.slice(0, -1)) {
-    dir = join(dir, p);
-    const st = await lstat(dir).catch(() => null);
-    if (st === null) {
-      await mkdir(dir, { mode: 0o755 });
-      await chownQuiet(dir, owner);
-    } else if (!st.isDirectory()) {
-      throw new Error(`Cannot write the import file "${rel}": "${p}" is ${st.isSymbolicLink() ? "a symlink" : "not a directory"}`);
-    }
-  }
-  const path = join(checkout, rel);
-  const st = await lstat(path).catch(() => null);
-  if (st?.isFile() && (await readFile(path, "utf8")) === text) {
-    await excludeFromGit(checkout, rel);
-    return false;
-  }
-  if (st !== null && !st.isFile() && !st.isSymbolicLink()) {
-    throw new Error(`Cannot write the import file "${rel}": it exists and is not a file`);
-  }
-  // rename() replaces a symlink at the path itself without following it.
-  await writeFileAtomic(path, text, 0o644);
-  await chownQuiet(path, owner);
-  await excludeFromGit(checkout, rel);
-  return true;
-}
-
-async function excludeFromGit(checkout: string, rel: string): Promise<void> {
-  const file = join(checkout, ".git", "info", "exclude");
-  const line = `/${posix.normalize(rel)}`;
-  const text = await readFile(file, "utf8").catch(() => "");
-  if (text.split("\n").includes(line)) return;
-  await mkdir(join(checkout, ".git", "info"), { recursive: true });
-  await appendFile(file, `${text === "" || text.endsWith("\n") ? "" : "\n"}${line}\n`);
-}
-
-async function chownQuiet(path: string, o: { uid: number; gid: number }): Promise<void> {
-  await lchown(path, o.uid, o.gid).catch(() => {});
+  const wrote = await writeFileBeneath(checkout, rel, text, { mode: 0o644, owner });
+  await addLineBeneath(gitDirOf(checkout), "info/exclude", `/${posix.normalize(rel)}`, { mode: 0o644, owner });
+  return wrote;
 }

@@ -25,6 +25,8 @@ export interface ServiceHandle {
   status(): ServiceStatus;
   exclusive<T>(fn: () => Promise<T>): Promise<T>;
   composeFor(): Promise<Compose>;
+  /** Puts the checkout back to exactly the commit that runs (nothing a container wrote stays). */
+  restoreNow(): Promise<void>;
   deployNow(trigger: "pgoctl", io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }, services?: string[]): Promise<number>;
   pullNow(io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }, services?: string[]): Promise<number>;
   setHold(hold: Hold | null): Promise<void>;
@@ -288,6 +290,8 @@ async function run(
       if (bringsUp) await notStopped(h, cmd);
       return h.exclusive(async () => {
         if (bringsUp) await notStopped(h, cmd);
+        // start and restart read the compose model again: from the judged commit's bytes only.
+        if (bringsUp) await h.restoreNow();
         const c = await h.composeFor();
         const extra = cmd === "down" ? ["--remove-orphans"] : [];
         const code = (await c.run([cmd, ...extra, ...a], out)).exitCode;

@@ -17,6 +17,7 @@ import { mountRecord, unmountStale } from "./mount.ts";
 import { EVAL_LIMITS, EVAL_PREFIX, makeCgroups, removeCgroups, removeStaleCgroups } from "./cgroup.ts";
 import type { Containers } from "./containers.ts";
 import { ConfigError, errorMessage, formatProblem } from "./errors.ts";
+import { gitDirOf } from "./git.ts";
 import { makeRunner } from "./exec.ts";
 import type { Runner } from "./exec.ts";
 import { keyAllows, keysEqual } from "./keys.ts";
@@ -283,9 +284,12 @@ export async function cleanupStale(
     if (e.startsWith(".") || e.endsWith(".stop") || names.has(e)) continue;
     const path = join(dir, e);
     const s = await lstat(path).catch(() => null);
-    if (!s?.isDirectory() || !(stale.has(e) || existsSync(join(path, ".git")))) continue;
+    const gitDir = gitDirOf(path);
+    if (!s?.isDirectory() || !(stale.has(e) || existsSync(gitDir) || existsSync(join(path, ".git")))) continue;
     d.logger.info("removing the checkout of a service that is no longer configured", { dir: path });
-    await rm(path, { recursive: true, force: true }).catch((err) => d.logger.warn("cannot remove", { dir: path, error: errorMessage(err) }));
+    for (const p of [path, gitDir]) {
+      await rm(p, { recursive: true, force: true }).catch((err) => d.logger.warn("cannot remove", { dir: p, error: errorMessage(err) }));
+    }
   }
   // Leftovers of an interrupted clone or evaluation.
   for (const e of entries) {

@@ -1,7 +1,9 @@
 /** Small file helpers shared by the modules that keep state on disk. */
 import { randomBytes } from "node:crypto";
+import { constants } from "node:fs";
 import { mkdir, open, rename, rm } from "node:fs/promises";
-import { dirname } from "node:path";
+import type { FileHandle } from "node:fs/promises";
+import { dirname, normalize } from "node:path";
 import { errorMessage } from "./errors.ts";
 
 /**
@@ -24,4 +26,133 @@ export async function writeFileAtomic(path: string, text: string | Uint8Array, m
     await rm(tmp, { force: true });
     throw new Error(`Cannot write "${path}": ${errorMessage(e)}`);
   }
+}
+
+/** Where the open directory `fd` is reached without resolving any path again (openat without openat). */
+function at(fd: number, name: string): string {
+  return `/proc/self/fd/${fd}/${name}`;
+}
+
+const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+
+/** Options of writeFileBeneath. */
+export interface BeneathOptions {
+  /** Mode of a new file (default 0644) and of new directories (0755). */
+  mode?: number;
+  /** Owner of what is written (and of directories made on the way). */
+  owner?: { uid: number; gid: number };
+  /** Whether missing directories on the way are made (default true). */
+  mkdirs?: boolean;
+}
+
+/**
+ * Writes `text` to `<root>/<rel>` unless it already holds exactly that; returns whether it wrote.
+ * Made for directories that someone else can write (a checkout a container binds): no symlink is
+ * ever followed, neither on the way (each directory is opened with O_NOFOLLOW and the next one
+ * reached through the open one, so a directory swapped for a symlink meanwhile is refused) nor at
+ * the end (the text goes to a new file beside it, created exclusively, then renamed over it: a
+ * symlink there is replaced, never written through). `root` itself must be trusted.
+ */
+export async function writeFileBeneath(root: string, rel: string, text: string, o: BeneathOptions = {}): Promise<boolean> {
+  const parts = normalize(rel).split("/").filter((p) => p !== "" && p !== ".");
+  const name = parts.pop();
+  if (name === undefined || parts.includes("..") || name === "..") throw new Error(`Cannot write "${rel}" in "${root}": not a path inside it`);
+  const opened: FileHandle[] = [];
+  try {
+    let dir = await open(root, DIR_FLAGS);
+    opened.push(dir);
+    for (const p of parts) {
+      let next: FileHandle;
+      try {
+        next = await open(at(dir.fd, p), DIR_FLAGS);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "ENOENT" || o.mkdirs === false) throw whyNot(rel, p, e);
+        await mkdir(at(dir.fd, p), { mode: 0o755 });
+        next = await open(at(dir.fd, p), DIR_FLAGS);
+        if (o.owner) await next.chown(o.owner.uid, o.owner.gid);
+      }
+      opened.push(next);
+      dir = next;
+    }
+    const old = await readBeneath(dir.fd, name);
+    if (old === text) return false;
+    const tmp = `.${name}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+    const fh = await open(at(dir.fd, tmp), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, o.mode ?? 0o644);
+    try {
+      try {
+        await fh.writeFile(text);
+        if (o.owner) await fh.chown(o.owner.uid, o.owner.gid);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await rename(at(dir.fd, tmp), at(dir.fd, name));
+    } catch (e) {
+      await rm(at(dir.fd, tmp), { force: true });
+      throw e;
+    }
+    return true;
+  } catch (e) {
+    throw e instanceof Error && e.message.startsWith("Cannot write") ? e : new Error(`Cannot write "${rel}" in "${root}": ${errorMessage(e)}`);
+  } finally {
+    for (const h of opened.reverse()) await h.close().catch(() => {});
+  }
+}
+
+/** A regular file's text in the open directory `dirFd` (null when absent); never follows a symlink or blocks on a FIFO. */
+async function readBeneath(dirFd: number, name: string): Promise<string | null> {
+  let fh: FileHandle;
+  try {
+    fh = await open(at(dirFd, name), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || code === "ELOOP") return null; // a symlink is replaced, not read
+    throw e;
+  }
+  try {
+    const st = await fh.stat();
+    if (st.isDirectory()) throw new Error(`"${name}" is a directory`);
+    if (!st.isFile() || st.size > 1024 * 1024) return null;
+    return await fh.readFile("utf8");
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Adds `line` to the file `<root>/<rel>` unless it has it already, as writeFileBeneath writes
+ * (never through a symlink). Returns whether it wrote.
+ */
+export async function addLineBeneath(root: string, rel: string, line: string, o: BeneathOptions = {}): Promise<boolean> {
+  const text = await readFileBeneath(root, rel);
+  if (text !== null && text.split("\n").includes(line)) return false;
+  const base = text ?? "";
+  return writeFileBeneath(root, rel, `${base}${base === "" || base.endsWith("\n") ? "" : "\n"}${line}\n`, o);
+}
+
+/** The text of the regular file `<root>/<rel>`, or null; no symlink on the way is followed. */
+export async function readFileBeneath(root: string, rel: string): Promise<string | null> {
+  const parts = normalize(rel).split("/").filter((p) => p !== "" && p !== ".");
+  const name = parts.pop();
+  if (name === undefined || parts.includes("..")) return null;
+  const opened: FileHandle[] = [];
+  try {
+    let dir = await open(root, DIR_FLAGS);
+    opened.push(dir);
+    for (const p of parts) {
+      dir = await open(at(dir.fd, p), DIR_FLAGS);
+      opened.push(dir);
+    }
+    return await readBeneath(dir.fd, name);
+  } catch {
+    return null;
+  } finally {
+    for (const h of opened.reverse()) await h.close().catch(() => {});
+  }
+}
+
+function whyNot(rel: string, part: string, e: unknown): Error {
+  const code = (e as NodeJS.ErrnoException).code;
+  const what = code === "ENOTDIR" || code === "ELOOP" ? "is a symlink or not a directory" : errorMessage(e);
+  return new Error(`Cannot write "${rel}": "${part}" ${what}`);
 }

@@ -1,8 +1,14 @@
-/** The git CLI, run as the service user with a fixed environment and a timeout on every call. */
-import { dirname } from "node:path";
+/**
+ * The git CLI, run as the service user (without the `docker` group) with a fixed environment and
+ * a timeout on every call. The git directory of a checkout `<dir>/<name>` lives outside it, in
+ * `<dir>/.gitdirs/<name>`, where no container can mount it; every call names both explicitly, so
+ * a `.git` written into the checkout is never read, and settings that run programs are overridden.
+ */
+import { rm } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
 import type { Runner, Tag } from "./exec.ts";
 import type { Account } from "./users.ts";
-import { baseEnv } from "./users.ts";
+import { baseEnv, withoutDocker } from "./users.ts";
 
 /**
  * How long a network command (clone, ls-remote, fetch) may take before its process group is
@@ -12,7 +18,77 @@ import { baseEnv } from "./users.ts";
 export const NET_TIMEOUT_MS: number = netTimeout(process.env["PGO_GIT_TIMEOUT_MS"]);
 const LOCAL_TIMEOUT_MS = 30_000;
 
-/** Git operations on one service's checkout. */
+/** The directory under `<dir>` that holds the git directories of the checkouts in `<dir>`. */
+export const GITDIRS = ".gitdirs";
+
+/** The git directory of the work tree `checkout`: `<parent>/.gitdirs/<basename>`. */
+export function gitDirOf(checkout: string): string {
+  return join(dirname(checkout), GITDIRS, basename(checkout));
+}
+
+/**
+ * Config given on the command line of every git call; it wins over the repository's own. Each
+ * key names a program git would otherwise run, or a file it would otherwise read, from config.
+ * Where git takes the first value and not the last (`remote.<name>.uploadpack`), the command line
+ * names it instead (`--upload-pack`). The environment (safeEnv) covers the rest: GIT_SSH_COMMAND beats core.sshCommand,
+ * GIT_ASKPASS core.askPass, GIT_PROXY_COMMAND core.gitProxy, GIT_PAGER/GIT_EDITOR the pager and
+ * editor.
+ */
+export const SAFE_CONFIG: readonly string[] = [
+  "core.hooksPath=/dev/null",
+  "core.fsmonitor=false",
+  "core.attributesFile=/dev/null",
+  "core.excludesFile=/dev/null",
+  "credential.helper=",
+  "protocol.ext.allow=never",
+  "fetch.recurseSubmodules=false",
+  "submodule.recurse=false",
+  "gc.autoDetach=false",
+];
+
+/** The program a local or SSH remote runs to send objects, whatever the repository's config says. */
+const UPLOAD_PACK = "git-upload-pack";
+
+/**
+ * `env` with `pairs` added as config through GIT_CONFIG_COUNT/KEY_n/VALUE_n (numbered after any
+ * already there): like `git -c`, it wins over every config file, and it keeps argv readable.
+ */
+export function withConfig(env: Record<string, string>, pairs: readonly string[]): Record<string, string> {
+  const out = { ...env };
+  let n = Number(out["GIT_CONFIG_COUNT"] ?? "0");
+  for (const p of pairs) {
+    const eq = p.indexOf("=");
+    out[`GIT_CONFIG_KEY_${n}`] = p.slice(0, eq);
+    out[`GIT_CONFIG_VALUE_${n}`] = p.slice(eq + 1);
+    n++;
+  }
+  out["GIT_CONFIG_COUNT"] = String(n);
+  return out;
+}
+
+/** The environment of every git child: no system or global config, no program taken from config. */
+export function safeEnv(account: Account): Record<string, string> {
+  return {
+    ...baseEnv(account),
+    GIT_CONFIG_NOSYSTEM: "1",
+    GIT_CONFIG_GLOBAL: "/dev/null",
+    GIT_ATTR_NOSYSTEM: "1",
+    GIT_TERMINAL_PROMPT: "0",
+    GIT_ASKPASS: "/bin/false",
+    SSH_ASKPASS: "/bin/false",
+    GIT_PAGER: "cat",
+    PAGER: "cat",
+    GIT_EDITOR: "false",
+    GIT_SEQUENCE_EDITOR: "false",
+    GIT_PROXY_COMMAND: "",
+    GIT_SSH_COMMAND: "ssh -o BatchMode=yes -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4",
+    // Abort transfers that stall below 1 KB/s for 60 s (a server that accepts and never answers).
+    GIT_HTTP_LOW_SPEED_LIMIT: "1000",
+    GIT_HTTP_LOW_SPEED_TIME: "60",
+  };
+}
+
+/** Git operations on one service's checkout (its git directory is gitDirOf(dir)). */
 export interface Git {
   /** Clones `branch` of `repo` into the empty directory `dir`. */
   clone(dir: string, repo: string, branch: string): Promise<void>;
@@ -28,11 +104,17 @@ export interface Git {
   changedFiles(dir: string, from: string, to: string): Promise<string[]>;
   /** A file's content at a commit, or null when it does not exist there. */
   show(dir: string, commit: string, path: string): Promise<string | null>;
-  /** Moves the checkout to `commit` on `branch`, discarding local edits and untracked files. */
-  checkout(dir: string, branch: string, commit: string): Promise<void>;
-  /** Checks `commit` out into the empty directory `path`, as a detached worktree of `dir`. */
+  /**
+   * Moves the checkout to `commit` on `branch`, discarding local edits and every untracked and
+   * ignored file, except the paths in `keep` (anchored at the top, like `/caddy/import`).
+   */
+  checkout(dir: string, branch: string, commit: string, keep?: readonly string[]): Promise<void>;
+  /**
+   * Writes the tree of `commit` into the empty directory `path` (through an index of its own,
+   * so neither the checkout nor its index moves, and no `.git` is written into `path`).
+   */
   addWorktree(dir: string, path: string, commit: string): Promise<void>;
-  /** Removes a worktree made by addWorktree (and its directory). */
+  /** Forgets what addWorktree kept for `path` (its index); the caller removes the directory. */
   removeWorktree(dir: string, path: string): Promise<void>;
   /** The full id of a commit named by `rev` (an id or a prefix of one), or null. */
   resolveCommit(dir: string, rev: string): Promise<string | null>;
@@ -102,39 +184,37 @@ export function remoteAccess(url: string): { url: string; env: Record<string, st
  */
 export function makeGit(runner: Runner, account: Account, service: string, repository?: string): Git {
   const access = repository !== undefined ? remoteAccess(repository).env : {};
-  const env = {
-    ...baseEnv(account),
-    ...access,
-    GIT_CONFIG_NOSYSTEM: "1",
-    GIT_TERMINAL_PROMPT: "0",
-    GIT_ASKPASS: "/bin/false",
-    GIT_SSH_COMMAND: "ssh -o BatchMode=yes -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4",
-    // Abort transfers that stall below 1 KB/s for 60 s (a server that accepts and never answers).
-    GIT_HTTP_LOW_SPEED_LIMIT: "1000",
-    GIT_HTTP_LOW_SPEED_TIME: "60",
-  };
+  const safe = withConfig(safeEnv(account), SAFE_CONFIG);
+  const env = withConfig(safe, configPairs(access));
+  // Git needs the user's own groups to reach its files, never `docker` (root on the host).
+  const as = withoutDocker(account);
   const tag = (subcmd: string): Tag => ({ service, cmd: "git", subcmd });
-  // GIT_CEILING_DIRECTORIES: a checkout whose .git is gone must not find a repository above it.
+  // GIT_DIR and GIT_WORK_TREE name both, so a `.git` in the work tree is never looked at;
+  // GIT_CEILING_DIRECTORIES: nothing above it is ever taken for a repository either.
+  const where = (work: string): Record<string, string> => ({
+    GIT_DIR: gitDirOf(work), GIT_WORK_TREE: work, GIT_CEILING_DIRECTORIES: dirname(work),
+  });
   const git = async (dir: string, args: string[], subcmd: string, timeoutMs = LOCAL_TIMEOUT_MS, check = true) =>
-    runner(["git", ...args], {
-      cwd: dir, env: { ...env, GIT_CEILING_DIRECTORIES: dirname(dir) }, as: account, timeoutMs, tag: tag(subcmd), check,
-    });
+    runner(["git", ...args], { cwd: dir, env: { ...env, ...where(dir) }, as, timeoutMs, tag: tag(subcmd), check });
+  const stageIndex = (dir: string, path: string): string => join(gitDirOf(dir), `pgo-index-${basename(path)}`);
   return {
     async clone(dir, repo, branch) {
       const r = remoteAccess(repo);
-      await runner(["git", "clone", "--quiet", "--branch", branch, "--", r.url, "."], {
-        cwd: dir, env: { ...env, ...r.env, GIT_CEILING_DIRECTORIES: dirname(dir) }, as: account, timeoutMs: NET_TIMEOUT_MS, tag: tag("clone"),
+      // No templates (no sample hooks either); the `.git` file clone leaves in the work tree goes.
+      await runner(["git", "clone", "--quiet", "--template=", `--upload-pack=${UPLOAD_PACK}`, `--separate-git-dir=${gitDirOf(dir)}`, "--branch", branch, "--", r.url, "."], {
+        cwd: dir, env: { ...withConfig(safe, configPairs(r.env)), GIT_CEILING_DIRECTORIES: dirname(dir) }, as, timeoutMs: NET_TIMEOUT_MS, tag: tag("clone"),
       });
+      await runner(["rm", "-f", "--", join(dir, ".git")], { env: baseEnv(account), as, tag: tag("clone") });
     },
     async remoteHead(dir, branch) {
-      const r = await git(dir, ["ls-remote", "--heads", "origin", `refs/heads/${branch}`], "ls-remote", NET_TIMEOUT_MS);
+      const r = await git(dir, ["ls-remote", "--heads", `--upload-pack=${UPLOAD_PACK}`, "origin", `refs/heads/${branch}`], "ls-remote", NET_TIMEOUT_MS);
       const id = r.stdout.split(/\s/)[0] ?? "";
       if (!/^[0-9a-f]{40,64}$/.test(id)) throw new Error(`Cannot find branch "${branch}" on the remote`);
       return id;
     },
     async fetch(dir, branch) {
       const ref = `refs/remotes/origin/${branch}`;
-      await git(dir, ["fetch", "--quiet", "--no-tags", "origin", `+refs/heads/${branch}:${ref}`], "fetch", NET_TIMEOUT_MS);
+      await git(dir, ["fetch", "--quiet", "--no-tags", `--upload-pack=${UPLOAD_PACK}`, "origin", `+refs/heads/${branch}:${ref}`], "fetch", NET_TIMEOUT_MS);
       const r = await git(dir, ["rev-parse", "--verify", "--quiet", `${ref}^{commit}`], "rev-parse");
       return r.stdout.trim();
     },
@@ -149,25 +229,28 @@ export function makeGit(runner: Runner, account: Account, service: string, repos
       return r.exitCode === 0 && /^[0-9a-f]{40,64}$/.test(id) ? id : null;
     },
     async changedFiles(dir, from, to) {
-      const r = await git(dir, ["diff", "--no-renames", "--name-only", "-z", from, to], "diff");
+      const r = await git(dir, ["diff", "--no-ext-diff", "--no-textconv", "--no-renames", "--name-only", "-z", from, to], "diff");
       return r.stdout.split("\0").filter((p) => p !== "");
     },
     async show(dir, commit, path) {
       const r = await git(dir, ["cat-file", "blob", `${commit}:${path}`], "cat-file", LOCAL_TIMEOUT_MS, false);
       return r.exitCode === 0 ? r.stdout : null;
     },
-    async checkout(dir, branch, commit) {
+    async checkout(dir, branch, commit, keep = []) {
       await git(dir, ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--force", "-B", branch, commit], "checkout");
-      await git(dir, ["clean", "--quiet", "-d", "--force"], "clean");
+      // -x: ignored files go too; -ff: nested repositories too. Only `keep` stays.
+      await git(dir, ["clean", "--quiet", "-d", "-x", "--force", "--force", ...keep.flatMap((k) => ["-e", k])], "clean");
     },
     async addWorktree(dir, path, commit) {
-      await git(dir, ["worktree", "prune"], "worktree");
-      await git(dir, ["-c", "advice.detachedHead=false", "worktree", "add", "--quiet", "--detach", "--force", path, commit], "worktree");
+      const stageEnv = { ...env, GIT_DIR: gitDirOf(dir), GIT_WORK_TREE: path, GIT_CEILING_DIRECTORIES: dirname(path), GIT_INDEX_FILE: stageIndex(dir, path) };
+      const stage = async (args: string[], subcmd: string) =>
+        runner(["git", ...args], { cwd: path, env: stageEnv, as, timeoutMs: LOCAL_TIMEOUT_MS, tag: tag(subcmd) });
+      await stage(["read-tree", commit], "read-tree");
+      await stage(["checkout-index", "--all", "--force"], "checkout-index");
     },
     async removeWorktree(dir, path) {
-      const r = await git(dir, ["worktree", "remove", "--force", path], "worktree", LOCAL_TIMEOUT_MS, false);
-      // A worktree removed well is gone from the list too: prune only after a failure.
-      if (r.exitCode !== 0) await git(dir, ["worktree", "prune"], "worktree", LOCAL_TIMEOUT_MS, false);
+      // An unlink: it removes a symlink put there, never what it points to.
+      await rm(stageIndex(dir, path), { force: true });
     },
     async resolveCommit(dir, rev) {
       if (!/^[0-9a-f]{4,64}$/.test(rev)) return null;
@@ -207,12 +290,19 @@ export function makeGit(runner: Runner, account: Account, service: string, repos
         "git", "-c", "gpg.format=ssh", "-c", "gpg.ssh.program=ssh-keygen", "-c", `gpg.ssh.allowedSignersFile=${allowedSigners}`,
         "verify-commit", commit,
       ], {
-        cwd: dir, env: { ...env, GIT_CONFIG_GLOBAL: "/dev/null", GIT_CEILING_DIRECTORIES: dirname(dir) }, as: account,
+        cwd: dir, env: { ...env, ...where(dir) }, as,
         timeoutMs: LOCAL_TIMEOUT_MS, tag: tag("verify-commit"), check: false,
       });
       return { good: r.exitCode === 0, output: `${r.stdout}${r.stderr}`.trim() };
     },
   };
+}
+
+/** The `key=value` pairs of config that remoteAccess put in an environment. */
+function configPairs(env: Record<string, string>): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < Number(env["GIT_CONFIG_COUNT"] ?? "0"); i++) out.push(`${env[`GIT_CONFIG_KEY_${i}`]}=${env[`GIT_CONFIG_VALUE_${i}`]}`);
+  return out;
 }
 
 /** The network timeout: 120 s, or a positive whole number of ms from `value`. */

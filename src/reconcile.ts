@@ -8,7 +8,7 @@ import { existsSync } from "node:fs";
 import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { chmod, chown, lstat, mkdir, rename, rm, stat } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { dirname, join, posix } from "node:path";
 import type { ServiceConfig } from "./config.ts";
 import { composeDependencies, COMPOSE_FILES, findComposeFile, makeCompose } from "./compose.ts";
 import type { Compose } from "./compose.ts";
@@ -16,10 +16,11 @@ import { allRunning, dockerSocket } from "./containers.ts";
 import type { Containers } from "./containers.ts";
 import { errorMessage, SecretError } from "./errors.ts";
 import type { Runner } from "./exec.ts";
-import { makeGit, NET_TIMEOUT_MS, remoteAccess } from "./git.ts";
+import { gitDirOf, GITDIRS, makeGit, NET_TIMEOUT_MS, remoteAccess } from "./git.ts";
+import { ensureGitDirs, migrateGitDir, restoreCheckout } from "./checkout.ts";
 import type { Git } from "./git.ts";
 import { writeImportFile } from "./caddy.ts";
-import { writeFileAtomic } from "./files.ts";
+import { addLineBeneath, writeFileAtomic } from "./files.ts";
 import { appendHistory, closeInterrupted, readHistory } from "./history.ts";
 import type { HistoryEntry } from "./history.ts";
 import { ensureMounted } from "./mount.ts";
@@ -46,7 +47,7 @@ import type { Logger } from "./log.ts";
 import { jitter, Mutex } from "./scheduler.ts";
 import type { Clock, Semaphore } from "./scheduler.ts";
 import type { Account, Users } from "./users.ts";
-import { baseEnv, engineEnv } from "./users.ts";
+import { baseEnv, CHILD_PATH, engineEnv } from "./users.ts";
 
 /** What started a cycle. */
 export type Trigger = "start" | "poll" | "pgoctl" | "webhook" | "rollback";
@@ -180,6 +181,8 @@ export class ServiceWorker {
   private httpRefs = true;
   /** The verdict on a commit evaluated just before the checkout moved to it, for the deploy that follows. */
   private assessed: { commit: string } & Assessment | null = null;
+  /** The commit moveTo put the checkout at during this cycle (the deploy that follows need not again). */
+  private restored: string | null = null;
   /** With `verify = "commits"`: whether the checkout's commit was judged since this worker started. */
   private trustChecked = false;
   /** The last stack file made for a swarm service. */
@@ -300,6 +303,8 @@ export class ServiceWorker {
     this.secretValues = [...new Set([...this.secretValues, ...r.values])].slice(-1000);
     const now = r.files.map((f) => f.plain);
     if (main && JSON.stringify(now) !== JSON.stringify(before)) await writeFileAtomic(this.secretsManifest, JSON.stringify(now));
+    // Plain files are pgod's output, never part of the repository: git does not see them.
+    if (main) for (const p of now) await addLineBeneath(gitDirOf(this.checkout), "info/exclude", `/${p}`, { mode: 0o644, owner: a });
     if (r.files.length > 0) this.log.debug("decrypted secrets", { files: r.files.map((f) => f.source).join(","), dir });
   }
 
@@ -384,6 +389,10 @@ export class ServiceWorker {
   async deployNow(trigger: Trigger, io: DeployIO = {}, services: string[] = [], autoRollback = true, keepBad = false): Promise<number> {
     const a = await this.d.users.lookup(this.svc.user);
     const say = (text: string): unknown => io.onStderr?.(new TextEncoder().encode(`${text}\n`));
+    // Judge what runs: compose reads the checkout as the commit has it, whatever a container wrote
+    // (unless this very cycle just put it there).
+    if (this.head !== null && this.restored !== this.head) await this.moveTo(a, this.head);
+    this.restored = null;
     // The commit was evaluated a moment ago, before the checkout moved to it: once is enough.
     const fresh = this.assessed !== null && this.assessed.commit === this.head ? this.assessed : null;
     this.assessed = null;
@@ -459,8 +468,7 @@ export class ServiceWorker {
     await this.saveState({ bad });
     await this.record({ commit: bad, time: started, trigger, result: "rolled back", durationMs: this.d.clock.now() - started, detail: attempt.why, id: attempt.id });
     this.d.onDeploy?.(this.svc.name, "rolled back");
-    const git = (this.d.makeGit ?? makeGit)(this.d.runner, a, this.svc.name, this.svc.repository);
-    await git.checkout(this.checkout, this.svc.branch, good);
+    await this.moveTo(a, good);
     this.head = good;
     this.st.commit = good;
     const code = await this.deployNow("rollback", io, services, false);
@@ -516,7 +524,7 @@ export class ServiceWorker {
       await io.onStderr?.(new TextEncoder().encode(`Refused: ${verdict}\n`));
       return 65;
     }
-    await git.checkout(this.checkout, this.svc.branch, target);
+    await this.moveTo(a, target);
     this.head = target;
     this.st.commit = target;
     await this.pin(target);
@@ -536,6 +544,28 @@ export class ServiceWorker {
     this.log.info("deploying", { commit: this.head?.slice(0, 12), trigger });
     await this.record({ commit: this.head ?? "unknown", time: started, trigger, result: "started", durationMs: 0, id });
     return { ...(await this.bringUp(a, io, services, pulls)), started, id };
+  }
+
+  /**
+   * Puts the checkout at exactly `commit`, cleaned of everything untracked and ignored (what a
+   * container wrote), then writes pgod's own import file again: what compose reads next is the
+   * commit's bytes and pgod's, nothing else.
+   */
+  private async moveTo(a: Account, commit: string): Promise<void> {
+    const git = (this.d.makeGit ?? makeGit)(this.d.runner, a, this.svc.name, this.svc.repository);
+    const keep = this.svc.import !== undefined ? [`/${posix.normalize(this.svc.import)}`] : [];
+    await restoreCheckout({ checkout: this.checkout, branch: this.svc.branch, commit, keep }, a, git, this.d.runner);
+    await this.writeImport(a);
+    this.restored = commit;
+  }
+
+  /** Puts the checkout back to the commit that runs (see moveTo); call it inside `exclusive`. */
+  async restoreNow(): Promise<void> {
+    if (this.head === null) return;
+    const a = await this.d.users.lookup(this.svc.user);
+    await this.moveTo(a, this.head);
+    // The clean took the plain files of encrypted ones too: compose needs them back.
+    await this.decryptInto(a, this.checkout);
   }
 
   /** Pull and up (with registry logins), then wait until the containers run and are healthy. */
@@ -688,6 +718,7 @@ export class ServiceWorker {
   async cycle(trigger: Trigger): Promise<void> {
     this.st.lastPollAt = this.d.clock.now();
     this.assessed = null;
+    this.restored = null;
     try {
       const account = await this.d.users.lookup(this.svc.user);
       const git = (this.d.makeGit ?? makeGit)(this.d.runner, account, this.svc.name, this.svc.repository);
@@ -760,6 +791,8 @@ export class ServiceWorker {
       this.st.lastError = errorMessage(e);
       this.failStreak++;
       this.log.error("cycle failed", { trigger, error: errorMessage(e) });
+    } finally {
+      this.restored = null;
     }
   }
 
@@ -789,41 +822,62 @@ export class ServiceWorker {
 
   /** Clones when the checkout is missing or damaged; returns HEAD. A failed fetch never gets here. */
   private async ensureCheckout(a: Account, git: Git): Promise<string> {
+    await ensureGitDirs(this.checkout);
+    const want = remoteAccess(this.svc.repository).url;
     if (existsSync(this.checkout)) {
       const s = await lstat(this.checkout);
       if (s.isDirectory() && s.uid !== a.uid) {
         await this.d.runner(["chown", "-R", "--no-dereference", `${a.uid}:${a.gid}`, this.checkout], { env: baseEnv(a) });
       }
-      const head = s.isDirectory() && existsSync(join(this.checkout, ".git")) ? await git.head(this.checkout) : null;
+      if (s.isDirectory() && (await migrateGitDir(this.checkout, want, a, this.d.runner))) {
+        this.log.info("moved the git directory out of the checkout", { dir: gitDirOf(this.checkout) });
+      }
+      const head = s.isDirectory() && existsSync(gitDirOf(this.checkout)) ? await git.head(this.checkout) : null;
       if (head !== null) {
         // The stored URL holds no credentials (remoteAccess); one stored by an older pgod loses them here.
         const url = await git.remoteUrl(this.checkout);
-        const want = remoteAccess(this.svc.repository).url;
         if (url !== want) await git.setRemoteUrl(this.checkout, want);
         return head;
       }
       this.log.warn("checkout is damaged, cloning again", { dir: this.checkout });
     }
+    // The clone goes to <tmp>/<name> with its git directory in <tmp>/.gitdirs/<name> (gitDirOf), both
+    // the user's; then each moves to its place.
     const tmp = join(this.d.dir, `.clone-${this.svc.name}-${process.pid}-${Math.floor(this.d.random() * 1e9)}`);
-    await rm(tmp, { recursive: true, force: true });
+    const work = join(tmp, this.svc.name);
+    await this.removeTree(tmp);
     await privateDir(tmp, a);
+    await privateDir(work, a);
+    await privateDir(join(tmp, GITDIRS), a);
     try {
-      await this.d.slots.run(() => git.clone(tmp, this.svc.repository, this.svc.branch));
-      if (existsSync(this.checkout)) {
-        const trash = join(this.d.dir, `.trash-${this.svc.name}-${process.pid}`);
-        await rename(this.checkout, trash);
-        await rename(tmp, this.checkout);
-        await rm(trash, { recursive: true, force: true });
-      } else {
-        await rename(tmp, this.checkout);
+      await this.d.slots.run(() => git.clone(work, this.svc.repository, this.svc.branch));
+      for (const [from, to] of [[gitDirOf(work), gitDirOf(this.checkout)], [work, this.checkout]] as const) {
+        if (existsSync(to)) {
+          const trash = join(this.d.dir, `.trash-${this.svc.name}-${process.pid}`);
+          await this.removeTree(trash);
+          await rename(to, trash);
+          await rename(from, to);
+          await this.removeTree(trash);
+        } else {
+          await rename(from, to);
+        }
       }
     } finally {
-      await rm(tmp, { recursive: true, force: true });
+      await this.removeTree(tmp);
     }
     const head = await git.head(this.checkout);
     if (head === null) throw new Error(`Cannot read HEAD of the fresh clone of "${this.svc.repository}"`);
     this.log.info("cloned", { commit: head.slice(0, 12), branch: this.svc.branch });
     return head;
+  }
+
+  /**
+   * Removes a tree a container may still be writing (an old checkout): coreutils' rm, which never
+   * follows a symlink swapped in meanwhile, and stays on this file system.
+   */
+  private async removeTree(path: string): Promise<void> {
+    if (!existsSync(path)) return;
+    await this.d.runner(["rm", "-rf", "--one-file-system", "--", path], { env: { PATH: CHILD_PATH } });
   }
 
   /**
@@ -852,7 +906,7 @@ export class ServiceWorker {
         return false;
       }
     }
-    await git.checkout(this.checkout, this.svc.branch, fetched);
+    await this.moveTo(a, fetched);
     this.head = fetched;
     this.st.commit = fetched;
     if (this.svc.verify) await this.markVerified(fetched);

@@ -7,6 +7,8 @@ import type { Identity, Runner } from "./exec.ts";
 export interface Account extends Identity {
   name: string;
   home: string;
+  /** The `docker` group's id when the machine has one: in `groups`, for docker children only. */
+  dockerGid?: number;
 }
 
 export interface UsersOptions {
@@ -46,7 +48,8 @@ export function makeUsers(o: UsersOptions): Users {
     const idg = await o.runner(["id", "-G", name], { env: { PATH: CHILD_PATH }, check: false, timeoutMs: 10_000 });
     if (idg.exitCode === 0) for (const g of idg.stdout.trim().split(/\s+/)) if (g) groups.add(Number(g));
     const docker = await getent("group", "docker");
-    if (docker) groups.add(Number(docker.split(":")[2]));
+    const dockerGid = docker ? Number(docker.split(":")[2]) : NaN;
+    if (Number.isInteger(dockerGid)) groups.add(dockerGid);
     let home = f[5] ?? "";
     if (!(await usableHome(home))) {
       home = join(o.homeRoot, name);
@@ -57,7 +60,10 @@ export function makeUsers(o: UsersOptions): Users {
       await chown(home, uid, gid);
       await chmod(home, 0o700);
     }
-    return { name, uid, gid, groups: [...groups].filter((g) => Number.isInteger(g)), home };
+    return {
+      name, uid, gid, groups: [...groups].filter((g) => Number.isInteger(g)), home,
+      ...(Number.isInteger(dockerGid) ? { dockerGid } : {}),
+    };
   };
   return {
     lookup(name) {
@@ -78,6 +84,16 @@ async function usableHome(home: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/**
+ * The account without the `docker` group (the engine's socket is root on the host): for git and
+ * every other child that is not docker itself. It also goes when the user is a member of its own.
+ */
+export function withoutDocker(a: Account): Account {
+  if (a.dockerGid === undefined) return a;
+  const groups = a.groups.filter((g) => g !== a.dockerGid);
+  return { ...a, groups: groups.length > 0 ? groups : [a.gid] };
 }
 
 /** The PATH children get: pgod's own (systemd sets a sane one), else the system default. */

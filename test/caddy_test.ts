@@ -1,16 +1,20 @@
 import { afterEach, expect, test } from "bun:test";
-import { existsSync, lstatSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { caddyImport, writeImportFile } from "../src/caddy.ts";
 import type { ServiceConfig } from "../src/config.ts";
+import { gitDirOf } from "../src/git.ts";
 import { tempDir } from "./helpers.ts";
 
 const cleanups: (() => void)[] = [];
 afterEach(() => cleanups.splice(0).forEach((f) => f()));
+/** A checkout `<tmp>/co` with its git directory `<tmp>/.gitdirs/co`. */
 function dir(): string {
-  const d = tempDir();
-  cleanups.push(() => rmSync(d, { recursive: true, force: true }));
-  mkdirSync(join(d, ".git", "info"), { recursive: true });
+  const t = tempDir();
+  cleanups.push(() => rmSync(t, { recursive: true, force: true }));
+  const d = join(t, "co");
+  mkdirSync(d);
+  mkdirSync(gitDirOf(d), { recursive: true });
   return d;
 }
 function svc(name: string, urls: [string, string][]): ServiceConfig {
@@ -33,7 +37,39 @@ test("writeImportFile() writes only when the content changes and keeps the file 
   expect(lstatSync(join(d, "caddy/import")).mode & 0o777).toBe(0o644);
   expect(await writeImportFile(d, "caddy/import", "one\n", ME)).toBe(false);
   expect(await writeImportFile(d, "caddy/import", "two\n", ME)).toBe(true);
-  expect(readFileSync(join(d, ".git/info/exclude"), "utf8")).toBe("/caddy/import\n");
+  expect(readFileSync(join(gitDirOf(d), "info/exclude"), "utf8")).toBe("/caddy/import\n");
+  expect(existsSync(join(d, ".git"))).toBe(false);
+});
+
+test("writeImportFile() never writes through a symlinked exclude file or a symlinked info folder of the git directory", async () => {
+  for (const link of ["info/exclude", "info"]) {
+    const d = dir();
+    const victim = join(dir(), "victim");
+    mkdirSync(victim);
+    writeFileSync(join(victim, "exclude"), "precious\n");
+    if (link === "info") symlinkSync(victim, join(gitDirOf(d), "info"));
+    else {
+      mkdirSync(join(gitDirOf(d), "info"));
+      symlinkSync(join(victim, "exclude"), join(gitDirOf(d), "info/exclude"));
+    }
+    await writeImportFile(d, "import", "x\n", ME).catch(() => {});
+    expect(readFileSync(join(victim, "exclude"), "utf8")).toBe("precious\n");
+  }
+});
+
+test("writeImportFile() refuses a directory swapped for a symlink by a container that raced it, and writes nothing outside", async () => {
+  const d = dir();
+  const outside = dir();
+  // The "container": a process that swaps caddy/ between a directory and a symlink out, nonstop.
+  const swapper = Bun.spawn(["sh", "-c", `exec 2>/dev/null; while :; do rm -rf caddy; ln -s "${outside}" caddy; rm -f caddy; mkdir caddy; done`], { cwd: d });
+  try {
+    // Whether some writes get through depends on timing; none may ever land outside.
+    for (let i = 0; i < 300; i++) await writeImportFile(d, "caddy/import", `v${i}\n`, ME).catch(() => {});
+  } finally {
+    swapper.kill();
+    await swapper.exited;
+  }
+  expect(readdirSync(outside)).toEqual([]);
 });
 
 test("writeImportFile() replaces a committed symlink instead of writing through it", async () => {

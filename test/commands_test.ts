@@ -52,6 +52,9 @@ function fakeService(opts: { cloned?: boolean; exitCode?: number; verdict?: Verd
     async composeFor() {
       return compose;
     },
+    async restoreNow() {
+      calls.push(`${locked ? "locked " : ""}restore`);
+    },
     async deployNow(_t, io, services = []) {
       calls.push(`${locked ? "locked " : ""}deploy ${services.join(" ")}`.trim());
       await io.onStdout?.(new TextEncoder().encode("deployed\n"));
@@ -168,11 +171,11 @@ test("dispatch() lets logs take --tail and -f but not other options", async () =
   expect((await call("web//logs --project-directory /")).status).toBe(EX.usage);
 });
 
-test("dispatch() runs up, down, stop, start, restart and pull under the service lock; ps, logs and exec without it", async () => {
+test("dispatch() runs up, down, stop, start, restart and pull under the service lock, start and restart on a restored checkout; ps, logs and exec without it", async () => {
   const { call, svc } = harness();
   for (const c of ["up", "down", "stop", "start", "restart", "pull", "ps", "logs", "exec web true"]) await call(`web//${c}`);
   expect(svc.calls).toEqual([
-    "locked deploy", "locked down --remove-orphans", "locked stop", "locked start", "locked restart",
+    "locked deploy", "locked down --remove-orphans", "locked stop", "locked restore", "locked start", "locked restore", "locked restart",
     "locked pull", "ps", "logs", "exec -T web true",
   ]);
 });

@@ -60,6 +60,9 @@ test("cleanupStale() downs projects pgod ran from its dir that are gone from the
   const r = root();
   const dir = join(r, "dir");
   mkdirSync(join(dir, "old", ".git"), { recursive: true });
+  mkdirSync(join(dir, "gone"), { recursive: true });
+  mkdirSync(join(dir, ".gitdirs", "gone"), { recursive: true });
+  mkdirSync(join(dir, ".gitdirs", "a"), { recursive: true });
   mkdirSync(join(dir, "a", ".git"), { recursive: true });
   mkdirSync(join(dir, "notes"), { recursive: true });
   writeFileSync(join(dir, "a.stop"), "");
@@ -77,6 +80,10 @@ test("cleanupStale() downs projects pgod ran from its dir that are gone from the
   });
   expect(docker.calls().map((c) => c.argv)).toEqual(["compose --project-name old down --remove-orphans"]);
   expect(existsSync(join(dir, "old"))).toBe(false);
+  // A checkout with its git directory outside (`<dir>/.gitdirs/<name>`) goes with it.
+  expect(existsSync(join(dir, "gone"))).toBe(false);
+  expect(existsSync(join(dir, ".gitdirs", "gone"))).toBe(false);
+  expect(existsSync(join(dir, ".gitdirs", "a"))).toBe(true);
   expect(existsSync(join(dir, "a"))).toBe(true);
   expect(existsSync(join(dir, "a.stop"))).toBe(true);
   expect(existsSync(join(dir, "notes"))).toBe(true);

@@ -5,6 +5,7 @@ import { dirname, join } from "node:path";
 import type { ContainerInfo, Containers } from "../src/containers.ts";
 import type { Runner } from "../src/exec.ts";
 import { makeRunner } from "../src/exec.ts";
+import { gitDirOf } from "../src/git.ts";
 import { memoryLogger } from "../src/log.ts";
 import type { Account, Users } from "../src/users.ts";
 
@@ -22,6 +23,11 @@ export function git(cwd: string, ...args: string[]): string {
   });
   if (r.exitCode !== 0) throw new Error(`git ${args.join(" ")}: ${r.stderr.toString()}`);
   return r.stdout.toString().trim();
+}
+
+/** Runs git on a checkout pgod made: its git directory lives outside it (gitDirOf). */
+export function checkoutGit(checkout: string, ...args: string[]): string {
+  return git(checkout, `--git-dir=${gitDirOf(checkout)}`, `--work-tree=${checkout}`, ...args);
 }
 
 /** A bare remote plus a work clone to commit from. */

@@ -1,12 +1,13 @@
 import { afterEach, expect, test } from "bun:test";
-import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ServiceConfig } from "../src/config.ts";
 import { memoryLogger } from "../src/log.ts";
+import { gitDirOf } from "../src/git.ts";
 import { ServiceWorker } from "../src/reconcile.ts";
 import type { ReconcileDeps } from "../src/reconcile.ts";
 import { ManualClock, Semaphore } from "../src/scheduler.ts";
-import { FakeDocker, git, rootUsers, tempDir, TestRepo, waitFor } from "./helpers.ts";
+import { checkoutGit, COMPOSE as COMPOSE_WEB, FakeDocker, git, rootUsers, tempDir, TestRepo, waitFor } from "./helpers.ts";
 
 const cleanups: (() => void)[] = [];
 afterEach(() => cleanups.splice(0).forEach((f) => f()));
@@ -36,7 +37,7 @@ test("a first cycle clones the branch and runs pull then up with the project nam
   const pulled = "services:\n  web:\n    image: registry.test/web:1\n";
   const { worker, docker, checkout, repo } = setup({}, { "compose.yaml": pulled });
   await worker.cycle("start");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(git(repo.work, "rev-parse", "HEAD"));
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(git(repo.work, "rev-parse", "HEAD"));
   const calls = docker.calls().map((c) => c.argv);
   expect(calls[0]).toBe("compose --project-name web --file compose.yaml pull --quiet --ignore-buildable");
   expect(calls[1]).toBe("compose --project-name web --file compose.yaml up --detach --remove-orphans --quiet-pull");
@@ -80,7 +81,7 @@ test("a commit that changes only a README moves the checkout and runs no compose
   docker.clear();
   const id = repo.commit({ "README.md": "hello\n" });
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(id);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(id);
   expect(readFileSync(join(checkout, "README.md"), "utf8")).toBe("hello\n");
   expect(docker.composeCalls()).toEqual([]);
 });
@@ -131,7 +132,7 @@ test("a force-pushed branch is followed", async () => {
   git(repo.work, "reset", "--quiet", "--hard", "HEAD~1");
   const rewritten = repo.commit({ "b.txt": "2" }, "rewritten");
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(rewritten);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(rewritten);
   expect(existsSync(join(checkout, "a.txt"))).toBe(false);
 });
 
@@ -177,18 +178,18 @@ test("a stop file brings the service down and keeps it down until it is removed"
 test("an unreachable remote keeps the checkout and the containers and says why", async () => {
   const { worker, docker, repo, checkout } = setup();
   await worker.cycle("start");
-  const head = git(checkout, "rev-parse", "HEAD");
+  const head = checkoutGit(checkout, "rev-parse", "HEAD");
   renameSync(repo.remote, repo.remote + ".gone");
   docker.clear();
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(head);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(head);
   expect(existsSync(join(checkout, "compose.yaml"))).toBe(true);
   expect(docker.composeCalls()).toEqual([]);
   expect(worker.status().lastError).toContain("ls-remote");
   renameSync(repo.remote + ".gone", repo.remote);
   const next = repo.commit({ "compose.yaml": "services: {}\n" });
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(next);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(next);
   expect(worker.status().lastError).toBeNull();
 });
 
@@ -218,13 +219,17 @@ test("a damaged checkout is cloned again, and only then", async () => {
   const { worker, repo, checkout, deps } = setup();
   await worker.cycle("start");
   const again = new ServiceWorker(service("web", repo.remote), deps);
-  writeFileSync(join(checkout, "marker"), "kept");
+  writeFileSync(join(checkout, "marker"), "untracked");
+  const before = { dir: statSync(checkout).ino, git: statSync(gitDirOf(checkout)).ino };
   await again.cycle("start");
-  expect(existsSync(join(checkout, "marker"))).toBe(true); // a healthy checkout is reused
-  rmSync(join(checkout, ".git"), { recursive: true });
+  // A healthy checkout is reused (same directories); what a container left in it is cleaned before up.
+  expect({ dir: statSync(checkout).ino, git: statSync(gitDirOf(checkout)).ino }).toEqual(before);
+  expect(existsSync(join(checkout, "marker"))).toBe(false);
+  rmSync(gitDirOf(checkout), { recursive: true });
   const third = new ServiceWorker(service("web", repo.remote), deps);
   await third.cycle("start");
-  expect(existsSync(join(checkout, ".git"))).toBe(true);
+  expect(existsSync(gitDirOf(checkout))).toBe(true);
+  expect(existsSync(join(checkout, ".git"))).toBe(false);
   expect(existsSync(join(checkout, "marker"))).toBe(false);
 });
 
@@ -376,12 +381,12 @@ test("the data directory is made for the service with mode 0750", async () => {
 test("a commit the policy refuses is not checked out or deployed, and what runs keeps running", async () => {
   const { worker, docker, repo, checkout } = setup({ user: "app" });
   await worker.cycle("start");
-  const good = git(checkout, "rev-parse", "HEAD");
+  const good = checkoutGit(checkout, "rev-parse", "HEAD");
   writeFileSync(join(docker.bin, "model.json"), JSON.stringify({ name: "web", services: { web: { image: "x", privileged: true } } }));
   const bad = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8") + "    privileged: true\n" });
   docker.clear();
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(good);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(good);
   expect(docker.composeCalls().filter((c) => !c.startsWith("--profile * config") && !c.startsWith("config"))).toEqual([]);
   expect(worker.status().lastResult).toBe("refused");
   expect(worker.status().lastError).toContain(`Refused commit ${bad.slice(0, 12)}`);
@@ -392,7 +397,7 @@ test("a commit the policy refuses is not checked out or deployed, and what runs 
   rmSync(join(docker.bin, "model.json"));
   const fixed = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8").replace("    privileged: true\n", "    environment: [A=1]\n") });
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(fixed);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(fixed);
   expect(worker.status()).toMatchObject({ lastResult: "deployed", lastError: null });
 });
 
@@ -438,10 +443,10 @@ test("the deploy history records each attempt durably", async () => {
 test("a commit whose containers exit at once is rolled back to the last good commit and not retried", async () => {
   const { worker, docker, repo, checkout } = setup();
   await worker.cycle("start");
-  const good = git(checkout, "rev-parse", "HEAD");
+  const good = checkoutGit(checkout, "rev-parse", "HEAD");
   const bad = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8") + "# fake: exits\n" });
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(good);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(good);
   expect(docker.containers()).toBeDefined();
   expect(worker.status()).toMatchObject({ lastResult: "rolled back", good, bad, commit: good });
   expect(worker.status().lastError).toContain(`Commit ${bad.slice(0, 12)} failed (container of "web" exited); rolled back to ${good.slice(0, 12)}`);
@@ -462,7 +467,7 @@ test("a commit whose containers exit at once is rolled back to the last good com
 test("the good commit brought back after its containers went, or an older one by rollback, keeps the bad commit marked", async () => {
   const { worker, docker, repo, checkout } = setup();
   await worker.cycle("start");
-  const first = git(checkout, "rev-parse", "HEAD");
+  const first = checkoutGit(checkout, "rev-parse", "HEAD");
   const good = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8") + "    environment: [A=1]\n" });
   await worker.cycle("poll");
   const bad = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8") + "# fake: exits\n" });
@@ -489,7 +494,7 @@ test("the good commit brought back after its containers went, or an older one by
 test("the last good commit, the bad one and a pin survive a restart; a config change releases the pin", async () => {
   const { worker, repo, checkout, deps } = setup();
   await worker.cycle("start");
-  const good = git(checkout, "rev-parse", "HEAD");
+  const good = checkoutGit(checkout, "rev-parse", "HEAD");
   repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8") + "# fake: exits\n" });
   await worker.cycle("poll");
   await worker.pin(good);
@@ -522,21 +527,21 @@ test("the loop backs off to twice and then four times the interval while the rem
   await worker.stop();
 });
 
-test("a checkout whose .git is removed while running is cloned again at the next cycle", async () => {
+test("a checkout whose git directory is removed while running is cloned again at the next cycle", async () => {
   const { worker, checkout } = setup();
   await worker.cycle("start");
-  rmSync(join(checkout, ".git"), { recursive: true });
+  rmSync(gitDirOf(checkout), { recursive: true });
   await worker.cycle("poll");
   expect(worker.status().lastError).not.toBeNull();
   await worker.cycle("poll");
-  expect(existsSync(join(checkout, ".git"))).toBe(true);
+  expect(existsSync(gitDirOf(checkout))).toBe(true);
   expect(worker.status()).toMatchObject({ lastError: null, lastResult: "deployed" });
 });
 
 test("a deploy that fails while the engine does not answer is not rolled back and is tried again at the next cycle", async () => {
   const { worker, docker, repo, checkout, deps } = setup();
   await worker.cycle("start");
-  const good = git(checkout, "rev-parse", "HEAD");
+  const good = checkoutGit(checkout, "rev-parse", "HEAD");
   const engine = docker.containers();
   let away = false;
   deps.containers = {
@@ -547,7 +552,7 @@ test("a deploy that fails while the engine does not answer is not rolled back an
   away = true;
   docker.fail("up");
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(next);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(next);
   expect(worker.status()).toMatchObject({ lastResult: "failed", commit: next, good, bad: null });
   expect(worker.status().lastError).toContain("the Docker engine is not answering");
 
@@ -566,7 +571,7 @@ test("a deploy that fails while the engine does not answer is not rolled back an
 test("a commit whose rollback fails as well is not held against it and is tried again at the next cycle", async () => {
   const { worker, docker, repo, checkout } = setup();
   await worker.cycle("start");
-  const good = git(checkout, "rev-parse", "HEAD");
+  const good = checkoutGit(checkout, "rev-parse", "HEAD");
   const next = repo.commit({ "compose.yaml": readFileSync(join(repo.work, "compose.yaml"), "utf8") + "# v2\n" });
   docker.fail("up");
   await worker.cycle("poll");
@@ -574,7 +579,7 @@ test("a commit whose rollback fails as well is not held against it and is tried 
   expect(worker.status().lastError).toContain(`Commit ${next.slice(0, 12)} failed (docker compose up exited with status 1), and so did rolling back to ${good.slice(0, 12)}`);
   docker.heal("up");
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(next);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(next);
   expect(worker.status()).toMatchObject({ lastResult: "deployed", commit: next, good: next, bad: null, lastError: null });
 });
 
@@ -672,11 +677,71 @@ test("a stop file present at start keeps the service from ever starting, and dep
   expect(docker.running()).toEqual([]);
 });
 
+test("what a container wrote into the checkout (untracked, ignored, a .env, a symlink, a .git, an edit) is gone before every up", async () => {
+  const { worker, repo, checkout, deps, docker } = setup({}, { "compose.yaml": COMPOSE_WEB, ".gitignore": ".env\nlink\ncache/\n" });
+  await worker.cycle("start");
+  const seen: string[][] = [];
+  const real = deps.runner;
+  deps.runner = (argv, o) => {
+    if (argv.includes("up")) seen.push(readdirSync(checkout).sort());
+    return real(argv, o);
+  };
+  const plant = () => {
+    writeFileSync(join(checkout, ".env"), "PRIV=true\n");
+    rmSync(join(checkout, "link"), { force: true });
+    symlinkSync("/", join(checkout, "link"));
+    mkdirSync(join(checkout, "cache"), { recursive: true });
+    writeFileSync(join(checkout, "cache", "x"), "x");
+    writeFileSync(join(checkout, "stray"), "x");
+    mkdirSync(join(checkout, ".git", "hooks"), { recursive: true });
+    writeFileSync(join(checkout, "compose.yaml"), "services: {tampered: {image: x}}\n");
+  };
+  const clean = [".gitignore", "compose.yaml"];
+  // A new commit.
+  plant();
+  repo.commit({ "compose.yaml": `${COMPOSE_WEB}    environment: [A=1]\n` });
+  await worker.cycle("poll");
+  // pgoctl up, and self-healing after the containers went.
+  plant();
+  expect(await worker.exclusive(() => worker.deployNow("pgoctl"))).toBe(0);
+  plant();
+  rmSync(join(docker.bin, "state"), { recursive: true, force: true });
+  await worker.cycle("poll");
+  expect(seen).toEqual([clean, clean, clean]);
+  expect(readFileSync(join(checkout, "compose.yaml"), "utf8")).toContain("A=1");
+  expect(checkoutGit(checkout, "status", "--porcelain", "--ignored")).toBe("");
+});
+
+test("a checkout made by an older pgod has its .git moved out at start, without a clone, and nothing a container put in it runs", async () => {
+  const { worker, repo, checkout, log, root } = setup();
+  git(root, "clone", "--quiet", repo.remote, checkout);
+  const head = git(checkout, "rev-parse", "HEAD");
+  const marker = join(root, "MARKER");
+  writeFileSync(join(checkout, ".git", "hooks", "post-checkout"), `#!/bin/sh\ntouch ${marker}\n`);
+  chmodSync(join(checkout, ".git", "hooks", "post-checkout"), 0o755);
+  git(checkout, "config", "core.fsmonitor", `touch ${marker}; false`);
+  git(checkout, "config", "filter.evil.smudge", `touch ${marker}; cat`);
+  await worker.cycle("start");
+  expect(log.lines.join("\n")).toContain("moved the git directory out of the checkout");
+  expect(log.lines.join("\n")).not.toContain("msg=cloned");
+  expect(existsSync(join(checkout, ".git"))).toBe(false);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(head);
+  const config = readFileSync(join(gitDirOf(checkout), "config"), "utf8");
+  expect(config).not.toContain("fsmonitor");
+  expect(config).not.toContain("evil");
+  expect(existsSync(join(gitDirOf(checkout), "hooks"))).toBe(false);
+  const next = repo.commit({ "compose.yaml": `${COMPOSE_WEB}    environment: [B=1]\n`, ".gitattributes": "* filter=evil\n" });
+  await worker.cycle("poll");
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(next);
+  expect(existsSync(marker)).toBe(false);
+  expect(worker.status()).toMatchObject({ lastResult: "deployed", lastError: null });
+});
+
 test("check judges the newest commit of the branch without moving the checkout, and status names a refused one", async () => {
   const compose = "services:\n  web:\n    image: x\n";
   const { worker, docker, repo, checkout } = setup({ user: "app" }, { "compose.yaml": compose });
   await worker.cycle("start");
-  const good = git(checkout, "rev-parse", "HEAD");
+  const good = checkoutGit(checkout, "rev-parse", "HEAD");
   expect(await worker.check()).toEqual({ commit: good, branch: "main", running: good, refusal: null, findings: [] });
 
   // Pushed, and not yet seen by the loop: check answers for it all the same.
@@ -686,21 +751,21 @@ test("check judges the newest commit of the branch without moving the checkout, 
   const refused = await worker.check();
   expect(refused).toMatchObject({ commit: bad, running: good, refusal: expect.stringContaining('"privileged" is refused') });
   expect(refused.findings).toEqual([expect.objectContaining({ file: "compose.yaml", line: 4, service: "web", key: "services.web.privileged", rule: "privileged" })]);
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(good);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(good);
   expect(docker.composeCalls().filter((c) => / (up|pull|down) ?/.test(` ${c}`))).toEqual([]);
   expect(worker.status().refused).toEqual({ commit: bad, reason: refused.refusal! });
   expect(existsSync(join(worker.dir, "..", ".stage-web"))).toBe(false);
 
   // The loop refuses it too and keeps what runs; status keeps naming it.
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(good);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(good);
   expect(worker.status()).toMatchObject({ lastResult: "refused", refused: { commit: bad } });
 
   // A fixing commit: check says it would deploy before the loop deploys it; then status clears.
   rmSync(join(docker.bin, "model.json"));
   const fixed = repo.commit({ "compose.yaml": `${compose}    environment: [A=1]\n` });
   expect(await worker.check()).toMatchObject({ commit: fixed, running: good, refusal: null });
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(good);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(good);
   await worker.cycle("poll");
   expect(worker.status()).toMatchObject({ commit: fixed, lastResult: "deployed", refused: null });
 });
@@ -708,7 +773,7 @@ test("check judges the newest commit of the branch without moving the checkout, 
 test("check judges the last fetched commit when the remote cannot be reached, and says so", async () => {
   const { worker, repo, checkout, docker } = setup({ user: "app" });
   await worker.cycle("start");
-  const head = git(checkout, "rev-parse", "HEAD");
+  const head = checkoutGit(checkout, "rev-parse", "HEAD");
   writeFileSync(join(docker.bin, "model.json"), JSON.stringify({ name: "web", services: { web: { image: "x", privileged: true } } }));
   const bad = repo.commit({ "compose.yaml": `${readFileSync(join(repo.work, "compose.yaml"), "utf8")}    privileged: true\n` });
   await worker.cycle("poll"); // fetched and refused: the checkout stays

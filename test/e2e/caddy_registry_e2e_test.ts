@@ -5,6 +5,7 @@
  * compose file that interpolates and passes through a variable of `env`. Tests share no state and
  * run concurrently. Run `bash scripts/deps.sh` and `bash scripts/build.sh` first.
  */
+import { gitDirOf } from "../../src/git.ts";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { closeSync, existsSync, openSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
@@ -139,7 +140,7 @@ describe("Caddy, registries and env with a real Docker engine", () => {
       expect(await getPage(port, "site-b.test")).not.toContain(siteB);
       expect(await readFile(importFile, "utf8")).toContain(`http://site-a.test {\n\treverse_proxy ${siteA}-web-1:8080\n}`);
       // pgod's own file stays out of git's way (DECISIONS.md #7).
-      expect(await readFile(join(first.dir, caddy, ".git", "info", "exclude"), "utf8")).toContain("/caddy/Caddyfile-import");
+      expect(await readFile(join(gitDirOf(join(first.dir, caddy)), "info", "exclude"), "utf8")).toContain("/caddy/Caddyfile-import");
       const [proxy] = await waitFor("one running Caddy container", () => containersOf(caddy), (cs) => cs.length === 1 && cs[0]!.state === "running");
 
       await writeFile(first.config, configText(services(true)));

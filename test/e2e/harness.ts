@@ -6,6 +6,7 @@ import { closeSync, existsSync, openSync, readFileSync } from "node:fs";
 import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
+import { gitDirOf } from "../../src/git.ts";
 
 /** The executable under test: `PGOD_BIN`, else the one `bash scripts/build.sh` makes. */
 export const PGOD: string = process.env["PGOD_BIN"] || resolve(import.meta.dir, "../../dist/pgod");
@@ -267,7 +268,8 @@ export class Repo {
 
 /** The commit checked out in `dir`, or null (any owner: the checkout may belong to a service user). */
 export async function headOf(dir: string): Promise<string | null> {
-  const r = await run(["git", "-c", "safe.directory=*", "-C", dir, "rev-parse", "--verify", "--quiet", "HEAD^{commit}"], { check: false });
+  // pgod keeps a checkout's git directory outside it (gitDirOf).
+  const r = await run(["git", "-c", "safe.directory=*", `--git-dir=${gitDirOf(dir)}`, `--work-tree=${dir}`, "rev-parse", "--verify", "--quiet", "HEAD^{commit}"], { check: false });
   return r.code === 0 ? r.stdout.trim() : null;
 }
 

@@ -4,6 +4,7 @@
  * concurrently. Run `bash scripts/build.sh` first.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { gitDirOf } from "../../src/git.ts";
 import { existsSync, statSync } from "node:fs";
 import { rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
@@ -286,7 +287,7 @@ describe("pgod with a real Docker engine", () => {
       await run(["docker", "compose", "--project-name", other, "up", "--detach"], { cwd: elsewhere });
       const otherBefore = await waitRunning(other);
       const keptBefore = await waitRunning(kept);
-      expect(existsSync(join(env.dir, gone, ".git"))).toBe(true);
+      expect(existsSync(gitDirOf(join(env.dir, gone)))).toBe(true);
       for (const p of [join(".state", gone, "history"), join(".docker", gone)]) expect([p, existsSync(join(env.dir, p))]).toEqual([p, true]);
       const { datadir } = env.paths();
       expect(existsSync(join(datadir, gone))).toBe(true);
@@ -301,6 +302,7 @@ describe("pgod with a real Docker engine", () => {
       for (const p of [join(".state", gone), join(".docker", gone)]) expect([p, existsSync(join(env.dir, p))]).toEqual([p, false]);
       expect(existsSync(join(datadir, gone))).toBe(true);
       expect(existsSync(join(env.dir, ".state", kept, "history"))).toBe(true);
+      expect(existsSync(gitDirOf(join(env.dir, gone)))).toBe(false);
       expect((await runningOf(other)).map((c) => c.id)).toEqual([otherBefore.id]);
       expect(second.lines(new RegExp(`project=(${other}|${kept})\\b`))).toEqual([]);
       const keptAfter = await waitRunning(kept);

@@ -9,8 +9,9 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, statSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { gitDirOf } from "../../src/git.ts";
 import {
-  chownTree, composeFile, headOf, inspect, makeKey, metricsAddress, openssh, randomId, runningOf, scenario, sshListening,
+  chownTree, composeFile, headOf, inspect, makeKey, metricsAddress, openssh, randomId, run, runningOf, scenario, sshListening,
   sweepRun, uniqueName, waitFor, waitRunning,
 } from "./harness.ts";
 
@@ -107,6 +108,9 @@ describe("secrets encrypted to a service, with a real Docker engine", () => {
       const plain = join(pg.dir, name, "db.env");
       const st = statSync(plain);
       expect([st.mode & 0o777, st.uid]).toEqual([0o600, user.uid]);
+      // pgod's output, not the repository's: git does not see it as a change.
+      const status = await run(["git", "-c", "safe.directory=*", "--git-dir", gitDirOf(join(pg.dir, name)), "--work-tree", join(pg.dir, name), "status", "--porcelain", "--untracked-files=all"]);
+      expect(status.stdout).toBe("");
       // Nowhere else: pgod's log (--debug), its children, metrics, status, history.
       expect(leak).toBeNull();
       expect(pg.log()).not.toContain(secret);

@@ -8,6 +8,7 @@ import { rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { lsRemote, preflight, run, runningOf, scenario, sweepRun, waitRunning } from "../e2e/harness.ts";
 import { checkoutSound, gitIn, serve, version, versionOf } from "./faults.ts";
+import { gitDirOf } from "../../src/git.ts";
 
 beforeAll(() => preflight());
 afterAll(sweepRun);
@@ -15,7 +16,7 @@ afterAll(sweepRun);
 const GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"];
 
 describe("a damaged checkout", () => {
-  test.concurrent("a checkout whose .git is removed while pgod runs is cloned again, and no enclosing repository is touched", async () => {
+  test.concurrent("a checkout whose git directory is removed while pgod runs is cloned again, and no enclosing repository is touched", async () => {
     await scenario("git removed", async (env) => {
       // The whole environment sits in a git repository whose origin is the service's own remote:
       // git looking above the checkout would find it and fetch, check out and clean there.
@@ -31,7 +32,7 @@ describe("a damaged checkout", () => {
       const v1 = (await checkoutSound(checkout)).head;
 
       const since = pg.log().length;
-      await rm(join(checkout, ".git"), { recursive: true, force: true });
+      await rm(gitDirOf(checkout), { recursive: true, force: true });
       const v2 = await s.repo.commit({ "compose.yaml": version(2) }, "version 2");
       await pg.waitForLog(new RegExp(`warn msg="checkout is damaged, cloning it again at the next cycle" service=${name} `), { since });
       await pg.waitForLog(new RegExp(`msg=cloned service=${name} commit=${v2.slice(0, 12)} `), { since });
@@ -54,7 +55,7 @@ describe("a damaged checkout", () => {
       const { name, pg, checkout } = s;
       const v1 = (await checkoutSound(checkout)).head;
       expect(await pg.signal("SIGTERM")).toBe(0);
-      await writeFile(join(checkout, ".git", "HEAD"), "\u0000garbage\u00ff\n");
+      await writeFile(join(gitDirOf(checkout), "HEAD"), "\u0000garbage\u00ff\n");
 
       const again = await env.pgod([{ name, repository: s.repo.bare }], { tag: "again" });
       await again.waitForLog(new RegExp(`warn msg="checkout is damaged, cloning again" service=${name} `));
@@ -65,14 +66,14 @@ describe("a damaged checkout", () => {
     });
   });
 
-  test.concurrent("a healthy checkout with an untracked file is not cloned again at start", async () => {
+  test.concurrent("a healthy checkout with an untracked file is not cloned again at start, and the file is cleaned before up", async () => {
     await scenario("healthy checkout", async (env) => {
       const s = await serve(env, "healthy");
       const { name, pg, checkout } = s;
       expect(await pg.signal("SIGTERM")).toBe(0);
       const marker = join(checkout, "untracked-marker");
       await writeFile(marker, "mine\n");
-      const before = { dir: statSync(checkout).ino, git: statSync(join(checkout, ".git")).ino, marker: statSync(marker).ino };
+      const before = { dir: statSync(checkout).ino, git: statSync(gitDirOf(checkout)).ino };
 
       const again = await env.pgod([{ name, repository: s.repo.bare }], { tag: "again" });
       await again.waitForLog(new RegExp(`msg=deployed service=${name} `));
@@ -80,7 +81,9 @@ describe("a damaged checkout", () => {
       await again.waitForLog(lsRemote(again.dir, name), { count: 2 });
       expect(again.lines(/checkout is damaged|msg=cloned /)).toEqual([]);
       expect(again.lines(/msg=exec argv="git clone /)).toEqual([]);
-      expect({ dir: statSync(checkout).ino, git: statSync(join(checkout, ".git")).ino, marker: statSync(marker).ino }).toEqual(before);
+      expect({ dir: statSync(checkout).ino, git: statSync(gitDirOf(checkout)).ino }).toEqual(before);
+      // What runs is the commit: an untracked file (a container's, say) is gone before up.
+      expect(existsSync(marker)).toBe(false);
       expect((await runningOf(name)).map((c) => c.id)).toEqual([s.first.id]);
     });
   });

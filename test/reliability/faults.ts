@@ -2,10 +2,12 @@
  * Helpers shared by the fault tests: a served service (repository with a client key, pgod, SSH
  * port), timestamps of log lines, and the health checks on what pgod keeps on disk.
  */
+import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { composeFile, makeKey, run, sshListening, uniqueName, waitRunning } from "../e2e/harness.ts";
 import type { Container, Env, Key, Pgod, Repo, ServiceSpec } from "../e2e/harness.ts";
+import { gitDirOf } from "../../src/git.ts";
 
 /** A service whose repository holds `compose.yaml` (VERSION=1) and a client key in `ssh/`. */
 export interface Served {
@@ -69,7 +71,9 @@ export async function versionOf(id: string): Promise<string | undefined> {
 
 /** Runs git in a checkout of any owner; the result, never a throw. */
 export function gitIn(dir: string, ...args: string[]): ReturnType<typeof run> {
-  return run(["git", "-c", "safe.directory=*", "-C", dir, ...args], { check: false });
+  // A checkout pgod made keeps its git directory outside it (gitDirOf); any other repository is plain.
+  const where = existsSync(gitDirOf(dir)) ? [`--git-dir=${gitDirOf(dir)}`, `--work-tree=${dir}`] : ["-C", dir];
+  return run(["git", "-c", "safe.directory=*", ...where, ...args], { check: false, ...(existsSync(dir) ? { cwd: dir } : {}) });
 }
 
 /** Checks a checkout is sound: `git fsck` passes, HEAD resolves, the work tree matches HEAD. */

@@ -286,6 +286,9 @@ function fakeHandle(rng: Rng, calls: string[], cloned: boolean): ServiceHandle {
       await maybeFail("composeFor");
       return compose;
     },
+    async restoreNow() {
+      await maybeFail("restore");
+    },
     async deployNow() {
       await maybeFail("deploy");
       return exitCode();
