@@ -9,6 +9,8 @@ set -u
 rc=0
 for dir in "$@"; do
   if ! cd "$dir"; then rc=1; continue; fi
+  # pgod keeps a checkout's git directory outside it (<dir>/.gitdirs/<name>).
+  if [ ! -e .git ]; then export GIT_DIR="${dir%/*}/.gitdirs/${dir##*/}" GIT_WORK_TREE="$dir"; else unset GIT_DIR GIT_WORK_TREE; fi
   git stash --quiet || rc=1
   git pull --quiet --rebase || rc=1
   docker compose up --detach --quiet-pull 2>/dev/null || rc=1

@@ -233,7 +233,7 @@ async function idleCycle(engine: Engine, p: ReturnType<typeof plan>["s1"], remot
   const tfFloor = join(root, "time-floor");
   await run([
     "/usr/bin/time", "-f", "%U %S", "-o", tfFloor, "bash", "-c",
-    'n=$1; shift; i=0; while [ $i -lt $n ]; do for d; do [ $i -lt $n ] || break; cd "$d" && git ls-remote --heads origin refs/heads/main >/dev/null || exit 1; i=$((i+1)); done; done',
+    'n=$1; shift; i=0; while [ $i -lt $n ]; do for d; do [ $i -lt $n ] || break; GIT_DIR="${d%/*}/.gitdirs/${d##*/}" git ls-remote --heads origin refs/heads/main >/dev/null || exit 1; i=$((i+1)); done; done',
     "_", String(floorRuns), ...dirs,
   ], { env: { ...env, LC_ALL: "C.UTF-8", USER: "root", LOGNAME: "root", GIT_CONFIG_NOSYSTEM: "1", GIT_TERMINAL_PROMPT: "0" }, timeoutMs: 600_000 });
   const [fu, fs] = (await readFile(tfFloor, "utf8")).trim().split("\n").at(-1)!.split(" ").map(Number);

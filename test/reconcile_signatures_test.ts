@@ -2,13 +2,14 @@ import { afterEach, beforeAll, afterAll, expect, test } from "bun:test";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ServiceConfig } from "../src/config.ts";
+import { gitDirOf } from "../src/git.ts";
 import { readHistory } from "../src/history.ts";
 import { memoryLogger } from "../src/log.ts";
 import { ServiceWorker } from "../src/reconcile.ts";
 import type { ReconcileDeps } from "../src/reconcile.ts";
 import { ManualClock, Semaphore } from "../src/scheduler.ts";
 import { readState } from "../src/state.ts";
-import { COMPOSE, FakeDocker, git, rootUsers, tempDir, TestRepo } from "./helpers.ts";
+import { checkoutGit, COMPOSE, FakeDocker, git, rootUsers, tempDir, TestRepo } from "./helpers.ts";
 
 const cleanups: (() => void)[] = [];
 afterEach(() => cleanups.splice(0).forEach((f) => f()));
@@ -58,14 +59,14 @@ test("a signed commit deploys, an unsigned one is held with its reason while wha
   expect(worker.status().lastResult).toBe("deployed");
   const signed = commit(repo, compose(1), "alice");
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(signed);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(signed);
   expect(worker.status().lastResult).toBe("deployed");
   expect(readState(stateFile).verified?.last).toBe(signed);
 
   docker.clear();
   const unsigned = commit(repo, compose(2));
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(signed);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(signed);
   expect(docker.composeCalls()).toEqual([]);
   expect(worker.status()).toMatchObject({ lastResult: "unverified", unverified: expect.stringContaining("unsigned") });
   expect(worker.status().lastError).toContain(`Refused commit ${unsigned.slice(0, 12)}: not verified: unsigned`);
@@ -77,7 +78,7 @@ test("a signed commit deploys, an unsigned one is held with its reason while wha
 
   const next = commit(repo, compose(3), "alice");
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(next);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(next);
   expect(worker.status().lastResult).toBe("deployed");
   expect(worker.status().unverified).toBeUndefined();
   expect((await worker.check()).refusal).toBeNull();
@@ -87,7 +88,7 @@ test("a first clone whose branch head does not verify deploys the trust root ins
   const { worker, repo, checkout, trustRoot, docker } = setup();
   const stranger = commit(repo, compose(1), "mallory");
   await worker.cycle("start");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(trustRoot);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(trustRoot);
   expect(docker.composeCalls().some((c) => c.startsWith("up"))).toBe(true);
   expect(worker.status().unverified).toContain("unknown key");
   const h = await readHistory(worker.historyFile);
@@ -118,11 +119,11 @@ test("after a restart the last verified commit is the anchor: a force-push back 
   await worker.cycle("poll");
   const newer = commit(repo, compose(2), "alice");
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(newer);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(newer);
   git(repo.work, "push", "--quiet", "--force", "origin", `${older}:main`);
   const again = new ServiceWorker(svc(), deps);
   await again.cycle("start");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(newer);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(newer);
   expect(again.status().unverified).toContain("not a descendant");
 });
 
@@ -138,7 +139,7 @@ test("pgoctl rollback goes only to a commit that verified when it was deployed",
   // The unsigned commit is in the checkout's object store (it was fetched) but never verified.
   await expect(worker.exclusive(() => worker.rollbackTo(unsigned))).rejects.toThrow(`Cannot roll back to ${unsigned.slice(0, 12)}: it did not verify`);
   expect(await worker.exclusive(() => worker.rollbackTo(first))).toBe(0);
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(first);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(first);
 });
 
 test("an unverified push undone by a force-push back to what runs leaves nothing unverified", async () => {
@@ -153,7 +154,7 @@ test("an unverified push undone by a force-push back to what runs leaves nothing
   expect(verdict.refusal).toContain("not verified: unsigned");
   git(repo.work, "push", "--quiet", "--force", "origin", `${signed}:main`);
   await worker.cycle("poll");
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(signed);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(signed);
   expect(worker.status().unverified).toBeUndefined();
   expect((await worker.check()).refusal).toBeNull();
 });
@@ -165,12 +166,12 @@ test("a checkout cloned again after damage goes back to the last verified commit
   await worker.cycle("poll");
   const unsigned = commit(repo, compose(2));
   await worker.cycle("poll");
-  rmSync(join(checkout, ".git"), { recursive: true, force: true });
+  rmSync(gitDirOf(checkout), { recursive: true, force: true });
   await worker.cycle("poll"); // finds the damage
   docker.clear();
   await worker.cycle("poll"); // clones again
-  expect(git(checkout, "rev-parse", "HEAD")).toBe(signed);
-  expect(git(checkout, "rev-parse", "HEAD")).not.toBe(unsigned);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).toBe(signed);
+  expect(checkoutGit(checkout, "rev-parse", "HEAD")).not.toBe(unsigned);
   expect(docker.composeCalls().some((c) => c.startsWith("up"))).toBe(true);
   expect(worker.status().unverified).toContain("unsigned");
 });

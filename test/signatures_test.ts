@@ -3,7 +3,7 @@ import { createHash, createPrivateKey, sign } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { makeRunner } from "../src/exec.ts";
-import { makeGit } from "../src/git.ts";
+import { gitDirOf, makeGit } from "../src/git.ts";
 import type { Git } from "../src/git.ts";
 import { memoryLogger } from "../src/log.ts";
 import { addVerified, allowedSigners, anchorOf, commitKeys, judgeCommit, signatureKind, UnknownTrustRoot, wasVerified } from "../src/signatures.ts";
@@ -34,7 +34,10 @@ const pub = (name: string): string => readFileSync(`${keys[name]}.pub`, "utf8");
 function repo(name: string, signers: string[]): { dir: string; root: string } {
   const dir = join(root, name);
   mkdirSync(dir, { recursive: true });
-  git(dir, "init", "--quiet", "-b", "main");
+  // The git directory lives outside the checkout, where pgod keeps it (gitDirOf); the .git file
+  // in the checkout lets the test's own git commands find it.
+  mkdirSync(dirname(gitDirOf(dir)), { recursive: true });
+  git(dir, "init", "--quiet", "-b", "main", "--separate-git-dir", gitDirOf(dir));
   const first = commit(dir, Object.fromEntries(signers.map((s) => [`ssh/${s}.pub`, pub(s)])));
   return { dir, root: first };
 }

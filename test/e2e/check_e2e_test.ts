@@ -48,7 +48,7 @@ describe("check and status with a real pgod", () => {
       expect(refused.code).toBe(1);
       expect(refused.stdout).toBe([
         `refused: commit ${bad.slice(0, 12)}, the newest of branch "main" (${running.slice(0, 12)} runs now and keeps running)`,
-        `compose.yaml:${line}: service "web": services.web.privileged (rule privileged): ${"a privileged container has every capability and every host device, which makes it root on the host"}`,
+        `compose.yaml:${line}: service "web": services.web.privileged (rule privileged): ${"a privileged container has every capability and every host device, which makes it root on the host"}: "true"`,
         "",
       ].join("\n"));
       const status = await statusOf({ port, key, name });

@@ -40,7 +40,9 @@ describe("a container that writes its checkout", () => {
       const user = await env.user();
       const repo = await env.repo({ "compose.yaml": compose("1"), ".gitignore": ".env\nextra\n", "host/.keep": "" });
       await chownTree(repo.bare, user.uid, user.gid);
-      const pg = await env.pgod([{ name, user: user.name, repository: repo.bare }]);
+      // The admin allows writable checkout binds for this service (the default is read-only), so a
+      // real container can write its checkout, the case this test is about.
+      const pg = await env.pgod([{ name, user: user.name, repository: repo.bare, extra: 'checkout_binds = "rw"\n' }]);
       const checkout = join(pg.dir, name);
       const [first] = await waitFor(`a running container of ${name}`, () => containersOf(name), (cs) => cs.length === 1 && cs[0]!.state === "running", { timeoutMs: 120_000 });
       expect(existsSync(join(checkout, ".git"))).toBe(false);

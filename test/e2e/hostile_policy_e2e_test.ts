@@ -85,7 +85,7 @@ function attacks(port: number): Record<Exclude<keyof typeof names, "good">, Reco
       "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n    oom_score_adj: -1000\n    pids_limit: -1\n  cg:\n${HEAD}    network_mode: none\n    cgroup_parent: /\n`,
     },
     envlink: { "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n    environment:\n      SECRET: "\${ROOT_HASH:-none}"\n` },
-    unknown: { "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n    storage_opt: {size: 1G}\n    deploy: {placement: {constraints: ["node.role==manager"]}}\n` },
+    unknown: { "compose.yaml": `services:\n  web:\n${HEAD}    network_mode: none\n    storage_opt: {size: 1G}\n    blkio_config: {weight: 10}\n` },
   };
 }
 
@@ -270,7 +270,7 @@ describe("hostile repositories of a non-root service, with a real engine", () =>
   test("keys that are not on the allow-list are refused with their paths", async () => {
     const line = await refusal(names.unknown);
     expect(line).toContain('\\"storage_opt\\" is refused (rule unknown_key)');
-    expect(line).toContain('\\"deploy.placement.constraints\\" is refused (rule unknown_key)');
+    expect(line).toContain('\\"blkio_config\\" is refused (rule unknown_key)');
     expect(await containersOf(names.unknown)).toEqual([]);
   }, 240_000);
 });

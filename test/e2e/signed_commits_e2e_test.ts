@@ -75,7 +75,10 @@ describe("deploying only signed commits with a real Docker engine", () => {
       expect(st["last result"]).toBe("unverified");
       expect(st["unverified"]).toStartWith(`unsigned: commit ${unsigned.slice(0, 12)} is not signed`);
       const check = await openssh(client(s.key), `${s.name}//check`);
-      expect({ code: check.code, out: check.stdout.trim() }).toEqual({ code: 1, out: `refused: unsigned: commit ${unsigned.slice(0, 12)} is not signed` });
+      expect({ code: check.code, out: check.stdout.trim() }).toEqual({
+        code: 1,
+        out: `refused: commit ${unsigned.slice(0, 12)}, the newest of branch "main" (${signed.slice(0, 12)} runs now and keeps running)\nnot verified: unsigned: commit ${unsigned.slice(0, 12)} is not signed`,
+      });
       const history = await openssh(client(s.key), `${s.name}//history`);
       expect(history.stdout.split("\n")[0]).toMatch(new RegExp(`${unsigned.slice(0, 12)} +poll +unverified .*not verified: unsigned`));
       expect(await unverifiedGauge(s.pg, s.name)).toBe("1");

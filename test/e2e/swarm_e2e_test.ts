@@ -31,7 +31,7 @@ afterAll(async () => {
   }
 });
 
-/** Container id of the running task of `<stack>_web` (one replica). */
+/** Container ids of the running tasks of `<stack>_web`, one a line (one replica: one id, or two while a task is replaced). */
 async function webContainer(stack: string): Promise<string> {
   const r = await run(["docker", "ps", "-q", "--no-trunc", "--filter", `label=com.docker.swarm.service.name=${stack}_web`, "--filter", "status=running"]);
   return r.stdout.trim();
@@ -70,7 +70,7 @@ describe("engine = swarm with a real single-node Swarm", () => {
       const { port } = await sshListening(pg);
       const client = { port, key, knownHosts: "/dev/null" };
       // Up: one running task of the new stack, the config under a content-hashed name.
-      const first = await waitFor("a running task", () => webContainer(name), (id) => id !== "", { timeoutMs: 120_000 });
+      const first = await waitFor("a running task", () => webContainer(name), (id) => id !== "" && !id.includes("\n"), { timeoutMs: 120_000 });
       await pg.waitForLog(new RegExp(`msg=deployed service=${name} `), { timeoutMs: 120_000 });
       expect(pg.log()).toContain("services.web.container_name: Swarm names its tasks itself");
       const configs = async (): Promise<string[]> =>
@@ -98,7 +98,7 @@ describe("engine = swarm with a real single-node Swarm", () => {
 
       // A change rolls the service; a changed config file rotates to a new object.
       await repo.commit({ "compose.yaml": stackFile({ env: "2" }), "index.html": "two\n" }, "two");
-      const second = await waitFor("a new task", () => webContainer(name), (id) => id !== "" && id !== first, { timeoutMs: 120_000 });
+      const second = await waitFor("a new task", () => webContainer(name), (id) => id !== "" && id !== first && !id.includes("\n"), { timeoutMs: 120_000 });
       expect((await run(["docker", "exec", second, "cat", "/www/index.html"])).stdout).toBe("two\n");
       await pg.waitForLog(new RegExp(`msg=deployed service=${name} `), { count: 2, timeoutMs: 120_000 });
       const c2 = await configs();
@@ -108,7 +108,7 @@ describe("engine = swarm with a real single-node Swarm", () => {
       const bad = await repo.commit({ "compose.yaml": stackFile({ env: "3", image: "pgo-no-such-image:1" }) }, "bad image");
       await pg.waitForLog(new RegExp(`msg="deploy failed, rolling back" service=${name} commit=${bad.slice(0, 12)}`), { timeoutMs: 180_000 });
       await pg.waitForLog(new RegExp(`msg=deployed service=${name} `), { count: 3, timeoutMs: 180_000 });
-      const back = await waitFor("the good spec running again", () => webContainer(name), (id) => id !== "", { timeoutMs: 120_000 });
+      const back = await waitFor("the good spec running again", () => webContainer(name), (id) => id !== "" && !id.includes("\n"), { timeoutMs: 120_000 });
       const envOf = await run(["docker", "exec", back, "env"]);
       expect(envOf.stdout).toContain("VERSION=2");
       const history = await openssh(client, `${name}//history`);
@@ -116,7 +116,7 @@ describe("engine = swarm with a real single-node Swarm", () => {
 
       // A removed swarm service is recreated by pgod (Swarm heals tasks, not removed services).
       await run(["docker", "service", "rm", `${name}_web`]);
-      await waitFor("the service recreated", () => webContainer(name), (id) => id !== "", { timeoutMs: 120_000 });
+      await waitFor("the service recreated", () => webContainer(name), (id) => id !== "" && !id.includes("\n"), { timeoutMs: 120_000 });
 
       // down removes the stack; up deploys it again.
       const down = await openssh(client, `${name}//down`);
@@ -126,7 +126,7 @@ describe("engine = swarm with a real single-node Swarm", () => {
       expect((await run(["docker", "service", "ls", "-q", "--filter", `label=com.docker.stack.namespace=${name}`])).stdout.trim()).toBe("");
       const up = await openssh(client, `${name}//up`);
       expect(up.code).toBe(0);
-      await waitFor("the stack up again", () => webContainer(name), (id) => id !== "", { timeoutMs: 120_000 });
+      await waitFor("the stack up again", () => webContainer(name), (id) => id !== "" && !id.includes("\n"), { timeoutMs: 120_000 });
     });
   }, 900_000);
 });
