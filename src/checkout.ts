@@ -12,7 +12,8 @@ import { writeFileBeneath } from "./files.ts";
 import type { Git } from "./git.ts";
 import { gitDirOf } from "./git.ts";
 import type { Account } from "./users.ts";
-import { baseEnv, withoutDocker } from "./users.ts";
+import { baseEnv } from "./child_env.ts";
+import { withoutDocker } from "./users.ts";
 
 /** What a legacy `.git` keeps when it moves out: data only (no config, hooks, info, worktrees). */
 const MOVED = ["objects", "refs", "packed-refs", "HEAD"] as const;
@@ -71,7 +72,7 @@ export async function migrateGitDir(checkout: string, url: string, a: Account, r
   ].join("\n");
   await writeFileBeneath(target, "config", config, { mode: 0o600, owner: a });
   // What moved may belong to whoever wrote it (a container's root): it becomes the user's.
-  await runner(["chown", "-R", "--no-dereference", `${a.uid}:${a.gid}`, target], { env: baseEnv(a) });
+  await chownTree(target, a, runner);
   await chmod(target, 0o700);
   // The rest of the old .git goes with the user's rights, never root's.
   await removeDotGit(checkout, a, runner);
@@ -113,7 +114,12 @@ export async function restoreCheckout(
   git: Git,
   runner: Runner,
 ): Promise<void> {
-  await runner(["chown", "-R", "--no-dereference", `${a.uid}:${a.gid}`, o.checkout], { env: baseEnv(a) });
+  await chownTree(o.checkout, a, runner);
   await removeDotGit(o.checkout, a, runner);
   await git.checkout(o.checkout, o.branch, o.commit, o.keep);
+}
+
+/** Gives everything below `path` to the service's user; `chown -R` follows no symlink. */
+export async function chownTree(path: string, a: Account, runner: Runner): Promise<void> {
+  await runner(["chown", "-R", "--no-dereference", `${a.uid}:${a.gid}`, path], { env: baseEnv(a) });
 }

@@ -4,7 +4,7 @@
  * adapts ssh2 events to it.
  */
 import type { Compose } from "./compose.ts";
-import { errorMessage, RequestError } from "./errors.ts";
+import { RequestError, RollbackError, errorMessage } from "./errors.ts";
 import type { PublicKey } from "./keys.ts";
 import { formatHistory, readHistory } from "./history.ts";
 import { keyAllows, keysEqual } from "./keys.ts";
@@ -18,7 +18,10 @@ import { formatVerdict } from "./verdict.ts";
 import type { Verdict } from "./verdict.ts";
 
 /** sysexits(3) statuses for errors of the request itself. */
-export const EX = { usage: 64, unavailable: 69, software: 70, noperm: 77 } as const;
+export const EX = { usage: 64, dataerr: 65, unavailable: 69, software: 70, noperm: 77 } as const;
+
+/** The status for each reason a rollback is refused: a bad argument, nothing to go back to, a commit that may not run. */
+const ROLLBACK_STATUS = { "unknown commit": EX.usage, "nothing earlier": EX.unavailable, unverified: EX.dataerr } as const;
 
 /** What the router needs of one service (a ServiceWorker provides it). */
 export interface ServiceHandle {
@@ -243,7 +246,10 @@ async function run(
         try {
           return await h.rollbackTo(args[0] ?? null, out);
         } catch (e) {
-          throw new RequestError(EX.usage, errorMessage(e));
+          // Only a request pgod cannot honour gets its own status; a failing git or engine is an
+          // internal error like any other.
+          if (e instanceof RollbackError) throw new RequestError(ROLLBACK_STATUS[e.reason], e.message);
+          throw e;
         }
       });
     }

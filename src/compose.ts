@@ -6,7 +6,7 @@ import type { Registry } from "./config.ts";
 import { CommandError, errorMessage } from "./errors.ts";
 import type { RunResult, Runner, Tag } from "./exec.ts";
 import type { Account } from "./users.ts";
-import { baseEnv, engineEnv } from "./users.ts";
+import { baseEnv, engineEnv } from "./child_env.ts";
 
 /** Compose file names docker compose looks for, in its order. */
 export const COMPOSE_FILES = ["compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml"] as const;
@@ -216,4 +216,15 @@ export async function findComposePlugin(runner: Runner, env: Record<string, stri
   } catch {
     return null;
   }
+}
+
+/** `docker compose -p P down` without a compose file (compose finds containers by label). */
+export async function downProject(runner: Runner, project: string, env: Record<string, string>, as?: Account): Promise<void> {
+  await runner(["docker", "compose", "--project-name", project, "down", "--remove-orphans"], {
+    cwd: "/",
+    env: { ...env, ...engineEnv() },
+    timeoutMs: 5 * 60_000,
+    tag: { service: project, cmd: "compose", subcmd: "down" },
+    ...(as ? { as } : {}),
+  });
 }

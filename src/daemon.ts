@@ -5,7 +5,7 @@ import { chmod, lstat, mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { hostname } from "node:os";
 import { dispatch } from "./commands.ts";
-import { findComposePlugin } from "./compose.ts";
+import { downProject, findComposePlugin } from "./compose.ts";
 import type { RouterDeps } from "./commands.ts";
 import { parseConfig } from "./config.ts";
 import { warnIfConfigExposed } from "./config_secrets.ts";
@@ -28,10 +28,11 @@ import { readDeliveries, startWebhookServer } from "./webhook.ts";
 import type { SshServer } from "./ssh_server.ts";
 import type { PgodFlags } from "./flags.ts";
 import type { Logger } from "./log.ts";
-import { downProject, ServiceWorker } from "./reconcile.ts";
+import { ServiceWorker } from "./reconcile.ts";
 import { realClock, Semaphore } from "./scheduler.ts";
 import type { Clock } from "./scheduler.ts";
-import { CHILD_PATH, engineEnv, makeUsers } from "./users.ts";
+import { CHILD_PATH, engineEnv } from "./child_env.ts";
+import { makeUsers } from "./users.ts";
 
 /** Exit codes of pgod. */
 export const EXIT = { ok: 0, fatal: 1, restart: 2 } as const;

@@ -65,6 +65,14 @@ export class SecretError extends Error {
   }
 }
 
+/** Why a rollback cannot be done: the request names no such commit, there is nothing earlier, or the commit may not run. */
+export class RollbackError extends Error {
+  override name = "RollbackError";
+  constructor(readonly reason: "unknown commit" | "nothing earlier" | "unverified", message: string) {
+    super(message);
+  }
+}
+
 /** A request over SSH failed; `status` is the exit status to send (0..255). */
 export class RequestError extends Error {
   override name = "RequestError";

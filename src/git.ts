@@ -8,7 +8,8 @@ import { rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { Runner, Tag } from "./exec.ts";
 import type { Account } from "./users.ts";
-import { baseEnv, withoutDocker } from "./users.ts";
+import { baseEnv } from "./child_env.ts";
+import { withoutDocker } from "./users.ts";
 
 /**
  * How long a network command (clone, ls-remote, fetch) may take before its process group is

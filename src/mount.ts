@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { writeFileAtomic } from "./files.ts";
 import type { Mount } from "./config.ts";
 import type { Runner } from "./exec.ts";
-import { CHILD_PATH } from "./users.ts";
+import { CHILD_PATH } from "./child_env.ts";
 
 /** Mount points listed in a mountinfo file (field 5, with octal escapes undone). */
 export function mountPoints(mountinfo: string): Set<string> {

@@ -10,19 +10,19 @@ import { readFile } from "node:fs/promises";
 import { chmod, chown, lstat, mkdir, rename, rm, stat } from "node:fs/promises";
 import { dirname, join, posix } from "node:path";
 import type { ServiceConfig } from "./config.ts";
-import { composeDependencies, COMPOSE_FILES, findComposeFile, makeCompose } from "./compose.ts";
+import { composeDependencies, COMPOSE_FILES, downProject, findComposeFile, makeCompose } from "./compose.ts";
 import type { Compose } from "./compose.ts";
 import { allRunning, dockerSocket } from "./containers.ts";
 import type { Containers } from "./containers.ts";
-import { errorMessage, SecretError } from "./errors.ts";
+import { RollbackError, SecretError, errorMessage } from "./errors.ts";
 import type { Runner } from "./exec.ts";
 import { gitDirOf, GITDIRS, makeGit, NET_TIMEOUT_MS, remoteAccess } from "./git.ts";
-import { ensureGitDirs, migrateGitDir, restoreCheckout } from "./checkout.ts";
+import { chownTree, ensureGitDirs, migrateGitDir, restoreCheckout } from "./checkout.ts";
 import type { Git } from "./git.ts";
 import { writeImportFile } from "./caddy.ts";
 import { addLineBeneath, writeFileAtomic } from "./files.ts";
 import { appendHistory, closeInterrupted, readHistory } from "./history.ts";
-import type { HistoryEntry } from "./history.ts";
+import type { HistoryEntry, HistoryTrigger } from "./history.ts";
 import { ensureMounted } from "./mount.ts";
 import { waitSettled } from "./settle.ts";
 import type { Settled } from "./settle.ts";
@@ -36,7 +36,7 @@ import { readServiceKeys } from "./keys.ts";
 import { locateFindings } from "./verdict.ts";
 import type { Finding, Verdict } from "./verdict.ts";
 import { addVerified, anchorOf, describe, judgeCommit, signersWriter, UnknownTrustRoot, wasVerified } from "./signatures.ts";
-import { makeSwarm, makeSwarmApi, stackReadiness, stackWarnings } from "./swarm.ts";
+import { makeSwarm, makeSwarmApi, removeStack, stackReadiness, stackWarnings } from "./swarm.ts";
 import { parse as parseYaml } from "yaml";
 import type { Replicas, StackPlan, SwarmApi } from "./swarm.ts";
 import { decryptTree, plainName, redact, serviceKeys } from "./secrets.ts";
@@ -47,10 +47,11 @@ import type { Logger } from "./log.ts";
 import { jitter, Mutex } from "./scheduler.ts";
 import type { Clock, Semaphore } from "./scheduler.ts";
 import type { Account, Users } from "./users.ts";
-import { baseEnv, CHILD_PATH, engineEnv } from "./users.ts";
+import { baseEnv, CHILD_PATH } from "./child_env.ts";
 
 /** What started a cycle. */
-export type Trigger = "start" | "poll" | "pgoctl" | "webhook" | "rollback";
+/** What started a cycle or a deploy; the history records it (one type for both). */
+export type Trigger = HistoryTrigger;
 
 /** Outcome of the last deploy attempt. */
 export type DeployResult = "deployed" | "failed" | "stopped" | "refused" | "rolled back" | "unverified";
@@ -510,14 +511,14 @@ export class ServiceWorker {
     let target: string | null = null;
     if (rev !== null) {
       target = await git.resolveCommit(this.checkout, rev);
-      if (target === null) throw new Error(`Cannot find commit "${rev}" in the checkout`);
+      if (target === null) throw new RollbackError("unknown commit", `Cannot find commit "${rev}" in the checkout`);
     } else {
       const earlier = (await readHistory(this.historyFile)).filter((e) => e.result === "deployed" && e.commit !== this.head && this.verifiedCommit(e.commit));
       target = earlier.at(-1)?.commit ?? null;
-      if (target === null) throw new Error("Cannot roll back: no earlier commit deployed well");
+      if (target === null) throw new RollbackError("nothing earlier", "Cannot roll back: no earlier commit deployed well");
     }
     if (!this.verifiedCommit(target)) {
-      throw new Error(`Cannot roll back to ${target.slice(0, 12)}: it did not verify when it was deployed (verify = "commits")`);
+      throw new RollbackError("unverified", `Cannot roll back to ${target.slice(0, 12)}: it did not verify when it was deployed (verify = "commits")`);
     }
     const verdict = (await this.evaluateCommit(git, a, target)).why;
     if (verdict !== null) {
@@ -827,7 +828,7 @@ export class ServiceWorker {
     if (existsSync(this.checkout)) {
       const s = await lstat(this.checkout);
       if (s.isDirectory() && s.uid !== a.uid) {
-        await this.d.runner(["chown", "-R", "--no-dereference", `${a.uid}:${a.gid}`, this.checkout], { env: baseEnv(a) });
+        await chownTree(this.checkout, a, this.d.runner);
       }
       if (s.isDirectory() && (await migrateGitDir(this.checkout, want, a, this.d.runner))) {
         this.log.info("moved the git directory out of the checkout", { dir: gitDirOf(this.checkout) });
@@ -1221,20 +1222,9 @@ export class ServiceWorker {
       // No compose file: compose can still find the project's containers by its labels.
     }
     if (file) await this.compose(a, file).must(["down", "--remove-orphans"]);
-    else if (this.svc.engine === "swarm") await this.d.runner(["docker", "stack", "rm", this.svc.name], { env: { ...baseEnv(a), ...engineEnv() }, as: a, timeoutMs: 60_000 });
+    else if (this.svc.engine === "swarm") await removeStack(this.d.runner, this.svc.name, baseEnv(a), a);
     else await downProject(this.d.runner, this.svc.name, baseEnv(a), a);
   }
-}
-
-/** `docker compose -p P down` without a compose file (compose finds containers by label). */
-export async function downProject(runner: Runner, project: string, env: Record<string, string>, as?: Account): Promise<void> {
-  await runner(["docker", "compose", "--project-name", project, "down", "--remove-orphans"], {
-    cwd: "/",
-    env: { ...env, ...engineEnv() },
-    timeoutMs: 5 * 60_000,
-    tag: { service: project, cmd: "compose", subcmd: "down" },
-    ...(as ? { as } : {}),
-  });
 }
 
 async function sharedParent(path: string): Promise<void> {

@@ -10,6 +10,8 @@ import { constants } from "node:fs";
 import { open } from "node:fs/promises";
 import type { Compose, ComposeTarget } from "./compose.ts";
 import { composeEnv, makeCompose } from "./compose.ts";
+import { engineEnv } from "./child_env.ts";
+import type { Account } from "./users.ts";
 import { composeModel } from "./compose_model.ts";
 import { CommandError } from "./errors.ts";
 import type { RunResult, Runner } from "./exec.ts";
@@ -450,4 +452,15 @@ export function makeSwarm(runner: Runner, t: ComposeTarget, o: SwarmOptions): Co
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** `docker stack rm` without a compose file (the stack's services are found by its name). */
+export async function removeStack(runner: Runner, project: string, env: Record<string, string>, as?: Account): Promise<void> {
+  await runner(["docker", "stack", "rm", project], {
+    cwd: "/",
+    env: { ...env, ...engineEnv() },
+    timeoutMs: 60_000,
+    tag: { service: project, cmd: "docker", subcmd: "stack" },
+    ...(as ? { as } : {}),
+  });
 }

@@ -1,6 +1,7 @@
 /** Resolves a service's Unix user: uid, gid, supplementary groups plus `docker`, and a home. */
 import { mkdir, chown, chmod, stat } from "node:fs/promises";
 import { join } from "node:path";
+import { CHILD_PATH } from "./child_env.ts";
 import type { Identity, Runner } from "./exec.ts";
 
 /** A resolved account. */
@@ -25,7 +26,6 @@ export interface Users {
   lookup(name: string): Promise<Account>;
 }
 
-const SYS_PATH = "/usr/sbin:/usr/bin:/sbin:/bin";
 const UNUSABLE_HOMES = new Set(["", "/", "/nonexistent", "/non-existent", "/bestaat-niet", "/dev/null"]);
 
 /** Makes the account resolver. */
@@ -94,20 +94,4 @@ export function withoutDocker(a: Account): Account {
   if (a.dockerGid === undefined) return a;
   const groups = a.groups.filter((g) => g !== a.dockerGid);
   return { ...a, groups: groups.length > 0 ? groups : [a.gid] };
-}
-
-/** The PATH children get: pgod's own (systemd sets a sane one), else the system default. */
-export const CHILD_PATH: string = process.env["PATH"] || `/usr/local/sbin:/usr/local/bin:${SYS_PATH}`;
-
-/**
- * Which engine docker and docker compose children talk to: the one pgod itself reads
- * (`DOCKER_HOST` in pgod's environment, else the default socket), never one a service's env names.
- */
-export function engineEnv(env: Record<string, string | undefined> = process.env): Record<string, string> {
-  return env["DOCKER_HOST"] ? { DOCKER_HOST: env["DOCKER_HOST"] } : {};
-}
-
-/** The minimal environment every child of a service gets. */
-export function baseEnv(a: Account): Record<string, string> {
-  return { HOME: a.home, PATH: CHILD_PATH, USER: a.name, LOGNAME: a.name, LC_ALL: "C.UTF-8" };
 }

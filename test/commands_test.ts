@@ -1,3 +1,4 @@
+import { RollbackError } from "../src/errors.ts";
 import { expect, test } from "bun:test";
 import { checkArgs, dispatch, EX, formatStatus } from "../src/commands.ts";
 import type { RouterDeps, ServiceHandle } from "../src/commands.ts";
@@ -337,6 +338,24 @@ test("dispatch() runs a key's command= instead of the request, unless another li
 
   const either = harness(fakeService(), [{ command: "sync" }, undefined]);
   expect((await either.call("web//ping")).stdout).toBe("pong box\n");
+});
+
+test("dispatch() gives a refused rollback the status of its reason, and a failing git an internal error", async () => {
+  const svc = fakeService();
+  const cases: [unknown, number][] = [
+    [new RollbackError("unknown commit", 'Cannot find commit "abcd" in the checkout'), EX.usage],
+    [new RollbackError("nothing earlier", "Cannot roll back: no earlier commit deployed well"), EX.unavailable],
+    [new RollbackError("unverified", "Cannot roll back to abcd: it did not verify"), EX.dataerr],
+    [new Error('Command "git rev-parse" failed: exited with status 128'), EX.software],
+  ];
+  const { call } = harness(svc);
+  for (const [err, status] of cases) {
+    svc.handle.rollbackTo = async () => {
+      throw err;
+    };
+    const r = await call("web//rollback abcd");
+    expect({ status: r.status, said: r.stderr.includes((err as Error).message) }).toEqual({ status, said: true });
+  }
 });
 
 test("dispatch() refuses up, start, restart and rollback while the stop file exists, naming it, and runs nothing", async () => {
