@@ -1,6 +1,7 @@
 /** The Caddy import file: one reverse-proxy site per `urls` entry of every service. */
 import { posix } from "node:path";
 import type { ServiceConfig } from "./config.ts";
+import { errorMessage } from "./errors.ts";
 import { addLineBeneath, writeFileBeneath } from "./files.ts";
 import { gitDirOf } from "./git.ts";
 
@@ -26,7 +27,10 @@ export async function writeImportFile(
   text: string,
   owner: { uid: number; gid: number },
 ): Promise<boolean> {
-  const wrote = await writeFileBeneath(checkout, rel, text, { mode: 0o644, owner });
+  const wrote = await writeFileBeneath(checkout, rel, text, { mode: 0o644, owner }).catch((e: unknown) => {
+    // Name what pgod was writing: the admin's "import" key, not just a path.
+    throw new Error(errorMessage(e).replace(/^Cannot write /, "Cannot write the import file "), { cause: e });
+  });
   await addLineBeneath(gitDirOf(checkout), "info/exclude", `/${posix.normalize(rel)}`, { mode: 0o644, owner });
   return wrote;
 }

@@ -111,6 +111,12 @@ export interface Git {
    */
   checkout(dir: string, branch: string, commit: string, keep?: readonly string[]): Promise<void>;
   /**
+   * Whether the work tree already is exactly `commit`: HEAD there, nothing modified, untracked or
+   * ignored but the paths in `keep`. Read-only (no index refresh is written), so it answers on a
+   * full disk, where checkout cannot.
+   */
+  pristine(dir: string, commit: string, keep?: readonly string[]): Promise<boolean>;
+  /**
    * Writes the tree of `commit` into the empty directory `path` (through an index of its own,
    * so neither the checkout nor its index moves, and no `.git` is written into `path`).
    */
@@ -241,6 +247,15 @@ export function makeGit(runner: Runner, account: Account, service: string, repos
       await git(dir, ["-c", "advice.detachedHead=false", "checkout", "--quiet", "--force", "-B", branch, commit], "checkout");
       // -x: ignored files go too; -ff: nested repositories too. Only `keep` stays.
       await git(dir, ["clean", "--quiet", "-d", "-x", "--force", "--force", ...keep.flatMap((k) => ["-e", k])], "clean");
+    },
+    async pristine(dir, commit, keep = []) {
+      if ((await this.head(dir)) !== commit) return false;
+      const r = await runner(["git", "status", "--porcelain=v1", "-z", "--ignored", "--untracked-files=all"], {
+        cwd: dir, env: { ...env, ...where(dir), GIT_OPTIONAL_LOCKS: "0" }, as, timeoutMs: LOCAL_TIMEOUT_MS, tag: tag("status"), check: false,
+      });
+      if (r.exitCode !== 0) return false;
+      const kept = new Set(keep.map((k) => k.replace(/^\//, "")));
+      return r.stdout.split("\0").filter((e) => e !== "").every((e) => kept.has(e.slice(3)));
     },
     async addWorktree(dir, path, commit) {
       const stageEnv = { ...env, GIT_DIR: gitDirOf(dir), GIT_WORK_TREE: path, GIT_CEILING_DIRECTORIES: dirname(path), GIT_INDEX_FILE: stageIndex(dir, path) };

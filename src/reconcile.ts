@@ -292,14 +292,19 @@ export class ServiceWorker {
     return join(this.d.dir, ".state", this.svc.name, "secret-files.json");
   }
 
+  /** The plain files decrypted into the checkout last time (the manifest). */
+  private async secretFiles(): Promise<string[]> {
+    const previous = await readFile(this.secretsManifest, "utf8").then((t) => JSON.parse(t) as unknown, () => []);
+    return Array.isArray(previous) ? previous.filter((p): p is string => typeof p === "string") : [];
+  }
+
   /**
    * Decrypts the encrypted files of `dir` beside themselves (see secrets.ts). For the checkout,
    * the plain files of encrypted files that went away are removed (a manifest remembers them).
    */
   private async decryptInto(a: Account, dir: string): Promise<void> {
     const main = dir === this.checkout;
-    const previous = main ? await readFile(this.secretsManifest, "utf8").then((t) => JSON.parse(t) as unknown, () => []) : [];
-    const before = Array.isArray(previous) ? previous.filter((p): p is string => typeof p === "string") : [];
+    const before = main ? await this.secretFiles() : [];
     const r = await decryptTree(dir, await this.ageKeys(), a, before);
     this.secretValues = [...new Set([...this.secretValues, ...r.values])].slice(-1000);
     const now = r.files.map((f) => f.plain);
@@ -555,7 +560,18 @@ export class ServiceWorker {
   private async moveTo(a: Account, commit: string): Promise<void> {
     const git = (this.d.makeGit ?? makeGit)(this.d.runner, a, this.svc.name, this.svc.repository);
     const keep = this.svc.import !== undefined ? [`/${posix.normalize(this.svc.import)}`] : [];
-    await restoreCheckout({ checkout: this.checkout, branch: this.svc.branch, commit, keep }, a, git, this.d.runner);
+    try {
+      await restoreCheckout({ checkout: this.checkout, branch: this.svc.branch, commit, keep }, a, git, this.d.runner);
+    } catch (e) {
+      // A checkout that cannot be restored (a full disk: git cannot write its index) may still be
+      // exactly the commit already; then what compose reads is what was judged, and self-healing
+      // must not wait for disk space. Anything else is an error.
+      const plain = await this.secretFiles();
+      const ours = [...keep, ...plain.map((p) => `/${p}`)];
+      const dotGit = await lstat(join(this.checkout, ".git")).then(() => true, () => false);
+      if (dotGit || !(await git.pristine(this.checkout, commit, ours))) throw e;
+      this.log.warn("cannot restore the checkout, but it is exactly the commit: going on", { commit: commit.slice(0, 12), error: errorMessage(e) });
+    }
     await this.writeImport(a);
     this.restored = commit;
   }

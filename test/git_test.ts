@@ -106,6 +106,20 @@ test("the git directory lives outside the work tree, and the work tree holds no 
   expect(existsSync(join(gitDirOf(dir), "hooks"))).toBe(false); // no templates, not even samples
 });
 
+test("pristine() says whether the work tree is exactly a commit, with pgod's own files kept, and writes nothing", async () => {
+  const { g, dir } = await cloned("pristine");
+  const head = (await g.head(dir))!;
+  expect(await g.pristine(dir, head)).toBe(true);
+  writeFileSync(join(dir, "import"), "pgod's own\n");
+  expect(await g.pristine(dir, head)).toBe(false);
+  expect(await g.pristine(dir, head, ["/import"])).toBe(true);
+  const index = readFileSync(join(gitDirOf(dir), "index"));
+  writeFileSync(join(dir, "compose.yaml"), "services: {x: {image: y}}\n");
+  expect(await g.pristine(dir, head, ["/import"])).toBe(false);
+  expect(readFileSync(join(gitDirOf(dir), "index")).equals(index)).toBe(true);
+  expect(await g.pristine(dir, "0".repeat(40), ["/import"])).toBe(false);
+});
+
 test("a .git a container writes into the checkout (hooks, fsmonitor, hooksPath, uploadpack, sshCommand, filters, pager, include, a gitdir file) is never read and runs nothing", async () => {
   for (const kind of ["dir", "file"]) {
     const { g, dir, marker, hostile, next } = await cloned(`container-${kind}`, { ".gitattributes": "* filter=evil diff=evil\n" });

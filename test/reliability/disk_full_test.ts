@@ -59,7 +59,7 @@ describe("a full disk under --dir", () => {
       // Saving the state after that deploy failed, and left the old file whole.
       expect(pg.lines(new RegExp(`warn msg="cannot save state" service=${name} .*no space left on device`)).length).toBeGreaterThanOrEqual(1);
       expect(await hashOf(stateFile)).toBe(stateBytes);
-      expect((await readdir(join(env.dir, ".state", name))).sort()).toEqual(["history", "state.json"]);
+      expect((await readdir(join(env.dir, ".state", name))).sort()).toEqual(["age-identity.txt", "history", "state.json"]);
       const state = JSON.parse(await readFile(stateFile, "utf8")) as Record<string, unknown>;
       expect(state["good"]).toBe(v1);
       const h = await historyOf(env.dir, name);
