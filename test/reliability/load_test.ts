@@ -40,6 +40,9 @@ function mix(name: string): Array<{ cmd: string; weight: number; ok: (a: Answer)
   ];
 }
 
+/** How many of the clients may run `exec` (a long-running command, capped per service). */
+const EXEC_CLIENTS = 12;
+
 describe("pgod under load", () => {
   test(`${CLIENTS} concurrent clients with a new connection per request for ${DURATION_MS / 1000} s of mixed commands: no request fails and memory returns to its idle level`, async () => {
     await scenario("load", async (env) => {
@@ -76,7 +79,11 @@ describe("pgod under load", () => {
       await Promise.all(Array.from({ length: CLIENTS }, async (_, i) => {
         const keyText = keys[i % KEYS]!.text;
         while (Date.now() < deadline) {
-          const c = pick();
+          let c = pick();
+          // At most EXEC_CLIENTS clients run exec, so the 16 long-running commands a service may
+          // run at once (and the 8 of a key) are never all taken: a refusal with 75 past that cap
+          // is documented behaviour, tested in ssh_e2e_test, not a failure under load.
+          while (c.cmd.startsWith("exec") && i >= EXEC_CLIENTS) c = pick();
           const a = await sshRequest(s.port, keyText, `${s.name}//${c.cmd}`, { timeoutMs: 120_000 });
           latencies.push(a.ms);
           perCommand.set(c.cmd, (perCommand.get(c.cmd) ?? 0) + 1);
