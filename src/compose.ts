@@ -126,6 +126,23 @@ export function findComposeFile(exists: (rel: string) => boolean, configured?: s
 }
 
 /**
+ * The compose file of a commit and its text, read through `read` (a path to its text, or null):
+ * the configured file (its text null when the commit lacks it), else the first of COMPOSE_FILES
+ * the commit has, else null.
+ */
+export async function composeFileAt(
+  read: (rel: string) => Promise<string | null>,
+  configured?: string,
+): Promise<{ file: string; text: string | null } | null> {
+  if (configured !== undefined) return { file: configured, text: await read(configured) };
+  for (const file of COMPOSE_FILES) {
+    const text = await read(file);
+    if (text !== null) return { file, text };
+  }
+  return null;
+}
+
+/**
  * The files a compose model depends on, relative to the repository root: the compose file, `.env`
  * beside it, and every `include`, `env_file` and `extends.file` it names, followed recursively.
  * Returns "all" when a path cannot be known without interpolation (it names a `${VAR}`), so the

@@ -10,7 +10,7 @@ import { readFile } from "node:fs/promises";
 import { chmod, chown, lstat, mkdir, rename, rm, stat } from "node:fs/promises";
 import { dirname, join, posix } from "node:path";
 import type { ServiceConfig } from "./config.ts";
-import { composeDependencies, COMPOSE_FILES, downProject, findComposeFile, makeCompose } from "./compose.ts";
+import { composeDependencies, composeFileAt, COMPOSE_FILES, downProject, findComposeFile, makeCompose } from "./compose.ts";
 import type { Compose } from "./compose.ts";
 import { allRunning, dockerSocket } from "./containers.ts";
 import type { Containers } from "./containers.ts";
@@ -24,7 +24,7 @@ import { addLineBeneath, writeFileAtomic } from "./files.ts";
 import { appendHistory, closeInterrupted, readHistory } from "./history.ts";
 import type { HistoryEntry, HistoryTrigger } from "./history.ts";
 import { ensureMounted } from "./mount.ts";
-import { waitSettled } from "./settle.ts";
+import { settleLoop, waitSettled } from "./settle.ts";
 import type { Settled } from "./settle.ts";
 import { readState, writeState } from "./state.ts";
 import type { ServiceState } from "./state.ts";
@@ -357,19 +357,11 @@ export class ServiceWorker {
 
   /** The keys of `commit`'s compose file (as written) that `docker stack deploy` leaves out. */
   private async swarmWarnings(git: Git, commit: string): Promise<string[]> {
-    let file = this.svc.compose;
-    let text: string | null = null;
-    for (const f of file !== undefined ? [file] : COMPOSE_FILES) {
-      text = await git.show(this.checkout, commit, f);
-      if (text !== null) {
-        file = f;
-        break;
-      }
-    }
-    if (text === null) return [];
+    const found = await composeFileAt((p) => git.show(this.checkout, commit, p), this.svc.compose);
+    if (found?.text == null) return [];
     try {
-      screenYaml(text, file ?? "compose.yaml");
-      return stackWarnings(parseYaml(text));
+      screenYaml(found.text, found.file);
+      return stackWarnings(parseYaml(found.text));
     } catch {
       return []; // the verdict itself says what is wrong with the file
     }
@@ -608,16 +600,12 @@ export class ServiceWorker {
     }
     // The engine may go away while containers start: a failed attempt like any other.
     const waitFor = services.length > 0 ? services : this.expected;
-    if (this.svc.engine === "swarm") {
-      const why = await this.waitStack(waitFor, started).catch((e: unknown) => errorMessage(e));
-      if (why === null) return { code: 0, why: "" };
-      return this.abort.signal.aborted ? { code: 1, why: "pgod is stopping", aborted: true } : { code: 1, why };
-    }
-    const r = await waitSettled({
+    const wait = this.svc.engine === "swarm" ? this.waitStack(waitFor, started) : waitSettled({
       project: this.svc.name, expected: waitFor, containers: this.d.containers,
       clock: this.d.clock, timeoutMs: this.svc.healthTimeoutMs, signal: this.abort.signal,
       ...(this.d.settleMs !== undefined ? { settleMs: this.d.settleMs } : {}), ...(this.d.pollMs !== undefined ? { pollMs: this.d.pollMs } : {}),
-    }).catch((e: unknown): Settled => ({ state: "failed", why: errorMessage(e) }));
+    });
+    const r = await wait.catch((e: unknown): Settled => ({ state: "failed", why: errorMessage(e) }));
     if (r.state === "ready") return { code: 0, why: "" };
     return { code: 1, why: r.why, gone: r.state === "gone", aborted: r.state === "aborted" };
   }
@@ -1132,12 +1120,9 @@ export class ServiceWorker {
         if (!shown.has(p)) shown.set(p, git.show(this.checkout, commit, p));
         return shown.get(p)!;
       };
-      let file = this.svc.compose;
-      if (file === undefined) {
-        for (const f of COMPOSE_FILES) if ((await read(f)) !== null) { file = f; break; }
-      }
-      if (file === undefined) continue;
-      const deps = await composeDependencies(read, file);
+      const found = await composeFileAt(read, this.svc.compose);
+      if (found === null) continue;
+      const deps = await composeDependencies(read, found.file);
       if (deps === "all" || changed.some((p) => deps.has(p) || deps.has(plainName(p)?.plain ?? p))) return true;
     }
     return false;
@@ -1175,29 +1160,17 @@ export class ServiceWorker {
     return this.expected.length > 0 ? this.expected.every((e) => names.has(`${this.svc.name}_${e}`)) : services.length > 0;
   }
 
-  /** Polls the stack until it converged (see stackReadiness); null, or why not in time. */
-  private async waitStack(expected: string[], since: number): Promise<string | null> {
-    const deadline = this.d.clock.now() + this.svc.healthTimeoutMs;
-    const settle = this.d.settleMs ?? 2000;
-    let readySince: number | null = null;
-    let why = "";
-    for (;;) {
+  /** Waits until the stack converged (see stackReadiness), with the loop compose waits use. */
+  private waitStack(expected: string[], since: number): Promise<Settled> {
+    return settleLoop({
+      clock: this.d.clock, timeoutMs: this.svc.healthTimeoutMs, signal: this.abort.signal,
+      ...(this.d.settleMs !== undefined ? { settleMs: this.d.settleMs } : {}), ...(this.d.pollMs !== undefined ? { pollMs: this.d.pollMs } : {}),
+    }, `not converged after ${Math.round(this.svc.healthTimeoutMs / 1000)}s`, async () => {
       const services = await this.swarmApi.services(this.svc.name);
       const r = stackReadiness(this.svc.name, expected, services, await this.swarmApi.tasks(services.map((s) => s.ID)), since);
       this.d.onReplicas?.(this.svc.name, r.replicas);
-      if (r.state === "failed") return r.why;
-      const now = this.d.clock.now();
-      if (r.state === "ready") {
-        readySince ??= now;
-        if (now - readySince >= settle) return null;
-      } else {
-        readySince = null;
-        why = r.why;
-      }
-      if (now >= deadline) return `not converged after ${Math.round(this.svc.healthTimeoutMs / 1000)}s: ${why || "unstable"}`;
-      if (this.abort.signal.aborted) return "pgod is stopping";
-      await this.d.clock.sleep(Math.min(this.d.pollMs ?? 500, Math.max(1, deadline - now)), this.abort.signal);
-    }
+      return r;
+    });
   }
 
   /** The compose file in the checkout, or an error naming what was looked for. */
