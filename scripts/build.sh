@@ -5,13 +5,17 @@
 # --bytecode: ship JavaScriptCore bytecode, not source to parse at every start; it cuts the CPU
 # of starting pgoctl and pgod by about a third (bench/README.md). It needs --format=esm for
 # the top-level await of the entry points.
+# --compile-jit-policy=100 (pgoctl only): a run-once client spent more CPU compiling its code
+# than the compiled code saved; pgoctl restores the normal policy once output gets large.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version="${PGO_VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo unknown)}"
 mkdir -p dist
 for prog in pgod pgoctl; do
   [ -f "src/cmd/$prog.ts" ] || continue
-  bun build --compile --bytecode --format=esm --minify-syntax --external cpu-features \
+  extra=()
+  [ "$prog" = pgoctl ] && extra=(--compile-jit-policy=100)
+  bun build --compile --bytecode --format=esm --minify-syntax --external cpu-features "${extra[@]}" \
     --no-compile-autoload-dotenv --no-compile-autoload-bunfig \
     --define "PGO_VERSION=\"$version\"" \
     "src/cmd/$prog.ts" --outfile "dist/$prog" >/dev/null

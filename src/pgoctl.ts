@@ -4,16 +4,36 @@ import type { Readable } from "node:stream";
 import type { ClientChannel, ParsedKey, PublicKeyAuthMethod } from "ssh2";
 import { UsageError, errorMessage } from "./errors.ts";
 import type { HostKey, HostKeyResult } from "./known_hosts.ts";
+import type { Ed25519Identity } from "./ssh_wire.ts";
 import { quoteShellWord } from "./shell_words.ts";
 import { parseTarget, type Target } from "./target.ts";
 import { VERSION } from "./version.ts";
 
 // Only what parsing the command line needs is imported statically: `pgoctl --version` and
-// `--help` load nothing else. The SSH client and its crypto are loaded once a command is to run
-// (loadClient), from ssh2's client file rather than its index, which would also load its server,
-// SFTP, agents and node:http. bench/README.md ("pgoctl's start") has the measurements.
+// `--help` load nothing else. A command runs on pgoctl's own SSH client (ssh_client.ts: an
+// Ed25519 key, curve25519, an ed25519 host key, AES-GCM, on Bun's native crypto), loaded once a
+// command is to run (loadFast). Anything it does not do (another kind of key, a server without
+// those algorithms) goes to ssh2 (loadClient), loaded from its client file rather than its
+// index, which would also load its server, SFTP, agents and node:http. bench/README.md
+// ("Whole-process clients") has the measurements.
 
 export { VERSION };
+
+/**
+ * pgoctl is built with JavaScriptCore's tier-up thresholds raised (scripts/build.sh,
+ * --compile-jit-policy): a ping runs each function a few times, and compiling them cost more
+ * CPU than it saved (bench/README.md). A command with a lot of output is another matter: past
+ * this much, the normal policy comes back.
+ */
+const WARM_UP_BYTES = 1024 * 1024;
+let relayed = 0;
+
+/** Counts output relayed; past WARM_UP_BYTES, restores the normal JIT policy (once). */
+function warmUp(bytes: number): void {
+  if (relayed > WARM_UP_BYTES) return;
+  relayed += bytes;
+  if (relayed > WARM_UP_BYTES) Bun.unsafe.setJITPolicy(1);
+}
 
 /** Exit status for a bad command line (sysexits EX_USAGE, as pgod uses for a malformed request). */
 export const EXIT_USAGE = 64;
@@ -26,6 +46,10 @@ export const EXIT_PIPE = 141;
 export const DEFAULT_PORT = 2222;
 /** How long to wait for the connection and the SSH handshake. */
 export const CONNECT_TIMEOUT_MS = 15_000;
+/** With nothing heard from the server for this long, ask whether it is still there... */
+const KEEPALIVE_MS = 15_000;
+/** ...and give up after this many unanswered asks. */
+const KEEPALIVE_COUNT_MAX = 3;
 
 /** Where output goes; `write` resolves once the chunk is taken and rejects when the reader is gone. */
 export interface Output {
@@ -180,31 +204,35 @@ export async function runPgoctl(argv: readonly string[], io: PgoctlIO): Promise<
     await io.stderr.write(`pgoctl: ${errorMessage(e)}\n${SHORT_USAGE}\n`);
     return EXIT_USAGE;
   }
-  let lib: ClientLib;
-  let identity: Identity;
+  let fast: FastLib;
+  let text: { text: string; source: string };
   try {
-    const pending = loadClient();
+    const pending = loadFast();
     // Read the key while the modules load; a missing key is reported before any of them is needed.
-    const text = await identityText(inv.identity, io.env);
-    lib = await pending;
-    if (policy.mode === "pinned") lib.knownHosts.parseHostKeyText(policy.text, policy.source);
-    identity = parseIdentity(lib, text.text, text.source);
+    text = await identityText(inv.identity, io.env);
+    fast = await pending;
+    if (policy.mode === "pinned") fast.knownHosts.parseHostKeyText(policy.text, policy.source);
   } catch (e) {
     await io.stderr.write(`pgoctl: ${errorMessage(e)}\n`);
     return e instanceof UsageError ? EXIT_USAGE : EXIT_SSH;
   }
-  return await runRemote(
-    lib,
-    {
-      host: inv.target.machine,
-      port: inv.port,
-      user: await localUser(io.env),
-      identity,
-      policy,
-      request: requestText(inv.target, inv.args),
-    },
-    io,
-  );
+  const target = { host: inv.target.machine, port: inv.port, user: await localUser(io.env), policy, request: requestText(inv.target, inv.args) };
+  const ed25519 = fast.wire.parseOpensshEd25519(normalizeKeyText(text.text));
+  if (ed25519 !== null) {
+    const status = await runFast(fast, { ...target, identity: ed25519 }, io);
+    // The server has none of the fast client's algorithms; its host key was not looked at yet.
+    if (status !== "unsupported") return status;
+  }
+  let lib: ClientLib;
+  let identity: Identity;
+  try {
+    lib = await loadClient(fast);
+    identity = parseIdentity(lib, text.text, text.source);
+  } catch (e) {
+    await io.stderr.write(`pgoctl: ${errorMessage(e)}\n`);
+    return EXIT_SSH;
+  }
+  return await runRemote(lib, { ...target, identity }, io);
 }
 
 /**
@@ -232,22 +260,33 @@ async function hostKeyPolicy(inv: Invocation, env: Record<string, string | undef
   return { mode: strict ? "strict" : "tofu", knownHosts };
 }
 
-/** The modules that connecting needs, loaded on demand. */
-interface ClientLib {
-  Client: typeof import("ssh2").Client;
-  parseKey: typeof import("ssh2").utils.parseKey;
+/** The modules every run that connects needs: pgoctl's own client, known_hosts, loaded on demand. */
+interface FastLib {
+  client: typeof import("./ssh_client.ts");
+  wire: typeof import("./ssh_wire.ts");
   knownHosts: typeof import("./known_hosts.ts");
   protocol: typeof import("./ssh_protocol.ts");
 }
 
-async function loadClient(): Promise<ClientLib> {
-  const [client, keyParser, knownHosts, protocol] = await Promise.all([
-    import("ssh2/lib/client.js"),
-    import("ssh2/lib/protocol/keyParser.js"),
+async function loadFast(): Promise<FastLib> {
+  const [client, wire, knownHosts, protocol] = await Promise.all([
+    import("./ssh_client.ts"),
+    import("./ssh_wire.ts"),
     import("./known_hosts.ts"),
     import("./ssh_protocol.ts"),
   ]);
-  return { Client: client.default, parseKey: keyParser.parseKey, knownHosts, protocol };
+  return { client, wire, knownHosts, protocol };
+}
+
+/** The modules the ssh2 path needs besides those. */
+interface ClientLib extends FastLib {
+  Client: typeof import("ssh2").Client;
+  parseKey: typeof import("ssh2").utils.parseKey;
+}
+
+async function loadClient(fast: FastLib): Promise<ClientLib> {
+  const [client, keyParser] = await Promise.all([import("ssh2/lib/client.js"), import("ssh2/lib/protocol/keyParser.js")]);
+  return { ...fast, Client: client.default, parseKey: keyParser.parseKey };
 }
 
 interface Identity {
@@ -263,7 +302,7 @@ async function identityText(
   if (file !== undefined) {
     const source = `"${file}"`;
     try {
-      return { text: await Bun.file(file).text(), source };
+      return { text: await readText(file), source };
     } catch (e) {
       throw new Error(`Cannot read identity ${source}: ${(e as { code?: string }).code ?? errorMessage(e)}`);
     }
@@ -275,11 +314,39 @@ async function identityText(
   return { text: v, source: "from PGOCTL_ID" };
 }
 
+/**
+ * A small file's text. Bun.mmap costs pgoctl about 1 ms of CPU where the first
+ * Bun.file().text() of a process costs about 5 (bench/README.md). Pipes, empty and special
+ * files cannot be mapped: they are read the usual way, which also gives the usual errors.
+ */
+async function readText(path: string): Promise<string> {
+  try {
+    return new TextDecoder().decode(Bun.mmap(path));
+  } catch {
+    return await Bun.file(path).text();
+  }
+}
+
+/** Looks `key` up in a known_hosts file; a missing file knows no host. */
+async function lookUpKnownHosts(lib: FastLib, file: string, key: HostKey): Promise<HostKeyResult> {
+  let text: string;
+  try {
+    text = await readText(file);
+  } catch (e) {
+    if ((e as { code?: unknown }).code === "ENOENT") return { status: "unknown" };
+    throw e;
+  }
+  return lib.knownHosts.matchHostKey(text, key);
+}
+
+/** CI variables often carry CRLF line ends or lose the final newline; neither matters to the key. */
+function normalizeKeyText(raw: string): string {
+  return `${raw.replace(/\r\n/g, "\n").trim()}\n`;
+}
+
 /** Parses the private key once; the SSH client gets the parsed key. */
 function parseIdentity(lib: ClientLib, raw: string, source: string): Identity {
-  // CI variables often carry CRLF line ends or lose the final newline; neither matters to the key.
-  const text = `${raw.replace(/\r\n/g, "\n").trim()}\n`;
-  const parsed: unknown = lib.parseKey(text);
+  const parsed: unknown = lib.parseKey(normalizeKeyText(raw));
   const key = (Array.isArray(parsed) ? parsed[0] : parsed) as ReturnType<typeof lib.parseKey> | undefined;
   if (key === undefined || key instanceof Error) {
     const why = key === undefined ? "no key found" : key.message;
@@ -304,68 +371,132 @@ async function localUser(env: Record<string, string | undefined>): Promise<strin
   }
 }
 
-interface Remote {
+/** Where to connect and what to run. */
+interface Destination {
   host: string;
   port: number;
   user: string;
-  identity: Identity;
   policy: HostKeyPolicy;
   request: string;
 }
 
-/** Connects, checks the host key, runs the request and streams its output; returns the exit status. */
-async function runRemote(lib: ClientLib, r: Remote, io: PgoctlIO): Promise<number> {
-  const where = r.host.includes(":") ? `[${r.host}]:${r.port}` : `${r.host}:${r.port}`;
-  const conn = new lib.Client();
-  const { addHostKey, checkHostKey, hostKeyName, pinnedHostKey } = lib.knownHosts;
+interface Remote extends Destination {
+  identity: Identity;
+}
+
+/** `host:port` for messages, the IPv6 address in brackets. */
+function whereOf(r: Destination): string {
+  return r.host.includes(":") ? `[${r.host}]:${r.port}` : `${r.host}:${r.port}`;
+}
+
+/**
+ * Judges the server's host key by the policy, for both clients: resolves to undefined to go on,
+ * or to why the key is refused. An unknown host under trust on first use is recorded here.
+ */
+async function judgeHostKey(lib: FastLib, r: Destination, blob: Buffer, io: PgoctlIO): Promise<string | undefined> {
+  const { addHostKey, hostKeyName, pinnedHostKey } = lib.knownHosts;
   const policy = r.policy;
   const from = policy.mode === "pinned" ? policy.source : `"${policy.knownHosts}"`;
+  const key: HostKey = { host: r.host, port: r.port, algo: lib.protocol.blobType(blob), blob };
+  let found: HostKeyResult;
+  try {
+    found = policy.mode === "pinned" ? pinnedHostKey(policy.text, key) : await lookUpKnownHosts(lib, policy.knownHosts, key);
+  } catch (e) {
+    return `Cannot check the host key of "${whereOf(r)}" in ${from}: ${errorMessage(e)}`;
+  }
+  const fp = `${key.algo} key ${lib.protocol.fingerprint(blob)}`;
+  const name = hostKeyName(r.host, r.port);
+  switch (found.status) {
+    case "known":
+      return undefined;
+    case "unknown":
+      if (policy.mode === "pinned") return `Host key of "${name}" (${fp}) is not the one given in ${policy.source}`;
+      if (policy.mode === "strict") {
+        return (
+          `Host key of "${name}" (${fp}) is not in "${policy.knownHosts}", and strict host key checking is on. ` +
+          `Add the host's key there or pass it with --host-key`
+        );
+      }
+      try {
+        await addHostKey(policy.knownHosts, key);
+        await io.stderr.write(`pgoctl: Trusting "${name}" on first use: added its ${fp} to "${policy.knownHosts}"\n`);
+      } catch (e) {
+        await io.stderr.write(`pgoctl: Trusting "${name}" on first use (${fp}), but cannot record it in "${policy.knownHosts}": ${errorMessage(e)}\n`);
+      }
+      return undefined;
+    case "changed":
+      if (policy.mode === "pinned") return `Host key of "${name}" (${fp}) is not the one given in ${policy.source}`;
+      return (
+        `Host key of "${name}" has changed: it now offers ${fp}, but "${policy.knownHosts}" line ${found.line} holds another key. ` +
+        `This may be an attack. If the change is expected, remove line ${found.line} of "${policy.knownHosts}" ` +
+        `(ssh-keygen -R "${name}" -f "${policy.knownHosts}") and try again`
+      );
+    case "revoked":
+      return `Host key of "${name}" (${fp}) is marked revoked in ${from} line ${found.line}`;
+  }
+}
+
+/**
+ * Runs the request on pgoctl's own client; returns the exit status, or "unsupported" when the
+ * server has none of its algorithms (decided before the host key is judged: the caller then
+ * starts over with ssh2, which checks everything again).
+ */
+async function runFast(lib: FastLib, r: Destination & { identity: Ed25519Identity }, io: PgoctlIO): Promise<number | "unsupported"> {
+  const where = whereOf(r);
+  const fail = async (message: string): Promise<number> => {
+    await io.stderr.write(`pgoctl: ${message}\n`).catch(() => {});
+    return EXIT_SSH;
+  };
+  try {
+    const out = await lib.client.execSsh({
+      host: r.host,
+      port: r.port,
+      user: r.user,
+      identity: r.identity,
+      command: r.request,
+      checkHostKey: (blob) => judgeHostKey(lib, r, Buffer.from(blob), io),
+      stdout: (chunk) => (warmUp(chunk.length), io.stdout.write(chunk)),
+      stderr: (chunk) => (warmUp(chunk.length), io.stderr.write(chunk)),
+      timeoutMs: CONNECT_TIMEOUT_MS,
+      keepaliveMs: KEEPALIVE_MS,
+      keepaliveCountMax: KEEPALIVE_COUNT_MAX,
+    });
+    if (out.broken) return EXIT_PIPE;
+    if (out.code !== undefined) return out.code;
+    if (out.signal !== undefined) return await fail(`Remote command killed by signal ${out.signal}`);
+    return await fail("Remote command ended without an exit status");
+  } catch (e) {
+    if (!(e instanceof lib.client.SshClientError)) return await fail(`Connection to "${where}" failed: ${errorMessage(e)}`);
+    switch (e.stage) {
+      case "unsupported":
+        return "unsupported";
+      case "hostkey":
+        return await fail(e.message);
+      case "login": {
+        const fp = lib.protocol.fingerprint(Buffer.from(r.identity.publicBlob));
+        return await fail(`Cannot log in to "${where}" as "${r.user}": the server does not accept key ${fp}`);
+      }
+      case "timeout":
+        return await fail(`Cannot connect to "${where}": no SSH handshake within ${CONNECT_TIMEOUT_MS / 1000} s`);
+      case "connect":
+        return await fail(`Cannot connect to "${where}": ${e.message}`);
+      case "closed":
+        return await fail(`Connection to "${where}" closed before the command finished`);
+      case "exec":
+        return await fail(`Cannot run the command on "${where}": ${e.message}`);
+      case "session":
+        return await fail(`Connection to "${where}" failed: ${e.message}`);
+    }
+  }
+}
+
+/** Connects with ssh2, checks the host key, runs the request and streams its output; returns the exit status. */
+async function runRemote(lib: ClientLib, r: Remote, io: PgoctlIO): Promise<number> {
+  const where = whereOf(r);
+  const conn = new lib.Client();
   let hostKeyProblem: string | undefined;
   let loggedIn = false;
   let relaying = false;
-
-  const verifyHost = async (blob: Buffer): Promise<boolean> => {
-    const key: HostKey = { host: r.host, port: r.port, algo: lib.protocol.blobType(blob), blob };
-    const found: HostKeyResult =
-      policy.mode === "pinned" ? pinnedHostKey(policy.text, key) : await checkHostKey(policy.knownHosts, key);
-    const fp = `${key.algo} key ${lib.protocol.fingerprint(blob)}`;
-    const name = hostKeyName(r.host, r.port);
-    switch (found.status) {
-      case "known":
-        return true;
-      case "unknown":
-        if (policy.mode === "pinned") {
-          hostKeyProblem = `Host key of "${name}" (${fp}) is not the one given in ${policy.source}`;
-          return false;
-        }
-        if (policy.mode === "strict") {
-          hostKeyProblem =
-            `Host key of "${name}" (${fp}) is not in "${policy.knownHosts}", and strict host key checking is on. ` +
-            `Add the host's key there or pass it with --host-key`;
-          return false;
-        }
-        try {
-          await addHostKey(policy.knownHosts, key);
-          await io.stderr.write(`pgoctl: Trusting "${name}" on first use: added its ${fp} to "${policy.knownHosts}"\n`);
-        } catch (e) {
-          await io.stderr.write(`pgoctl: Trusting "${name}" on first use (${fp}), but cannot record it in "${policy.knownHosts}": ${errorMessage(e)}\n`);
-        }
-        return true;
-      case "changed":
-        if (policy.mode === "pinned") {
-          hostKeyProblem = `Host key of "${name}" (${fp}) is not the one given in ${policy.source}`;
-          return false;
-        }
-        hostKeyProblem =
-          `Host key of "${name}" has changed: it now offers ${fp}, but "${policy.knownHosts}" line ${found.line} holds another key. ` +
-          `This may be an attack. If the change is expected, remove line ${found.line} of "${policy.knownHosts}" ` +
-          `(ssh-keygen -R "${name}" -f "${policy.knownHosts}") and try again`;
-        return false;
-      case "revoked":
-        hostKeyProblem = `Host key of "${name}" (${fp}) is marked revoked in ${from} line ${found.line}`;
-        return false;
-    }
-  };
 
   return await new Promise<number>((resolve) => {
     let settled = false;
@@ -419,12 +550,12 @@ async function runRemote(lib: ClientLib, r: Remote, io: PgoctlIO): Promise<numbe
       authHandler: [publicKeyAuth],
       algorithms: lib.protocol.sshAlgorithms(),
       readyTimeout: CONNECT_TIMEOUT_MS,
-      keepaliveInterval: 15_000,
-      keepaliveCountMax: 3,
+      keepaliveInterval: KEEPALIVE_MS,
+      keepaliveCountMax: KEEPALIVE_COUNT_MAX,
       hostVerifier: (blob: Buffer, verify: (ok: boolean) => void): void => {
-        verifyHost(blob).then(verify, (e) => {
-          hostKeyProblem = `Cannot check the host key of "${where}" in ${from}: ${errorMessage(e)}`;
-          verify(false);
+        judgeHostKey(lib, r, blob, io).then((problem) => {
+          hostKeyProblem = problem;
+          verify(problem === undefined);
         });
       },
     });
@@ -453,6 +584,7 @@ function relay(channel: ClientChannel, io: PgoctlIO): Promise<RelayResult> {
       new Promise((done) => {
         let dropping = false;
         from.on("data", (chunk: Buffer) => {
+          warmUp(chunk.length);
           if (dropping) return;
           from.pause();
           to.write(chunk).then(

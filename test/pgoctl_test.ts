@@ -2,12 +2,15 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Server as Ssh2Server } from "ssh2";
 import { UsageError } from "../src/errors.ts";
 import { keysEqual, parseAuthorizedKeys, type PublicKey } from "../src/keys.ts";
 import { memoryLogger } from "../src/log.ts";
 import { parseArgs, requestText, runPgoctl, USAGE, VERSION, type Output } from "../src/pgoctl.ts";
 import { startSshServer, type SessionIO, type SshServer } from "../src/ssh_server.ts";
 import { parseRequest } from "../src/target.ts";
+import { MSG } from "../src/ssh_wire.ts";
+import { startFakeSshServer } from "./ssh_fake_server.ts";
 
 let dir: string;
 let home: string;
@@ -23,10 +26,15 @@ function sh(argv: string[]): void {
   if (p.exitCode !== 0) throw new Error(`${argv.join(" ")}: ${p.stderr.toString()}`);
 }
 
-/** The fake pgod: echoes the parsed request as JSON; `exit N` exits N; `flood` writes until the client goes away. */
+/** The fake pgod: echoes the parsed request as JSON; `exit N` exits N; `flood` writes until the client goes away; `big N` writes N bytes. */
 async function handle(_key: unknown, command: string, io: SessionIO): Promise<number> {
   requests++;
   const r = parseRequest(command);
+  if (r.command === "big") {
+    const chunk = new Uint8Array(50_000).map((_, i) => i % 253);
+    for (let left = Number(r.args[0]); left > 0; left -= chunk.length) await io.stdout.write(chunk.subarray(0, Math.min(left, chunk.length)));
+    return 0;
+  }
   if (r.command === "flood") {
     const chunk = new Uint8Array(32 * 1024).fill(121);
     while (!io.signal.aborted) await io.stdout.write(chunk);
@@ -78,6 +86,11 @@ afterAll(async () => {
   await server.close();
   await rm(dir, { recursive: true, force: true });
 });
+
+/** The OpenSSH fingerprint of a key blob. */
+function fingerprintOf(blob: Uint8Array): string {
+  return `SHA256:${new Bun.CryptoHasher("sha256").update(blob).digest("base64").replace(/=+$/, "")}`;
+}
 
 function memoryOutput(): { out: Output; text: () => string } {
   const chunks: Buffer[] = [];
@@ -302,6 +315,116 @@ describe("host key checking for CI (--strict-host-keys, --host-key)", () => {
     expect(r.code).toBe(0);
     expect(r.stderr).toContain(`but cannot record it in "${bare}/.ssh/known_hosts"`);
     expect(await readdir(bare)).toEqual([]);
+  });
+});
+
+describe("pgoctl's own SSH client and the fallback to ssh2", () => {
+  test("an Ed25519 identity runs on pgoctl's own client, which records an unknown host on first use", async () => {
+    let ident = "";
+    const fake = await startFakeSshServer(async (c) => {
+      await c.identify();
+      ident = new TextDecoder().decode(c.clientIdent);
+      await c.kex();
+      const { user } = await c.login();
+      const command = await c.exec();
+      await c.data(`${user} ran ${command}\n`);
+      await c.exit(7);
+    });
+    try {
+      const kh = join(dir, "kh-fast");
+      const r = await pgoctl(["-i", key, "-p", String(fake.port), "--known-hosts", kh, "127.0.0.1:web//logs", "--tail", "10"]);
+      expect({ code: r.code, stdout: r.stdout, ident }).toEqual({ code: 7, stdout: "tester ran web//logs --tail 10\n", ident: "SSH-2.0-pgoctl" });
+      expect(r.stderr).toBe(`pgoctl: Trusting "[127.0.0.1]:${fake.port}" on first use: added its ssh-ed25519 key ${fingerprintOf(fake.hostKey.blob)} to "${kh}"\n`);
+      expect(await readFile(kh, "utf8")).toBe(`[127.0.0.1]:${fake.port} ssh-ed25519 ${Buffer.from(fake.hostKey.blob).toString("base64")}\n`);
+    } finally {
+      fake.close();
+    }
+  });
+
+  test("3 MB of output arrives intact and in order", async () => {
+    const chunks: Buffer[] = [];
+    const e = memoryOutput();
+    const code = await runPgoctl(["-i", key, "-p", port, "--host-key", hostPub, "127.0.0.1:web//big", "3000000"], {
+      stdout: { write: async (c) => void chunks.push(Buffer.from(c)) },
+      stderr: e.out,
+      env: { HOME: home, USER: "tester" },
+    });
+    const out = Buffer.concat(chunks);
+    expect({ code, length: out.length, stderr: e.text() }).toEqual({ code: 0, length: 3_000_000, stderr: "" });
+    expect(out.every((b, i) => b === (i % 50_000) % 253)).toBe(true);
+  });
+
+  test("reads the identity from a named pipe (process substitution) as from a file", async () => {
+    const fifo = join(dir, "id_fifo");
+    sh(["mkfifo", fifo]);
+    const writer = Bun.spawn(["sh", "-c", `cat "${key}" > "${fifo}"`]);
+    const r = await pgoctl(["-i", fifo, "-p", port, "127.0.0.1:web//exit", "4"]);
+    await writer.exited;
+    expect(r.code).toBe(4);
+  });
+
+  test("a server whose host key signature is wrong gets exit 255: nothing is recorded and nothing runs", async () => {
+    const fake = await startFakeSshServer(async (c) => {
+      await c.identify();
+      await c.kex({ badSignature: true });
+      await c.login();
+      await c.exec();
+    });
+    try {
+      const kh = join(dir, "kh-badsig");
+      const r = await pgoctl(["-i", key, "-p", String(fake.port), "--known-hosts", kh, "127.0.0.1:web//ps"]);
+      expect(r).toEqual({
+        code: 255,
+        stdout: "",
+        stderr: `pgoctl: Cannot connect to "127.0.0.1:${fake.port}": Handshake failed: signature verification failed\n`,
+      });
+      expect(await Bun.file(kh).exists()).toBe(false);
+      expect(fake.conns[0]!.seen).not.toContain(MSG.USERAUTH_REQUEST);
+    } finally {
+      fake.close();
+    }
+  });
+
+  test("a server without AES-GCM is reached through ssh2, which judges the host key itself: trusted once, refused once changed", async () => {
+    let ran = 0;
+    const hostKey = await readFile(join(dir, "host_key_a"), "utf8");
+    const srv = new Ssh2Server(
+      { hostKeys: [hostKey], algorithms: { kex: ["curve25519-sha256"], cipher: ["aes128-ctr"], hmac: ["hmac-sha2-256"], serverHostKey: ["ssh-ed25519"] } },
+      (client) => {
+        client.on("error", () => {});
+        client.on("authentication", (ctx) => (ctx.method === "publickey" ? ctx.accept() : ctx.reject(["publickey"])));
+        client.on("session", (accept) => {
+          accept().once("exec", (acceptExec, _reject, info) => {
+            ran++;
+            const ch = acceptExec();
+            ch.write(`ran ${info.command}\n`);
+            ch.exit(0);
+            ch.end();
+          });
+        });
+      },
+    );
+    await new Promise<void>((resolve) => srv.listen(0, "127.0.0.1", () => resolve()));
+    const ctrPort = String((srv.address() as { port: number }).port);
+    try {
+      const kh = join(dir, "kh-ctr");
+      const first = await pgoctl(["-i", key, "-p", ctrPort, "--known-hosts", kh, "127.0.0.1:web//ps"]);
+      expect({ code: first.code, stdout: first.stdout }).toEqual({ code: 0, stdout: "ran web//ps\n" });
+      expect(first.stderr.match(/Trusting/g)?.length).toBe(1);
+      expect(await readFile(kh, "utf8")).toBe(`[127.0.0.1]:${ctrPort} ${hostPub}\n`);
+
+      const other = (await readFile(join(dir, "id_unknown.pub"), "utf8")).split(" ").slice(0, 2).join(" ");
+      await writeFile(kh, `[127.0.0.1]:${ctrPort} ${other}\n`);
+      const changed = await pgoctl(["-i", key, "-p", ctrPort, "--known-hosts", kh, "127.0.0.1:web//ps"]);
+      expect({ code: changed.code, stdout: changed.stdout }).toEqual({ code: 255, stdout: "" });
+      expect(changed.stderr).toStartWith(`pgoctl: Host key of "[127.0.0.1]:${ctrPort}" has changed`);
+      const strict = await pgoctl(["-i", key, "-p", ctrPort, "--known-hosts", join(dir, "kh-ctr-strict"), "--strict-host-keys", "127.0.0.1:web//ps"]);
+      expect({ code: strict.code, stdout: strict.stdout }).toEqual({ code: 255, stdout: "" });
+      expect(strict.stderr).toContain("strict host key checking is on");
+      expect(ran).toBe(1);
+    } finally {
+      srv.close();
+    }
   });
 });
 
