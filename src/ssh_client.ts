@@ -278,6 +278,9 @@ class Transport {
   received = 0;
   private inCipher: GcmCipher | null = null;
   private outCipher: GcmCipher | null = null;
+  /** Packets framed (sealed, or being sealed) in order and not handed to the socket yet. */
+  private queue: (Uint8Array | Promise<Uint8Array>)[] = [];
+  private flushing = false;
   private writes: Promise<void> = Promise.resolve();
   /** Messages other than key exchange ones are held here while this client's key exchange runs. */
   private held: Uint8Array[] | null = null;
@@ -309,11 +312,43 @@ class Transport {
     const framed = framePacket(payload, cipher !== null);
     this.outSeq = (this.outSeq + 1) >>> 0;
     if (cipher === null) {
-      this.writes = this.writes.then(() => this.link.write(framed));
-      return;
+      this.queue.push(framed);
+    } else {
+      const sealed = cipher.seal(framed); // takes its nonce now, in packet order
+      sealed.catch(() => {}); // failures are reported by flush()
+      this.queue.push(sealed);
     }
-    const sealed = cipher.seal(framed); // takes its nonce now, in packet order
-    this.writes = this.writes.then(async () => this.link.write(await sealed)).catch((e: unknown) => this.link.fail(e as Error));
+    if (!this.flushing) this.writes = this.flush();
+  }
+
+  /**
+   * Hands the queued packets to the socket in order, those queued in the same turn of the event
+   * loop in one write: one segment for the server to read instead of several (the login goes
+   * out with NEWKEYS).
+   */
+  private async flush(): Promise<void> {
+    this.flushing = true;
+    try {
+      await null;
+      while (this.queue.length > 0) {
+        const batch = await Promise.all(this.queue.splice(0));
+        if (batch.length === 1) {
+          this.link.write(batch[0]!);
+          continue;
+        }
+        const out = new Uint8Array(batch.reduce((n, b) => n + b.length, 0));
+        let at = 0;
+        for (const b of batch) {
+          out.set(b, at);
+          at += b.length;
+        }
+        this.link.write(out);
+      }
+    } catch (e) {
+      this.link.fail(e as Error);
+    } finally {
+      this.flushing = false;
+    }
   }
 
   /** Sends the identification line and the first KEXINIT in one write. */
@@ -414,6 +449,8 @@ async function keyExchange(
   theirs: Uint8Array,
   eph: Promise<Ephemeral>,
   checkHostKey: (blob: Uint8Array) => Promise<string | undefined>,
+  /** Payloads to send right after this client's NEWKEYS, in the same write (made from the session id). */
+  after?: (sessionId: Uint8Array) => Promise<Uint8Array[]>,
 ): Promise<void> {
   const t = s.t;
   const first = s.sessionId === undefined;
@@ -477,8 +514,10 @@ async function keyExchange(
     makeCipher(secret, hash, s.sessionId!, "A", "C", chosen.cipherCs),
     makeCipher(secret, hash, s.sessionId!, "B", "D", chosen.cipherSc),
   ]);
+  const next = after ? await after(s.sessionId!) : [];
   t.send(new Uint8Array([MSG.NEWKEYS]));
   t.newKeysSent(out, s.strict);
+  for (const p of next) t.send(p);
   await readKexMessage(s, MSG.NEWKEYS);
   t.newKeysReceived(inn, s.strict);
 }
@@ -616,18 +655,20 @@ class Exec {
       if (t.inSeq !== 1 && parseKexInit(theirs).kex.includes("kex-strict-s-v00@openssh.com")) {
         throw new SshProtocolError("Handshake failed: KEXINIT not first packet in strict KEX mode");
       }
-      await keyExchange(s, ours, theirs, eph, o.checkHostKey);
-      const next = (): Promise<Uint8Array> => nextMessage(s, o.checkHostKey);
-
-      // The service request and the signed login at once: no "would this key do?" round trip first.
+      // The service request and the signed login go out with NEWKEYS: no "would this key do?"
+      // round trip first, and no waiting for the service to be accepted.
       const blob = o.identity.publicBlob;
       const request = (w: SshWriter): SshWriter =>
         w.byte(MSG.USERAUTH_REQUEST).string(o.user).string("ssh-connection").string("publickey").bool(true).string("ssh-ed25519").string(blob);
-      const signature = new Uint8Array(
-        await crypto.subtle.sign("Ed25519", await signingKey, request(new SshWriter().string(s.sessionId!)).finish()),
-      );
-      t.send(new SshWriter().byte(MSG.SERVICE_REQUEST).string("ssh-userauth").finish());
-      t.send(request(new SshWriter()).string(new SshWriter().string("ssh-ed25519").string(signature).finish()).finish());
+      const login = async (sessionId: Uint8Array): Promise<Uint8Array[]> => {
+        const signature = new Uint8Array(await crypto.subtle.sign("Ed25519", await signingKey, request(new SshWriter().string(sessionId)).finish()));
+        return [
+          new SshWriter().byte(MSG.SERVICE_REQUEST).string("ssh-userauth").finish(),
+          request(new SshWriter()).string(new SshWriter().string("ssh-ed25519").string(signature).finish()).finish(),
+        ];
+      };
+      await keyExchange(s, ours, theirs, eph, o.checkHostKey, login);
+      const next = (): Promise<Uint8Array> => nextMessage(s, o.checkHostKey);
       const accept = await next();
       if (accept[0] !== MSG.SERVICE_ACCEPT) throw new SshProtocolError(`Received packet ${accept[0]} instead of SERVICE_ACCEPT`);
       for (;;) {
@@ -668,12 +709,19 @@ class Exec {
     } finally {
       clearTimeout(timer);
       clearInterval(this.keepalive);
-      if (this.link && this.t) {
-        this.t.send(new SshWriter().byte(MSG.DISCONNECT).uint32(DISCONNECT_BY_APPLICATION).string("").string("").finish());
-        await this.t.flushed();
-      }
+      this.disconnect();
+      await this.t?.flushed();
       this.link?.close();
     }
+  }
+
+  private disconnected = false;
+
+  /** Says goodbye to the server (once). */
+  private disconnect(): void {
+    if (this.disconnected || !this.t) return;
+    this.disconnected = true;
+    this.t.send(new SshWriter().byte(MSG.DISCONNECT).uint32(DISCONNECT_BY_APPLICATION).string("").string("").finish());
   }
 
   /** With nothing heard for keepaliveMs, asks the server for an answer; too many unanswered end the connection. */
@@ -783,6 +831,7 @@ class Exec {
             channel(r);
             closing = true;
             t.send(new SshWriter().byte(MSG.CHANNEL_CLOSE).uint32(remote).finish());
+            this.disconnect();
             await Promise.all([stdout, stderr]);
             return result;
           default:
