@@ -153,8 +153,13 @@ class Link {
         },
       });
     } catch (e) {
+      // Worded as Node's net module words it (what pgoctl printed with ssh2).
       const err = e as { code?: string; syscall?: string; message?: string };
-      const what = err.code ? `${err.syscall ?? "connect"} ${err.code} ${host}:${port}` : (err.message ?? String(e));
+      const what = !err.code
+        ? (err.message ?? String(e))
+        : err.syscall === "getaddrinfo"
+          ? `getaddrinfo ${err.code} ${host}`
+          : `${err.syscall ?? "connect"} ${err.code} ${host}:${port}`;
       throw new SshClientError("connect", what);
     }
     // Nagle's algorithm would hold our small handshake packets for the server's delayed ACKs.
@@ -429,11 +434,16 @@ async function readServerIdent(link: Link): Promise<Uint8Array> {
   }
 }
 
+/** Server-chosen text for a message of ours: control characters (terminal escapes) replaced. */
+function printable(s: string): string {
+  return s.replace(/[\x00-\x1f\x7f-\x9f]/g, "?");
+}
+
 /** A DISCONNECT message as the error it ends the connection with (as ssh2 words it). */
 function disconnected(payload: Uint8Array): Error {
   const r = new SshReader(payload, 1);
   const reason = r.uint32();
-  const desc = r.text().slice(0, 200).replace(/[\x00-\x1f\x7f-\x9f]/g, "?");
+  const desc = printable(r.text().slice(0, 200));
   if (reason === DISCONNECT_BY_APPLICATION) return new SshClientError("closed", "Connection closed by the server");
   return new SshProtocolError(desc.trim() === "" ? `Unexpected disconnection reason: ${reason}` : desc);
 }
@@ -695,7 +705,7 @@ class Exec {
         if (p[0] === MSG.CHANNEL_OPEN_FAILURE) {
           if (r.uint32() !== 0) throw new SshProtocolError("Channel open failure for an unknown channel");
           r.uint32();
-          throw new SshClientError("exec", `(SSH) Channel open failure: ${r.text().slice(0, 200)}`);
+          throw new SshClientError("exec", `(SSH) Channel open failure: ${printable(r.text().slice(0, 200))}`);
         }
         if (!refuseChannelOpen(t, p)) unexpected(s, p);
       }
@@ -820,7 +830,7 @@ class Exec {
             const name = r.text();
             const wantReply = r.bool();
             if (name === "exit-status") result.code = r.uint32();
-            else if (name === "exit-signal") result.signal = `SIG${r.text().slice(0, 32)}`;
+            else if (name === "exit-signal") result.signal = `SIG${printable(r.text().slice(0, 32))}`;
             else if (wantReply) t.send(new SshWriter().byte(MSG.CHANNEL_FAILURE).uint32(remote).finish());
             break;
           }

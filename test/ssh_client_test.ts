@@ -509,6 +509,40 @@ describe("execSsh() against a hostile server", () => {
     expect(s.conns[0]!.seen.filter((t) => t === MSG.GLOBAL_REQUEST).length).toBeGreaterThanOrEqual(1);
   });
 
+  test("a refused channel or exec request fails as such, and server text in messages is made printable", async () => {
+    const refusedChannel = await fake(async (c) => {
+      await c.identify();
+      await c.kex();
+      await c.read();
+      await c.send(new SshWriter().byte(MSG.SERVICE_ACCEPT).string("ssh-userauth").finish());
+      await c.read();
+      await c.send(new SshWriter().byte(MSG.USERAUTH_BANNER).string("welcome").string("").finish());
+      await c.send(new Uint8Array([MSG.USERAUTH_SUCCESS]));
+      await c.read();
+      await c.send(new SshWriter().byte(MSG.CHANNEL_OPEN_FAILURE).uint32(0).uint32(4).string("full\x1b[2J").string("").finish());
+    });
+    expect(failure(await run(refusedChannel.port, "x"))).toEqual({ stage: "exec", message: "(SSH) Channel open failure: full?[2J" });
+    const refusedExec = await fake(async (c) => {
+      await c.identify();
+      await c.kex();
+      await c.login();
+      await c.read();
+      await c.send(new SshWriter().byte(MSG.CHANNEL_OPEN_CONFIRMATION).uint32(0).uint32(3).uint32(1 << 20).uint32(32768).finish());
+      await c.read();
+      await c.send(new SshWriter().byte(MSG.CHANNEL_FAILURE).uint32(0).finish());
+    });
+    expect(failure(await run(refusedExec.port, "x"))).toEqual({ stage: "exec", message: "Unable to exec" });
+    const signal = await fake(async (c) => {
+      await c.identify();
+      await c.kex();
+      await c.login();
+      await c.exec();
+      await c.send(new SshWriter().byte(MSG.CHANNEL_REQUEST).uint32(0).string("exit-signal").bool(false).string("KILL\x1b]0;x\x07").bool(false).string("").string("").finish());
+      await c.send(new SshWriter().byte(MSG.CHANNEL_CLOSE).uint32(0).finish());
+    });
+    expect((await run(signal.port, "x")).result).toEqual({ broken: false, signal: "SIGKILL?]0;x?" });
+  });
+
   test("channels and requests the server opens are refused, and the command still runs", async () => {
     const s = await fake(async (c) => {
       await c.identify();
