@@ -529,16 +529,18 @@ async function load(concurrency: number, total: number, maxMs: number, one: () =
   return { done, errors, seconds: (performance.now() - t0) / 1000, firstError };
 }
 
-/** A finished process: wall time, its exit status and output, and its peak RSS (KiB). */
-async function runUsage(argv: string[], env?: Record<string, string | undefined>): Promise<{ code: number; stdout: string; stderr: string; ms: number; rssKiB: number }> {
+/** A finished process: wall time, its exit status and output, its peak RSS (KiB) and its own CPU (ru_utime + ru_stime, ms). */
+async function runUsage(argv: string[], env?: Record<string, string | undefined>): Promise<{ code: number; stdout: string; stderr: string; ms: number; rssKiB: number; cpuMs: number }> {
   const t = performance.now();
   const proc = Bun.spawn(argv, { cwd: "/", env: env ?? process.env, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
   const timer = setTimeout(() => proc.kill("SIGKILL"), 30_000);
   const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
   clearTimeout(timer);
   const ms = performance.now() - t;
-  // Bun reports maxRSS in bytes.
-  return { code, stdout, stderr, ms, rssKiB: Number(proc.resourceUsage()?.maxRSS ?? 0) / 1024 };
+  // Bun reports maxRSS in bytes and CPU times in microseconds.
+  const usage = proc.resourceUsage();
+  const cpuMs = usage ? Number(usage.cpuTime.user + usage.cpuTime.system) / 1000 : NaN;
+  return { code, stdout, stderr, ms, rssKiB: Number(usage?.maxRSS ?? 0) / 1024, cpuMs };
 }
 
 async function ping(engine: Engine, p: ReturnType<typeof plan>["s4"]): Promise<void> {
@@ -558,10 +560,13 @@ async function ping(engine: Engine, p: ReturnType<typeof plan>["s4"]): Promise<v
   await Bun.write(`${empty}.ts`, 'console.log("");\n');
   await run(["bun", "build", "--compile", "--bytecode", "--format=esm", "--no-compile-autoload-dotenv", "--no-compile-autoload-bunfig", `${empty}.ts`, "--outfile", empty], { cwd: root });
   const rss: number[] = [];
+  // CPU of each whole process (ru_utime + ru_stime): load inflates it much less than wall time.
+  const cpu = { empty: [] as number[], version: [] as number[], ping: [] as number[] };
   const pgoctlCmd = async (cmd: string, ...args: string[]): Promise<number> => {
     const r = await runUsage([PGOCTL, "-i", key.file, "-p", String(port), "--known-hosts", knownHosts, `127.0.0.1:${name}//${cmd}`, ...args]);
     if (r.code !== 0 || (cmd === "ping" && !r.stdout.startsWith("pong"))) throw new Error(`pgoctl ${cmd} failed (${r.code}): ${r.stderr.trim()}`);
     rss.push(r.rssKiB);
+    if (cmd === "ping") cpu.ping.push(r.cpuMs);
     return r.ms;
   };
   const pgoctl = (): Promise<number> => pgoctlCmd("ping");
@@ -591,16 +596,21 @@ async function ping(engine: Engine, p: ReturnType<typeof plan>["s4"]): Promise<v
   const emptyMs: number[] = [];
   const version: number[] = [];
   const floor = async (): Promise<void> => {
-    emptyMs.push((await runUsage([empty])).ms);
-    version.push((await runUsage([PGOCTL, "--version"])).ms);
+    const e = await runUsage([empty]);
+    const v = await runUsage([PGOCTL, "--version"]);
+    emptyMs.push(e.ms);
+    version.push(v.ms);
+    cpu.empty.push(e.cpuMs);
+    cpu.version.push(v.cpuMs);
   };
   const a = await series("pgoctl", p.pgoctl, warm, async () => {
     await floor();
     return await pgoctl();
   });
+  const pingCpu = cpu.ping.slice(-a.length); // the measured series, not the warm-up or the first (host key) run
   const b = await series("OpenSSH ssh", p.ssh, warm, openssh);
   const c = await series("in-process ssh2", p.inproc, Math.max(1, warm), inproc);
-  raw["s4.latency"] = { pgoctl: a, ssh: b, inproc: c, empty: emptyMs, version };
+  raw["s4.latency"] = { pgoctl: a, ssh: b, inproc: c, empty: emptyMs, version, cpu: { ...cpu, ping: pingCpu }, loadAverage: loadAverage() };
   const lat = (figure: string, xs: number[], target: string, ok: (p50: number, p99: number) => boolean): void => {
     const p50 = percentile(xs, 50);
     const p99 = percentile(xs, 99);
@@ -615,6 +625,11 @@ async function ping(engine: Engine, p: ReturnType<typeof plan>["s4"]): Promise<v
   row({ id: "4", figure: "  the same as a ratio to the empty program's median: p50 / p99", ours: `${(percentile(a, 50) / e50).toFixed(2)} / ${(percentile(a, 99) / e50).toFixed(2)}` });
   const v50 = median(version);
   row({ id: "4", figure: "  `dist/pgoctl --version` (process start and what it loads, no network), median; minus the empty program", ours: `${ms(v50, 1)}; ${ms(v50 - e50, 1)}`, target: "<= 10 ms more", verdict: verdict(v50 - e50 <= 10) });
+  row({
+    id: "4", figure: "  CPU per process (ru_utime + ru_stime), median: the empty program / `pgoctl --version` / `pgoctl ping`",
+    ours: `${ms(median(cpu.empty), 1)} / ${ms(median(cpu.version), 1)} / ${ms(median(pingCpu), 1)}`,
+  });
+  row({ id: "4", figure: "  load average (1 min) when the latency series ended", ours: loadAverage().toFixed(2) });
   const rssMiB = rss.map((k) => k / 1024);
   row({ id: "4", figure: "  peak RSS of a `pgoctl ping` process (ru_maxrss), median / max", ours: `${median(rssMiB).toFixed(1)} / ${Math.max(...rssMiB).toFixed(1)} MiB` });
   lat("ping via OpenSSH `ssh`", b, "p50 <= 20 ms", (p50) => p50 <= 20);
@@ -654,12 +669,14 @@ async function ping(engine: Engine, p: ReturnType<typeof plan>["s4"]): Promise<v
   // The same with whole processes as clients, for comparison with the original's figure.
   for (const [what, f] of [["`pgoctl` processes", pgoctl], ["OpenSSH `ssh` processes", openssh]] as const) {
     const q0 = cpuTimes(pg.pid);
+    const cpuBefore = cpu.ping.length;
     const q = await load(20, p.procLoad, p.loadMs, f);
     const qd = cpuDelta(q0, cpuTimes(pg.pid));
     const qps = q.done / q.seconds;
     const isPgoctl = what.includes("pgoctl");
     row({
-      id: "4", figure: `  ping throughput, 20 concurrent ${what} (${q.done} requests)`, ours: `${qps.toFixed(0)} req/s, pgod ${ms((qd.total * 1000) / q.done, 2)}/req`,
+      id: "4", figure: `  ping throughput, 20 concurrent ${what} (${q.done} requests)`,
+      ours: `${qps.toFixed(0)} req/s, pgod ${ms((qd.total * 1000) / q.done, 2)}/req${isPgoctl ? `, pgoctl ${ms(median(cpu.ping.slice(cpuBefore)), 1)} CPU/process` : ""}`,
       target: isPgoctl ? ">= 45 req/s" : "(informational)", verdict: isPgoctl ? verdict(qps >= 45 && q.errors === 0) : "",
     });
     if (q.errors > 0) notes.push(`${what}: ${q.errors} requests failed; first: ${q.firstError}`);
