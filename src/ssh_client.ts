@@ -480,7 +480,7 @@ async function keyExchange(
   const { privateKey, publicKey } = await eph;
   t.send(new SshWriter().byte(MSG.KEX_ECDH_INIT).string(publicKey).finish());
 
-  const reply = await readKexMessage(s, MSG.KEX_ECDH_REPLY);
+  const reply = await readKexMessage(s, MSG.KEX_ECDH_REPLY, first);
   const r = new SshReader(reply, 1);
   const hostKey = r.bytes().slice();
   const serverPublic = r.bytes().slice();
@@ -528,7 +528,7 @@ async function keyExchange(
   t.send(new Uint8Array([MSG.NEWKEYS]));
   t.newKeysSent(out, s.strict);
   for (const p of next) t.send(p);
-  await readKexMessage(s, MSG.NEWKEYS);
+  await readKexMessage(s, MSG.NEWKEYS, first);
   t.newKeysReceived(inn, s.strict);
 }
 
@@ -543,15 +543,15 @@ async function makeCipher(secret: Uint8Array, hash: Uint8Array, sessionId: Uint8
 }
 
 /**
- * The next message of a key exchange, which must be `type`. In strict mode nothing else may
- * come; otherwise IGNORE and DEBUG are skipped.
+ * The next message of a key exchange, which must be `type`. In the first key exchange in
+ * strict mode nothing else may come; otherwise IGNORE and DEBUG are skipped.
  */
-async function readKexMessage(s: Session, type: number): Promise<Uint8Array> {
+async function readKexMessage(s: Session, type: number, first: boolean): Promise<Uint8Array> {
   for (;;) {
     const p = await s.t.read();
     if (p[0] === type) return p;
     if (p[0] === MSG.DISCONNECT) throw disconnected(p);
-    if (!s.strict && (p[0] === MSG.IGNORE || p[0] === MSG.DEBUG)) continue;
+    if (!(first && s.strict) && (p[0] === MSG.IGNORE || p[0] === MSG.DEBUG)) continue;
     throw new SshProtocolError(`Handshake failed: received packet ${p[0]} instead of ${type}`);
   }
 }
