@@ -1,15 +1,16 @@
 /**
  * Compares builds of pgoctl as whole processes against one pgod (fake engine), interleaved run
- * by run so all see the same machine load: wall time, the process's own CPU (ru_utime +
- * ru_stime, which load inflates much less than wall time) and peak RSS of `pgoctl ... //ping`,
- * with the empty compiled Bun program of the same rounds as the runtime's floor. Then 20
- * concurrent processes of each build for throughput. For bench/README.md ("Whole-process
- * clients (issue 15)").
+ * by run so all see the same machine load: wall time and the process's own CPU (ru_utime +
+ * ru_stime, which load inflates much less than wall time) of `pgoctl ... //ping` and
+ * `pgoctl --version`, with the empty compiled Bun program of the same rounds as the runtime's
+ * floor; peak RSS from GNU time; then 20 concurrent processes of each build for throughput.
+ * For bench/README.md ("Whole-process clients (issue 15)").
  *
  *   bun bench/pgoctl_cpu.ts [ROUNDS=20] [LOAD_REQUESTS=100] PGOCTL_A [PGOCTL_B ...]
  *
  * Each PGOCTL is a pgoctl binary (or `label=path`); pgod is dist/pgod (PGOD_BIN).
  */
+import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { cleanupAll, composeFile, fakeEngine, loadAverage, makeKey, percentile, Pgod, Repo, run, RUN_PREFIX, tempDir } from "./lib.ts";
 
@@ -27,10 +28,9 @@ if (builds.length === 0 || !Number.isFinite(rounds)) {
 interface Sample {
   wall: number;
   cpu: number;
-  rssMiB: number;
 }
 
-/** Runs a process to its end; wall ms, its own CPU ms and peak RSS. */
+/** Runs a process to its end; wall ms and its own CPU ms. */
 async function measure(argv: string[]): Promise<Sample & { code: number; stdout: string; stderr: string }> {
   const t = performance.now();
   const proc = Bun.spawn(argv, { cwd: "/", env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: "/root", USER: "bench" }, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
@@ -38,7 +38,17 @@ async function measure(argv: string[]): Promise<Sample & { code: number; stdout:
   const wall = performance.now() - t;
   const u = proc.resourceUsage();
   const cpu = u ? Number(u.cpuTime.user + u.cpuTime.system) / 1000 : NaN;
-  return { wall, cpu, rssMiB: Number(u?.maxRSS ?? 0) / 1024 / 1024, code, stdout, stderr };
+  return { wall, cpu, code, stdout, stderr };
+}
+
+/**
+ * Peak RSS in MiB from GNU time: Bun's maxRSS of a child includes this process's RSS (Bun
+ * starts children with vfork, and Linux carries the parent's RSS into ru_maxrss at exec).
+ */
+async function peakRss(argv: string[], dir: string): Promise<number> {
+  const out = join(dir, "time.out");
+  await run(["/usr/bin/time", "-f", "%M", "-o", out, ...argv], { timeoutMs: 30_000 });
+  return Number((await readFile(out, "utf8")).trim().split("\n").at(-1)) / 1024;
 }
 
 const samples = new Map<string, Sample[]>();
@@ -75,8 +85,17 @@ try {
   const load1 = loadAverage();
   const row = (k: string, xs: Sample[]): string => {
     const f = (pick: (s: Sample) => number): string => `${percentile(xs.map(pick), 50).toFixed(1)} / ${percentile(xs.map(pick), 99).toFixed(1)}`;
-    return `| ${k} | ${f((s) => s.wall)} | ${f((s) => s.cpu)} | ${percentile(xs.map((s) => s.rssMiB), 50).toFixed(1)} |`;
+    return `| ${k} | ${f((s) => s.wall)} | ${f((s) => s.cpu)} | ${percentile(rss.get(k) ?? [NaN], 50).toFixed(1)} |`;
   };
+  const rss = new Map<string, number[]>();
+  const addRss = (k: string, v: number): void => void rss.set(k, [...(rss.get(k) ?? []), v]);
+  for (let i = 0; i < 5; i++) {
+    addRss("empty program", await peakRss([empty], root));
+    for (const b of builds) {
+      addRss(`${b.label} --version`, await peakRss([b.path, "--version"], root));
+      addRss(`${b.label} ping`, await peakRss(ping(b.path), root));
+    }
+  }
   console.log(`\nInterleaved, ${rounds} rounds, load average ${load0.toFixed(2)} at the start and ${load1.toFixed(2)} at the end`);
   console.log("| process | wall p50 / p99 ms | CPU p50 / p99 ms | peak RSS p50 MiB |");
   console.log("| --- | --- | --- | --- |");
