@@ -16,6 +16,8 @@ import {
   type SshLimits,
   type SshServer,
 } from "../src/ssh_server.ts";
+import { runSync as sh } from "./kit/process.ts";
+import { waitFor as poll } from "./kit/wait.ts";
 
 type Handle = (key: ClientKey, command: string, io: SessionIO) => Promise<number>;
 
@@ -26,11 +28,6 @@ let allowed: PublicKey[];
 const servers: SshServer[] = [];
 const clients: Client[] = [];
 const sockets: Socket[] = [];
-
-function sh(argv: string[]): void {
-  const p = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe" });
-  if (p.exitCode !== 0) throw new Error(`${argv.join(" ")}: ${p.stderr.toString()}`);
-}
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "pgo-sshd-"));
@@ -90,12 +87,9 @@ async function run(c: Client, command: string): Promise<{ stdout: string; stderr
   return { stdout, stderr, code };
 }
 
-async function waitFor(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
+/** Polls `cond` every 5 ms until it holds; throws after `ms`. */
+function waitFor(cond: () => boolean, what: string, ms = 5000): Promise<boolean> {
+  return poll(what, cond, Boolean, { timeoutMs: ms, intervalMs: 5, retryErrors: false });
 }
 
 /** Waits until `value()` has not changed for `quietMs` (for measuring how far a blocked writer got). */
