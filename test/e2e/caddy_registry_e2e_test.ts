@@ -124,7 +124,7 @@ describe("Caddy, registries and env with a real Docker engine", () => {
       const [proxy] = await waitFor("one running Caddy container", () => containersOf(caddy), (cs) => cs.length === 1 && cs[0]!.state === "running");
 
       await writeFile(first.config, configText(services(true)));
-      const code = await Promise.race([first.exited, Bun.sleep(20_000).then(() => null)]);
+      const code = await first.exitedWithin(20_000);
       expect(code).toBe(2);
       // Exiting for a restart leaves the proxy serving.
       expect(await getPage(port, "site-a.test")).toBe(`200 page of ${siteA}\n`);

@@ -160,6 +160,11 @@ export class Pgod {
   /** Sends `sig` to pgod and waits (at most `ms`) for the exit status; null when it did not exit. */
   async signal(sig: NodeJS.Signals, ms = 20_000): Promise<number | null> {
     if (this.exitCode === null) kill(this.pid === this.proc.pid ? this.proc : this.pid, sig);
+    return this.exitedWithin(ms);
+  }
+
+  /** The exit status once pgod exits, or null when it is still running after `ms`. */
+  exitedWithin(ms: number): Promise<number | null> {
     return Promise.race([this.exited, Bun.sleep(ms).then(() => null)]);
   }
 

@@ -50,6 +50,21 @@ export async function waitFor<T>(
   }
 }
 
+/**
+ * Checks that `ok(probe())` keeps holding for `ms`, polling every `intervalMs`; throws at once when
+ * it stops holding. For asserting that something does NOT happen within a window (with a real
+ * process on the other side there is no clock to advance).
+ */
+export async function holdsFor<T>(what: string, ms: number, probe: () => Promise<T> | T, ok: (v: T) => boolean, intervalMs = 100): Promise<void> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const v = await probe();
+    if (!ok(v)) throw new Error(`Expected ${what} for ${ms} ms, but saw: ${JSON.stringify(v)}`);
+    if (Date.now() >= until) return;
+    await Bun.sleep(intervalMs);
+  }
+}
+
 /** Polls `probe` until it returns something other than undefined, and returns that. */
 export function waitForValue<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, o: WaitOptions = {}): Promise<T> {
   return waitFor(what, probe, (v) => v !== undefined, o) as Promise<T>;
