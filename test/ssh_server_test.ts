@@ -17,6 +17,7 @@ import {
   type SshServer,
 } from "../src/ssh_server.ts";
 import { runSync as sh } from "./kit/process.ts";
+import { openssh } from "./kit/ssh.ts";
 import { waitFor as poll } from "./kit/wait.ts";
 
 type Handle = (key: ClientKey, command: string, io: SessionIO) => Promise<number>;
@@ -395,31 +396,13 @@ describe("startSshServer()", () => {
 
   test("OpenSSH's ssh gets the output and the exit status", async () => {
     const { srv } = await start(echo);
-    const p = Bun.spawn(
-      [
-        "ssh", "-F", "/dev/null", "-p", String(srv.port), "-i", join(dir, "good"),
-        "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-        "127.0.0.1", "svc//ps",
-      ],
-      { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
-    );
-    const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+    const { stdout, stderr, code } = await openssh(srv.port, join(dir, "good"), "svc//ps");
     expect({ stdout, stderr, code }).toEqual({ stdout: "out:svc//ps\n", stderr: "err:some\n", code: 42 });
   });
 
   test("OpenSSH's ssh with an unknown key is refused with exit status 255", async () => {
     const { srv } = await start(echo);
-    const p = Bun.spawn(
-      [
-        "ssh", "-F", "/dev/null", "-p", String(srv.port), "-i", join(dir, "bad"),
-        "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-        "127.0.0.1", "svc//ps",
-      ],
-      { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
-    );
-    const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+    const { stdout, stderr, code } = await openssh(srv.port, join(dir, "bad"), "svc//ps");
     expect(code).toBe(255);
     expect(stdout).toBe("");
     expect(stderr).toContain("Permission denied (publickey)");
@@ -572,16 +555,7 @@ describe("startSshServer() keeps one key holder from locking other teams out", (
     const rsaPub = parseAuthorizedKeys(await readFile(join(dir, "rsa.pub"), "utf8"));
     const { srv, log } = await start(pong, { known: (k) => rsaPub.some((a) => keysEqual(a, k)) });
     const ssh = async (extra: string[]) => {
-      const p = Bun.spawn(
-        [
-          "ssh", "-F", "/dev/null", "-p", String(srv.port), "-i", join(dir, "rsa"), ...extra,
-          "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=no",
-          "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-          "127.0.0.1", "svc//ping",
-        ],
-        { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
-      );
-      const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+      const { stdout, stderr, code } = await openssh(srv.port, join(dir, "rsa"), "svc//ping", extra);
       return { stdout, stderr, code };
     };
     expect(await ssh([])).toEqual({ stdout: "pong\n", stderr: "", code: 0 });

@@ -12,6 +12,7 @@ import type { ServiceSpec } from "../kit/pgod.ts";
 import { run } from "../kit/process.ts";
 import type { Ran as Finished } from "../kit/process.ts";
 import { Repo } from "../kit/repo.ts";
+import { openssh as opensshAt } from "../kit/ssh.ts";
 import { randomId, tempDir } from "../kit/temp.ts";
 import { waitFor } from "../kit/wait.ts";
 import type { WaitOptions } from "../kit/wait.ts";
@@ -284,14 +285,7 @@ export async function pgoctl(c: Client, target: string, ...args: string[]): Prom
 
 /** Sends `request` as one string with OpenSSH's ssh (no config file, no agent, no host key checks). */
 export async function openssh(c: Client, request: string): Promise<Ran> {
-  return outcome(await run(
-    [
-      "ssh", "-F", "/dev/null", "-p", String(c.port), "-i", c.key.file, "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
-      "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-      "127.0.0.1", request,
-    ],
-    { check: false },
-  ));
+  return outcome(await opensshAt(c.port, c.key.file, request));
 }
 
 /** A log line of an exec of `docker compose ... <sub>` for project `name` (pgod runs with --debug). */
