@@ -107,6 +107,17 @@ async function waitQuiet(value: () => number, quietMs: number, ms = 10_000): Pro
   return last;
 }
 
+/** A raw TCP connection to the server whose input is read and dropped; `closed()` tells whether the server hung up. */
+function rawConnection(port: number): { socket: Socket; closed: () => boolean } {
+  const socket = tcpConnect(port, "127.0.0.1");
+  sockets.push(socket);
+  socket.on("error", () => {});
+  socket.resume();
+  let closed = false;
+  socket.on("close", () => (closed = true));
+  return { socket, closed: () => closed };
+}
+
 const echo: Handle = async (_key, command, io) => {
   await io.stdout.write(`out:${command}\n`);
   await io.stderr.write("err:some\n");
@@ -311,29 +322,19 @@ describe("startSshServer()", () => {
 
   test("random bytes after the banner do not crash the server", async () => {
     const { srv } = await start(echo);
-    const s = tcpConnect(srv.port, "127.0.0.1");
-    sockets.push(s);
-    s.on("error", () => {});
-    s.resume();
-    let closed = false;
-    s.on("close", () => (closed = true));
+    const { socket: s, closed } = rawConnection(srv.port);
     s.write("SSH-2.0-fuzz\r\n");
     s.write(crypto.getRandomValues(new Uint8Array(8192)));
-    await waitFor(() => closed, "the server to drop the garbage connection");
+    await waitFor(closed, "the server to drop the garbage connection");
     const c = await connect(srv.port, goodKey);
     expect((await run(c, "web//ps")).code).toBe(42);
   });
 
   test("a connection that does not log in within the grace time is dropped", async () => {
     const { srv } = await start(echo, { limits: { loginGraceMs: 100 } });
-    const s = tcpConnect(srv.port, "127.0.0.1");
-    sockets.push(s);
-    s.on("error", () => {});
-    s.resume();
-    let closed = false;
-    s.on("close", () => (closed = true));
+    const { socket: s, closed } = rawConnection(srv.port);
     s.write("SSH-2.0-slow\r\n");
-    await waitFor(() => closed, "the grace timer");
+    await waitFor(closed, "the grace timer");
   });
 
   test("a connection is closed after too many failed logins", async () => {
