@@ -81,6 +81,28 @@ export class RequestError extends Error {
   }
 }
 
+/** Why files.ts did not read or write a file. */
+export type FileProblem =
+  | "missing" | "symlink" | "not a regular file" | "too large" | "is a directory" | "not a directory" | "not beneath"
+  | "unreadable" | "unwritable";
+
+/**
+ * A file that cannot be read or written as asked (files.ts); `path` names it and `why` says why
+ * without naming it (`it is larger than 1048576 bytes`), for callers that put it in their own
+ * message.
+ */
+export class FileError extends Error {
+  override name = "FileError";
+  constructor(
+    readonly path: string,
+    readonly problem: FileProblem,
+    readonly why: string,
+    options: ErrorOptions & { op?: "read" | "write"; in?: string } = {},
+  ) {
+    super(`Cannot ${options.op ?? "read"} "${path}"${options.in !== undefined ? ` in "${options.in}"` : ""}: ${why}`, options);
+  }
+}
+
 /** A bad command line. */
 export class UsageError extends Error {
   override name = "UsageError";
@@ -89,6 +111,11 @@ export class UsageError extends Error {
 function lastLines(s: string, n: number): string {
   // Blank lines say nothing: they must not push the lines that do out of the tail.
   return s.split("\n").filter((l) => l.trim() !== "").slice(-n).join(" | ");
+}
+
+/** The errno code (`ENOENT`, `ELOOP`) of a failed system call, if `e` is one. */
+export function errnoCode(e: unknown): string | undefined {
+  return typeof e === "object" && e !== null && "code" in e && typeof e.code === "string" ? e.code : undefined;
 }
 
 /** The message of anything thrown. */

@@ -6,14 +6,14 @@
  * count as failures). The docker CLI does the changes; the engine's socket is only read.
  */
 import { createHash } from "node:crypto";
-import { constants } from "node:fs";
-import { open } from "node:fs/promises";
 import type { Compose, ComposeTarget } from "./compose.ts";
 import { composeEnv, makeCompose } from "./compose.ts";
 import { engineEnv } from "./child_env.ts";
 import type { Account } from "./users.ts";
 import { composeModel } from "./compose_model.ts";
 import { CommandError } from "./errors.ts";
+import { readCapped } from "./files.ts";
+import { isRecord } from "./json.ts";
 import type { RunResult, Runner } from "./exec.ts";
 
 /** Keys `docker stack deploy` rejects or ignores: dropped from the stack file, with the warning for `check`. */
@@ -128,17 +128,9 @@ export function stackWarnings(model: unknown): string[] {
   return Object.entries(services).flatMap(([name, def]) => (isRecord(def) ? serviceWarnings(name, def) : []));
 }
 
-/** Reads a config or secret file named by the model, never following a final symlink. */
+/** Reads a config or secret file named by the model, never following a final symlink (a FileError otherwise). */
 export async function readObjectFile(path: string): Promise<Uint8Array> {
-  const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-  try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw new Error(`Cannot read "${path}": it is not a regular file`);
-    if (st.size > MAX_FILE_BYTES) throw new Error(`Cannot read "${path}": it is larger than ${MAX_FILE_BYTES} bytes`);
-    return await fh.readFile();
-  } finally {
-    await fh.close();
-  }
+  return readCapped(path, MAX_FILE_BYTES);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -450,9 +442,6 @@ export function makeSwarm(runner: Runner, t: ComposeTarget, o: SwarmOptions): Co
   };
 }
 
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
 
 /** `docker stack rm` without a compose file (the stack's services are found by its name). */
 export async function removeStack(runner: Runner, project: string, env: Record<string, string>, as?: Account): Promise<void> {
