@@ -4,24 +4,18 @@
  * adapts ssh2 events to it.
  */
 import type { Compose } from "./compose.ts";
-import { RequestError, RollbackError, errorMessage } from "./errors.ts";
+import { answerOf, EX, RequestError, errorMessage } from "./errors.ts";
 import type { PublicKey } from "./keys.ts";
 import { formatHistory, readHistory } from "./history.ts";
 import { keyAllows, keysEqual } from "./keys.ts";
 import type { Logger } from "./log.ts";
-import { EXIT_TEMPFAIL, type LongRunning } from "./long_running.ts";
+import type { LongRunning } from "./long_running.ts";
 import type { Hold, ServiceStatus } from "./reconcile.ts";
 import type { ClientKey, SessionIO } from "./ssh_server.ts";
 import { requestName } from "./ssh_server.ts";
 import { parseRequest } from "./target.ts";
 import { formatVerdict } from "./verdict.ts";
 import type { Verdict } from "./verdict.ts";
-
-/** sysexits(3) statuses for errors of the request itself. */
-export const EX = { usage: 64, dataerr: 65, unavailable: 69, software: 70, noperm: 77 } as const;
-
-/** The status for each reason a rollback is refused: a bad argument, nothing to go back to, a commit that may not run. */
-const ROLLBACK_STATUS = { "unknown commit": EX.usage, "nothing earlier": EX.unavailable, unverified: EX.dataerr } as const;
 
 /** What the router needs of one service (a ServiceWorker provides it). */
 export interface ServiceHandle {
@@ -155,16 +149,13 @@ export async function dispatch(key: ClientKey, request: string, io: SessionIO, d
     status = await run(req.command as Command, req.args, handle, io, d, { service, key: key.fingerprint });
     result = status === 0 ? "ok" : "error";
   } catch (e) {
-    if (e instanceof RequestError) {
-      status = e.status;
-      result = e.status === EX.noperm ? "denied" : e.status === EX.usage ? "malformed" : e.status === EX.unavailable || e.status === EXIT_TEMPFAIL ? "unavailable" : "error";
-      await io.stderr.write(`${e.message}\n`).catch(() => {});
-    } else {
-      status = EX.software;
-      result = "error";
-      d.logger.error("request failed", { service, command, error: errorMessage(e) });
-      await io.stderr.write(`Internal error: ${errorMessage(e)}\n`).catch(() => {});
-    }
+    // A refused request (RequestError, RollbackError) gets its own status; a failing git or
+    // engine is an internal error like any other (errors.ts answerOf).
+    const a = answerOf(e);
+    status = a.status;
+    result = a.result;
+    if (a.internal) d.logger.error("request failed", { service, command, error: errorMessage(e) });
+    await io.stderr.write(`${a.internal ? "Internal error: " : ""}${errorMessage(e)}\n`).catch(() => {});
   }
   d.count?.(command, result);
   d.logger.debug("request routed", { service, command, result, ms: now() - started });
@@ -243,14 +234,7 @@ async function run(
       await notStopped(h, cmd);
       return h.exclusive(async () => {
         await notStopped(h, cmd);
-        try {
-          return await h.rollbackTo(args[0] ?? null, out);
-        } catch (e) {
-          // Only a request pgod cannot honour gets its own status; a failing git or engine is an
-          // internal error like any other.
-          if (e instanceof RollbackError) throw new RequestError(ROLLBACK_STATUS[e.reason], e.message);
-          throw e;
-        }
+        return h.rollbackTo(args[0] ?? null, out);
       });
     }
     case "unpin":

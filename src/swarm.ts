@@ -434,7 +434,7 @@ export function makeSwarm(runner: Runner, t: ComposeTarget, o: SwarmOptions): Co
     run,
     async must(args, timeoutMs) {
       const r = await run(args, timeoutMs !== undefined ? { timeoutMs } : {});
-      if (r.exitCode !== 0) throw new CommandError(["docker", "stack", ...args], t.dir, r.exitCode, null, false, r.stderr, 0);
+      if (r.exitCode !== 0) throw new CommandError({ argv: ["docker", "stack", ...args], cwd: t.dir, exitCode: r.exitCode, stderrTail: r.stderr });
       return r;
     },
     services,

@@ -1,6 +1,6 @@
-import { RollbackError } from "../src/errors.ts";
+import { EX, RollbackError } from "../src/errors.ts";
 import { expect, test } from "bun:test";
-import { checkArgs, dispatch, EX, formatStatus } from "../src/commands.ts";
+import { checkArgs, dispatch, formatStatus } from "../src/commands.ts";
 import type { RouterDeps, ServiceHandle } from "../src/commands.ts";
 import type { Compose } from "../src/compose.ts";
 import type { RunResult } from "../src/exec.ts";
