@@ -8,7 +8,7 @@ import type { KeyOptions } from "../src/keys.ts";
 import { memoryLogger } from "../src/log.ts";
 import { EXIT_TEMPFAIL, LongRunning } from "../src/long_running.ts";
 import type { Hold, ServiceStatus } from "../src/reconcile.ts";
-import type { ClientKey, SessionIO } from "../src/ssh_server.ts";
+import type { ClientKey, SessionIO } from "../src/ssh_session.ts";
 import type { Verdict } from "../src/verdict.ts";
 
 const KEY_A: ClientKey = { algo: "ssh-ed25519", blob: Buffer.from("key-a"), fingerprint: "SHA256:a" };

@@ -20,7 +20,7 @@ import { evaluatePolicy, RULES } from "../../src/policy.ts";
 import { screenComposeTree, screenYaml } from "../../src/yaml_screen.ts";
 import type { ServiceStatus } from "../../src/reconcile.ts";
 import { quoteShellWord, splitShellWords } from "../../src/shell_words.ts";
-import type { ClientKey, SessionIO } from "../../src/ssh_server.ts";
+import type { ClientKey, SessionIO } from "../../src/ssh_session.ts";
 import { parseRequest } from "../../src/target.ts";
 import { fuzzSeed, Rng } from "./fuzz.ts";
 
