@@ -156,6 +156,14 @@ export class FileError extends Error {
   }
 }
 
+/** The Docker engine's API answered with an error status. */
+export class EngineError extends Error {
+  override name = "EngineError";
+  constructor(readonly path: string, readonly status: number, why: string, options?: ErrorOptions) {
+    super(`Cannot read ${path}: ${why}`, options);
+  }
+}
+
 /** A bad command line. */
 export class UsageError extends Error {
   override name = "UsageError";
