@@ -156,11 +156,11 @@ export class FileError extends Error {
   }
 }
 
-/** The Docker engine's API answered with an error status. */
+/** The Docker engine's API answered with an error status, or with something pgod cannot use; `status` is its HTTP status. */
 export class EngineError extends Error {
   override name = "EngineError";
-  constructor(readonly path: string, readonly status: number, why: string, options?: ErrorOptions) {
-    super(`Cannot read ${path}: ${why}`, options);
+  constructor(readonly status: number, message: string, options?: ErrorOptions) {
+    super(message, options);
   }
 }
 

@@ -119,7 +119,7 @@ export function makeSwarmApi(socket: string, timeoutMs = 10_000): SwarmApi {
     const what = path.split("?")[0] ?? path;
     const init: RequestInit & { unix: string } = { unix: socket, signal: AbortSignal.timeout(timeoutMs) };
     const res = await fetch(`http://docker${path}`, init);
-    if (!res.ok) throw new EngineError(what, res.status, `the Docker engine answered ${res.status}`);
+    if (!res.ok) throw new EngineError(res.status, `Cannot read ${what}: the Docker engine answered ${res.status}`);
     return res.json();
   };
   return {
