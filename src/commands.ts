@@ -59,6 +59,10 @@ export const COMMANDS = [
 ] as const;
 type Command = (typeof COMMANDS)[number];
 
+function isCommand(c: string): c is Command {
+  return COMMANDS.some((x) => x === c);
+}
+
 /** Options each command accepts (everything else is refused), and which of them take a value. */
 const OPTIONS: Record<string, { flags: string[]; valued: string[]; services: boolean }> = {
   up: { flags: [], valued: [], services: true },
@@ -130,23 +134,26 @@ export async function dispatch(key: ClientKey, request: string, io: SessionIO, d
     };
     let req = parse(request, "request");
     service = req.service;
-    command = (COMMANDS as readonly string[]).includes(req.command) ? req.command : "unknown";
+    command = isCommand(req.command) ? req.command : "unknown";
     const handle = d.services.get(req.service);
     // The key's lines in this service's ssh/ folder that let this client in (from=, expiry-time).
     const lines = handle ? (await d.keysOf(req.service)).filter((k) => keysEqual(k, key) && keyAllows(k, { ip: key.ip ?? "", now: now() })) : [];
     if (!handle || lines.length === 0) throw denied(req.service);
     // command="..." runs instead of what was asked, unless another line of the key has none.
-    const forced = lines.every((k) => k.options?.command !== undefined) ? lines[0]!.options!.command! : null;
+    const commands = lines.map((k) => k.options?.command);
+    const forced = commands.every((c) => c !== undefined) ? commands[0] ?? null : null;
     if (forced !== null) {
       req = parse(forced.includes("//") ? forced : `${req.service}//${forced}`, 'command="..." of the key');
       if (req.service !== service) throw new RequestError(EX.noperm, `Permission denied: the key's command="..." names another service`);
       d.logger.info("running the key's forced command", { service, key: key.fingerprint, asked: requestName(request) });
     }
-    command = (COMMANDS as readonly string[]).includes(req.command) ? req.command : "unknown";
-    if (command === "unknown") {
-      throw new RequestError(EX.usage, `Unknown command "${req.command}": expected one of ${COMMANDS.filter((c) => c !== "load").join(", ")}`);
+    const cmd = req.command;
+    if (!isCommand(cmd)) {
+      command = "unknown";
+      throw new RequestError(EX.usage, `Unknown command "${cmd}": expected one of ${COMMANDS.filter((c) => c !== "load").join(", ")}`);
     }
-    status = await run(req.command as Command, req.args, handle, io, d, { service, key: key.fingerprint });
+    command = cmd;
+    status = await run(cmd, req.args, handle, io, d, { service, key: key.fingerprint });
     result = status === 0 ? "ok" : "error";
   } catch (e) {
     // A refused request (RequestError, RollbackError) gets its own status; a failing git or

@@ -7,7 +7,7 @@
 import { lstat, mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { basename, dirname, join, relative, sep } from "node:path";
 import { armor, Decrypter, generateX25519Identity, identityToRecipient } from "age-encryption";
-import { FileError, SecretError } from "./errors.ts";
+import { errnoCode, errorMessage, FileError, SecretError } from "./errors.ts";
 import { readCapped, writeFileAtomic, writeFileBeneath } from "./files.ts";
 import { decryptSops, isSopsName, plainSopsName } from "./sops.ts";
 
@@ -30,8 +30,8 @@ export const MAX_SECRET_FILES = 200;
  */
 export async function serviceKeys(stateDir: string, extra: readonly string[] = []): Promise<ServiceKeys> {
   const file = join(stateDir, IDENTITY_FILE);
-  let own = await readIdentityFile(file).catch((e: unknown) => {
-    if ((e as { code?: string }).code === "ENOENT") return null;
+  let own: [string, ...string[]] | null = await readIdentityFile(file).catch((e: unknown) => {
+    if (errnoCode(e) === "ENOENT") return null;
     throw e;
   });
   if (own === null) {
@@ -46,17 +46,17 @@ export async function serviceKeys(stateDir: string, extra: readonly string[] = [
     try {
       identities.push(...(await readIdentityFile(f)));
     } catch (e) {
-      throw new SecretError(f, `Cannot read the age identity file "${f}": ${(e as Error).message}`, { cause: e });
+      throw new SecretError(f, `Cannot read the age identity file "${f}": ${errorMessage(e)}`, { cause: e });
     }
   }
-  return { recipient: await identityToRecipient(own[0]!), identities };
+  return { recipient: await identityToRecipient(own[0]), identities };
 }
 
-async function readIdentityFile(path: string): Promise<string[]> {
+async function readIdentityFile(path: string): Promise<[string, ...string[]]> {
   const text = await readFile(path, "utf8");
-  const ids = text.split("\n").map((l) => l.trim()).filter((l) => l.startsWith("AGE-SECRET-KEY-1"));
-  if (ids.length === 0) throw new Error(`no AGE-SECRET-KEY line in "${path}"`);
-  return ids;
+  const [first, ...rest] = text.split("\n").map((l) => l.trim()).filter((l) => l.startsWith("AGE-SECRET-KEY-1"));
+  if (first === undefined) throw new Error(`no AGE-SECRET-KEY line in "${path}"`);
+  return [first, ...rest];
 }
 
 /** An encrypted file found in a tree and the plain file it becomes. */
@@ -129,9 +129,9 @@ export async function decryptAge(data: Uint8Array, identities: readonly string[]
     if (head.startsWith(ARMOR_BEGIN)) bytes = armor.decode(Buffer.from(data).toString("utf8"));
     return await d.decrypt(bytes);
   } catch (e) {
-    const why = /no identity matched/i.test((e as Error).message)
+    const why = /no identity matched/i.test(errorMessage(e))
       ? "it is not encrypted to this service's key (pgoctl SERVICE//recipient prints it)"
-      : `it is not a valid age file: ${(e as Error).message.split("\n")[0]}`;
+      : `it is not a valid age file: ${errorMessage(e).split("\n")[0]}`;
     throw new SecretError(rel, `Cannot decrypt "${rel}": ${why}`, { cause: e });
   }
 }

@@ -4,7 +4,7 @@
  * exec only, limits, backpressure) and no business logic.
  */
 
-import { createServer, type AddressInfo, type Socket } from "node:net";
+import { createServer, type Socket } from "node:net";
 import { Server, utils, type AuthContext, type Connection, type Session } from "ssh2";
 import { errorMessage } from "./errors.ts";
 import type { Logger } from "./log.ts";
@@ -341,7 +341,8 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
     });
   });
   tcp.on("error", (e) => log.error("SSH listener error", { error: errorMessage(e) }));
-  const port = (tcp.address() as AddressInfo).port;
+  const address = tcp.address();
+  const port = typeof address === "object" && address !== null ? address.port : 0;
   log.info("SSH server listening", { listen: opts.listen, port, host_key: hostFingerprint });
 
   return {
