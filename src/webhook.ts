@@ -81,7 +81,9 @@ export async function handleWebhook(req: Request, d: WebhookDeps): Promise<Respo
   if (event !== "push" && event !== "Push Hook") return text(202, `ignored: event "${event}"`);
   let ref: unknown;
   try {
-    const payload: unknown = JSON.parse(payloadOf(req.headers, body));
+    const json = payloadOf(req.headers, body);
+    if (json === null) return text(400, "body is not JSON");
+    const payload: unknown = JSON.parse(json);
     ref = isRecord(payload) ? payload["ref"] : undefined;
   } catch {
     return text(400, "body is not JSON");
@@ -94,14 +96,13 @@ export async function handleWebhook(req: Request, d: WebhookDeps): Promise<Respo
 
 /**
  * The JSON text of a payload: the body, or for GitHub's `application/x-www-form-urlencoded`
- * deliveries its `payload` field (the signature covers the raw body either way).
+ * deliveries its `payload` field (null when there is none; the signature covers the raw body
+ * either way).
  */
-function payloadOf(h: Headers, body: Buffer): string {
-  const type = (h.get("content-type") ?? "").split(";", 1)[0]!.trim().toLowerCase();
+function payloadOf(h: Headers, body: Buffer): string | null {
+  const type = (h.get("content-type") ?? "").split(";", 1)[0]?.trim().toLowerCase() ?? "";
   if (type !== "application/x-www-form-urlencoded") return body.toString("utf8");
-  const payload = new URLSearchParams(body.toString("utf8")).get("payload");
-  if (payload === null) throw new Error("no payload field");
-  return payload;
+  return new URLSearchParams(body.toString("utf8")).get("payload");
 }
 
 function hmacSha256(secret: string, body: Buffer): Buffer {
