@@ -3,9 +3,8 @@
  * change, bring containers back when they are gone, keep them down while a stop file exists.
  * Each service runs independently; an error in one is caught here and never reaches another.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { chmod, chown, lstat, mkdir, rename, rm, stat } from "node:fs/promises";
 import { dirname, join, posix } from "node:path";
@@ -21,13 +20,12 @@ import { chownTree, ensureGitDirs, migrateGitDir, restoreCheckout } from "./chec
 import type { Git } from "./git.ts";
 import { writeImportFile } from "./caddy.ts";
 import { addLineBeneath, writeFileAtomic } from "./files.ts";
-import { appendHistory, closeInterrupted, readHistory } from "./history.ts";
-import type { HistoryEntry, HistoryTrigger } from "./history.ts";
+import type { HistoryTrigger } from "./history.ts";
 import { ensureMounted } from "./mount.ts";
 import { settleLoop, waitSettled } from "./settle.ts";
 import type { Settled } from "./settle.ts";
-import { readState, writeState } from "./state.ts";
-import type { ServiceState } from "./state.ts";
+import { ServiceRecord } from "./service_record.ts";
+import type { Hold } from "./state.ts";
 import { composeModel } from "./compose_model.ts";
 import type { EngineNames } from "./policy.ts";
 import { evaluatePolicy, formatViolations } from "./policy.ts";
@@ -35,7 +33,7 @@ import { pullsImages, screenComposeTree, screenYaml } from "./yaml_screen.ts";
 import { readServiceKeys } from "./keys.ts";
 import { locateFindings } from "./verdict.ts";
 import type { Finding, Verdict } from "./verdict.ts";
-import { addVerified, anchorOf, describe, judgeCommit, signersWriter, UnknownTrustRoot, wasVerified } from "./signatures.ts";
+import { describe, judgeCommit, signersWriter, UnknownTrustRoot } from "./signatures.ts";
 import { makeSwarm, makeSwarmApi, removeStack, stackReadiness, stackWarnings } from "./swarm.ts";
 import { parse as parseYaml } from "yaml";
 import type { Replicas, StackPlan, SwarmApi } from "./swarm.ts";
@@ -81,8 +79,7 @@ export interface ServiceStatus {
   unverified?: string;
 }
 
-/** Why a service is held down. */
-export type Hold = "down" | "stop";
+export type { Hold } from "./state.ts";
 
 /** Where `deployNow` sends compose's output. */
 export interface DeployIO {
@@ -175,7 +172,8 @@ export class ServiceWorker {
   /** A commit refused by the policy; not evaluated again until a newer one arrives. */
   private refused: string | null = null;
   private refusal: string | null = null;
-  private state: ServiceState;
+  /** state.json (good, bad, pin, hold, verified) and the history. */
+  private readonly record: ServiceRecord;
   /** Cycles in a row that failed to reach the remote or to deploy. */
   private failStreak = 0;
   /** Polls of an HTTP(S) remote go in-process until it answers in a way that is not git's. */
@@ -197,34 +195,10 @@ export class ServiceWorker {
     this.stopFile = join(d.dir, `${svc.name}.stop`);
     this.st = {
       name: svc.name, commit: null, deployedAt: null, lastResult: null, lastError: null,
-      stopFile: false, nextPollAt: null, lastPollAt: null, hold: readHold(this.holdFile),
+      stopFile: false, nextPollAt: null, lastPollAt: null, hold: null,
       pinned: null, good: null, bad: null, refused: null,
     };
-    const saved = readState(this.stateFile);
-    this.state = saved;
-    if (saved.pin && saved.pin.config !== configHash(svc)) {
-      // A config change releases a pin (the pin is written again without it on the next save).
-      this.log.info("config changed: releasing the pin", { commit: saved.pin.commit.slice(0, 12) });
-      delete this.state.pin;
-    }
-    this.syncState();
-  }
-
-  private get stateFile(): string {
-    return join(this.d.dir, ".state", this.svc.name, "state.json");
-  }
-
-  private syncState(): void {
-    this.st.pinned = this.state.pin?.commit ?? null;
-    this.st.good = this.state.good ?? null;
-    this.st.bad = this.state.bad ?? null;
-  }
-
-  private async saveState(patch: Partial<ServiceState>, drop: (keyof ServiceState)[] = []): Promise<void> {
-    this.state = { ...this.state, ...patch };
-    for (const k of drop) delete this.state[k];
-    this.syncState();
-    await writeState(this.stateFile, this.state).catch((e: unknown) => this.log.warn("cannot save state", { error: errorMessage(e) }));
+    this.record = new ServiceRecord(join(d.dir, ".state"), svc, this.log);
   }
 
   /** Starts the loop: a cycle now, then one every interval plus jitter. */
@@ -254,7 +228,8 @@ export class ServiceWorker {
   }
 
   status(): ServiceStatus {
-    return { ...this.st };
+    const s = this.record.state;
+    return { ...this.st, hold: s.hold ?? null, pinned: s.pin?.commit ?? null, good: s.good ?? null, bad: s.bad ?? null };
   }
 
   /** The stop file's path while it exists, else null. */
@@ -280,7 +255,7 @@ export class ServiceWorker {
 
   /** The service's age keys: its own identity (made on first use) and the admin's extra ones. */
   private ageKeys(): ReturnType<typeof serviceKeys> {
-    return serviceKeys(join(this.d.dir, ".state", this.svc.name), this.svc.ageIdentities ?? []);
+    return serviceKeys(this.record.dir, this.svc.ageIdentities ?? []);
   }
 
   /** The age recipient (`age1…`) that this service's encrypted files are made for. */
@@ -289,7 +264,7 @@ export class ServiceWorker {
   }
 
   private get secretsManifest(): string {
-    return join(this.d.dir, ".state", this.svc.name, "secret-files.json");
+    return join(this.record.dir, "secret-files.json");
   }
 
   /** The plain files decrypted into the checkout last time (the manifest). */
@@ -332,9 +307,9 @@ export class ServiceWorker {
       }
       if (commit === null) throw new Error(`Cannot find a commit of branch "${this.svc.branch}" to judge`);
       const running = this.st.deployedAt !== null ? this.head : null;
-      const extra = { ...(stale !== null ? { stale } : {}), ...(this.state.pin ? { pinned: this.state.pin.commit } : {}) };
+      const extra = { ...(stale !== null ? { stale } : {}), ...(this.record.state.pin ? { pinned: this.record.state.pin.commit } : {}) };
       // With verify, a commit that does not verify would not deploy, whatever its compose file says.
-      if (this.svc.verify && !this.verifiedCommit(commit)) {
+      if (this.svc.verify && !this.record.mayRun(commit)) {
         const v = await this.judgeSignature(git, commit);
         if (!v.ok) return { commit, branch: this.svc.branch, running, refusal: `not verified: ${describe(v)}`, findings: [], ...extra };
       }
@@ -343,7 +318,7 @@ export class ServiceWorker {
       if (r.why !== null) this.st.refused = { commit, reason: r.why };
       else if (this.st.refused?.commit !== commit) this.st.refused = null;
       // A commit that was rolled back passes the policy but does not deploy again either.
-      const bad = r.why === null && commit === this.state.bad && commit !== this.head
+      const bad = r.why === null && commit === this.record.state.bad && commit !== this.head
         ? `Commit ${commit.slice(0, 12)} was rolled back after a failed deploy; it is not tried again until a newer commit arrives`
         : null;
       const warnings = this.svc.engine === "swarm" ? await this.swarmWarnings(git, commit) : [];
@@ -367,17 +342,9 @@ export class ServiceWorker {
     }
   }
 
-  private get holdFile(): string {
-    return join(this.d.dir, ".state", this.svc.name, "hold");
-  }
-
-  /** Sets or clears the pgoctl hold; it is kept on disk so that it survives a restart. */
-  async setHold(hold: Hold | null): Promise<void> {
-    if (hold === this.st.hold) return;
-    if (hold === null) await rm(this.holdFile, { force: true });
-    else await writeFileAtomic(this.holdFile, `${hold}\n`);
-    this.st.hold = hold;
-    this.log.info(hold ? "held down through pgoctl" : "hold released", { hold: hold ?? "none" });
+  /** Sets or clears the pgoctl hold; it is kept in state.json so that it survives a restart. */
+  setHold(hold: Hold | null): Promise<void> {
+    return this.record.setHold(hold);
   }
 
   /**
@@ -394,7 +361,7 @@ export class ServiceWorker {
     // The commit was evaluated a moment ago, before the checkout moved to it: once is enough.
     const fresh = this.assessed !== null && this.assessed.commit === this.head ? this.assessed : null;
     this.assessed = null;
-    if (this.svc.verify && this.head !== null && !this.verifiedCommit(this.head)) {
+    if (this.svc.verify && this.head !== null && !this.record.mayRun(this.head)) {
       // Only a checkout whose trust root is unknown holds an unverified commit: pgoctl up must not run it.
       const why = `not verified: commit ${this.head.slice(0, 12)} has not been verified (verify = "commits")`;
       await say(`Refused: ${why}`);
@@ -433,8 +400,8 @@ export class ServiceWorker {
       // A newer commit that deploys well ends the wait for a fix; the rollback itself does not,
       // nor does the good commit brought up again (at a restart, or after its containers went),
       // nor an older commit brought back by `pgoctl rollback` (keepBad).
-      const fixed = !keepBad && trigger !== "rollback" && this.head !== this.state.good;
-      if (this.head) await this.saveState({ good: this.head }, fixed ? ["bad"] : []);
+      const fixed = !keepBad && trigger !== "rollback" && this.head !== this.record.state.good;
+      if (this.head) await this.record.update({ good: this.head }, fixed ? ["bad"] : []);
       await this.reloadProxy(a);
       return 0;
     }
@@ -454,8 +421,8 @@ export class ServiceWorker {
       return attempt.code;
     }
     const bad = this.head;
-    const good = this.state.good;
-    if (bad === null || good === undefined || good === bad || !autoRollback || !this.verifiedCommit(good)) {
+    const good = this.record.state.good;
+    if (bad === null || good === undefined || good === bad || !autoRollback || !this.record.mayRun(good)) {
       await this.recordDeploy(false, trigger, started, attempt.id, attempt.why);
       return attempt.code;
     }
@@ -463,8 +430,8 @@ export class ServiceWorker {
     // until a newer commit arrives.
     await say(`Rolling back to ${good.slice(0, 12)}`);
     this.log.error("deploy failed, rolling back", { commit: bad.slice(0, 12), to: good.slice(0, 12), reason: attempt.why });
-    await this.saveState({ bad });
-    await this.record({ commit: bad, time: started, trigger, result: "rolled back", durationMs: this.d.clock.now() - started, detail: attempt.why, id: attempt.id });
+    await this.record.update({ bad });
+    await this.record.record({ commit: bad, time: started, trigger, result: "rolled back", durationMs: this.d.clock.now() - started, detail: attempt.why, id: attempt.id });
     this.d.onDeploy?.(this.svc.name, "rolled back");
     await this.moveTo(a, good);
     this.head = good;
@@ -473,7 +440,7 @@ export class ServiceWorker {
     if (code !== 0) {
       // The last good commit fails as well: the fault lies outside the new commit (an engine
       // going away, say), so it is not held against it and the next cycle tries it again.
-      await this.saveState({}, ["bad"]);
+      await this.record.update({}, ["bad"]);
       this.log.warn("the rollback failed too: the new commit will be tried again", { commit: bad.slice(0, 12) });
       this.st.lastError = `Commit ${bad.slice(0, 12)} failed (${attempt.why}), and so did rolling back to ${good.slice(0, 12)}`;
       return code;
@@ -486,13 +453,13 @@ export class ServiceWorker {
 
   /** Pins `commit`: no new commits are pulled until `unpin` or a config change. */
   async pin(commit: string): Promise<void> {
-    await this.saveState({ pin: { commit, config: configHash(this.svc) } });
+    await this.record.pin(commit);
     this.log.info("pinned", { commit: commit.slice(0, 12) });
   }
 
   /** Releases the pin and asks for a cycle, which pulls what is new. */
   async unpin(): Promise<void> {
-    await this.saveState({}, ["pin"]);
+    await this.record.unpin();
     this.log.info("unpinned");
     this.trigger("pgoctl");
   }
@@ -510,11 +477,11 @@ export class ServiceWorker {
       target = await git.resolveCommit(this.checkout, rev);
       if (target === null) throw new RollbackError("unknown commit", `Cannot find commit "${rev}" in the checkout`);
     } else {
-      const earlier = (await readHistory(this.historyFile)).filter((e) => e.result === "deployed" && e.commit !== this.head && this.verifiedCommit(e.commit));
+      const earlier = (await this.record.history()).filter((e) => e.result === "deployed" && e.commit !== this.head && this.record.mayRun(e.commit));
       target = earlier.at(-1)?.commit ?? null;
       if (target === null) throw new RollbackError("nothing earlier", "Cannot roll back: no earlier commit deployed well");
     }
-    if (!this.verifiedCommit(target)) {
+    if (!this.record.mayRun(target)) {
       throw new RollbackError("unverified", `Cannot roll back to ${target.slice(0, 12)}: it did not verify when it was deployed (verify = "commits")`);
     }
     const verdict = (await this.evaluateCommit(git, a, target)).why;
@@ -540,7 +507,7 @@ export class ServiceWorker {
     const started = this.d.clock.now();
     const id = randomBytes(6).toString("hex");
     this.log.info("deploying", { commit: this.head?.slice(0, 12), trigger });
-    await this.record({ commit: this.head ?? "unknown", time: started, trigger, result: "started", durationMs: 0, id });
+    await this.record.record({ commit: this.head ?? "unknown", time: started, trigger, result: "started", durationMs: 0, id });
     return { ...(await this.bringUp(a, io, services, pulls)), started, id };
   }
 
@@ -671,7 +638,7 @@ export class ServiceWorker {
 
   private async recordDeploy(ok: boolean, trigger: Trigger, started: number, id: string, error: string | null, result: "failed" | "interrupted" = "failed"): Promise<void> {
     if (!ok) this.log.warn(result === "interrupted" ? "deploy interrupted" : "deploy failed", { commit: this.head?.slice(0, 12), trigger, reason: error ?? "" });
-    await this.record({
+    await this.record.record({
       commit: this.head ?? "unknown", time: started, trigger, result: ok ? "deployed" : result,
       durationMs: this.d.clock.now() - started, ...(error ? { detail: error } : {}), id,
     });
@@ -728,9 +695,10 @@ export class ServiceWorker {
       const account = await this.d.users.lookup(this.svc.user);
       const git = (this.d.makeGit ?? makeGit)(this.d.runner, account, this.svc.name, this.svc.repository);
       if (!this.prepared) {
-        for (const e of await closeInterrupted(this.historyFile, this.d.clock.now())) {
+        for (const e of await this.record.closeInterrupted(this.d.clock.now())) {
           this.log.warn("a deploy attempt was cut short when pgod last stopped", { commit: e.commit.slice(0, 12), trigger: e.trigger });
         }
+        await this.record.migrate();
         await this.prepare(account);
         this.prepared = true;
       }
@@ -778,7 +746,7 @@ export class ServiceWorker {
         }
         return errorMessage(e);
       });
-      if (!deploy && this.st.hold === null) {
+      if (!deploy && this.record.hold === null) {
         const running = this.svc.engine === "swarm"
           ? await this.stackPresent()
           : allRunning(this.expected, await this.d.containers.ofProject(this.svc.name));
@@ -788,8 +756,8 @@ export class ServiceWorker {
         }
       }
       await this.writeImport(account);
-      if (deploy && this.st.hold === null) await this.deploy(trigger);
-      else if (this.st.hold === null) await this.reloadProxy(account);
+      if (deploy && this.record.hold === null) await this.deploy(trigger);
+      else if (this.record.hold === null) await this.reloadProxy(account);
       this.st.lastError = followError ?? this.refusal;
       this.failStreak = followError === null ? 0 : this.failStreak + 1;
     } catch (e) {
@@ -890,12 +858,12 @@ export class ServiceWorker {
    * an `ls-remote` first saves the fetch when nothing moved.
    */
   private async follow(git: Git, a: Account, probe = true): Promise<boolean> {
-    if (this.state.pin) return false; // pinned by `pgoctl rollback`: no automatic pulls
+    if (this.record.state.pin) return false; // pinned by `pgoctl rollback`: no automatic pulls
     const head = this.head!;
     const skip = (c: string): boolean => {
       // A branch moved back to what runs (an unverified push undone) has nothing left unverified.
       if (c === head && this.st.unverified !== undefined) this.verifiedHead();
-      return c === head || c === this.refused || c === this.state.bad;
+      return c === head || c === this.refused || c === this.record.state.bad;
     };
     if (probe && skip(await this.remoteHead(git, a))) return false;
     const fetched = await git.fetch(this.checkout, this.svc.branch);
@@ -914,7 +882,7 @@ export class ServiceWorker {
     await this.moveTo(a, fetched);
     this.head = fetched;
     this.st.commit = fetched;
-    if (this.svc.verify) await this.markVerified(fetched);
+    if (this.svc.verify) await this.record.markVerified(fetched);
     this.refused = null;
     this.refusal = null;
     this.st.refused = null;
@@ -1025,18 +993,9 @@ export class ServiceWorker {
     this.st.refused = { commit, reason: why };
     this.log.error(result === "refused" ? "compose file refused, keeping what runs" : "commit not verified, keeping what runs", { commit: commit.slice(0, 12), trigger, reason: why });
     this.d.onDeploy?.(this.svc.name, result);
-    await this.record({ commit, time: this.d.clock.now(), trigger, result: result === "refused" ? "refused by policy" : "unverified", durationMs: 0, detail: why });
+    await this.record.record({ commit, time: this.d.clock.now(), trigger, result: result === "refused" ? "refused by policy" : "unverified", durationMs: 0, detail: why });
   }
 
-  /** The commit new ones are judged from: the last verified one, else `trust_root` (src/signatures.ts). */
-  private get anchor(): string {
-    return anchorOf(this.state.verified, this.svc.trustRoot!);
-  }
-
-  /** Whether a commit may run: without `verify` any; with it, the trust root or one that verified. */
-  private verifiedCommit(commit: string): boolean {
-    return !this.svc.verify || wasVerified(this.state.verified, this.svc.trustRoot!, commit);
-  }
 
   /**
    * Judges `commit` by its signature before the checkout moves to it; records a refusal (result
@@ -1058,7 +1017,7 @@ export class ServiceWorker {
 
   /** The signature verdict on `commit` (src/signatures.ts), from the last verified commit or the trust root. */
   private async judgeSignature(git: Git, commit: string): Promise<Awaited<ReturnType<typeof judgeCommit>>> {
-    const anchor = this.anchor;
+    const anchor = this.record.anchor();
     try {
       return await judgeCommit(git, this.checkout, {
         anchor, commit, warn: (m) => this.log.warn(m), writeSigners: signersWriter(join(this.d.dir, ".signers", `${this.svc.name}.allowed`)),
@@ -1077,10 +1036,6 @@ export class ServiceWorker {
     this.d.onVerify?.(this.svc.name, true);
   }
 
-  /** Remembers a verified commit the checkout moved to: the next commits are judged by its keys. */
-  private async markVerified(commit: string): Promise<void> {
-    await this.saveState({ verified: addVerified(this.state.verified, this.svc.trustRoot!, commit) });
-  }
 
   /**
    * Judges the checkout's commit once per start (after a clone, or when `verify` was just turned
@@ -1088,25 +1043,21 @@ export class ServiceWorker {
    */
   private async trustCheckout(git: Git): Promise<void> {
     const head = this.head!;
-    if (this.verifiedCommit(head)) return;
+    if (this.record.mayRun(head)) return;
     if (await this.verifies(git, head, "start")) {
-      await this.markVerified(head);
+      await this.record.markVerified(head);
       return;
     }
-    const anchor = this.anchor;
+    const anchor = this.record.anchor();
     this.log.warn("the checkout's commit does not verify: checking out the last verified commit", { commit: head.slice(0, 12), to: anchor.slice(0, 12) });
     await git.checkout(this.checkout, this.svc.branch, anchor);
     this.head = anchor;
     this.st.commit = anchor;
   }
 
-  /** Appends to the durable history; a full disk is logged, never fatal. */
-  private async record(e: HistoryEntry): Promise<void> {
-    await appendHistory(this.historyFile, e).catch((err: unknown) => this.log.warn("cannot write history", { error: errorMessage(err) }));
-  }
-
+  /** The deploy history's file (`pgoctl history` reads it). */
   get historyFile(): string {
-    return join(this.d.dir, ".state", this.svc.name, "history");
+    return this.record.historyFile;
   }
 
 
@@ -1239,24 +1190,4 @@ async function exists(path: string): Promise<boolean> {
 
 function tail(s: string): string {
   return s.trim().split("\n").slice(-3).join(" | ");
-}
-
-function readHold(file: string): Hold | null {
-  try {
-    const h = readFileSync(file, "utf8").trim();
-    return h === "down" || h === "stop" ? h : null;
-  } catch {
-    return null;
-  }
-}
-
-/** A hash of a service's config, to notice that it changed across restarts. */
-export function configHash(svc: ServiceConfig): string {
-  const canonical = (v: unknown): unknown =>
-    Array.isArray(v) ? v.map(canonical)
-    : typeof v === "object" && v !== null
-    ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, canonical((v as Record<string, unknown>)[k])]))
-    : v;
-  const { line: _line, ...rest } = svc;
-  return createHash("sha256").update(JSON.stringify(canonical(rest))).digest("hex").slice(0, 16);
 }
