@@ -22,8 +22,9 @@ import type { StackPlan, SwarmApi } from "./swarm.ts";
 import type { Account } from "./users.ts";
 import type { Workspace } from "./workspace.ts";
 
-/** How a deploy is asked for. */
-export interface DeployOptions {
+/** How a deploy is asked for from outside the loop (pgoctl up, restart, rollback). */
+export interface DeployNowOptions {
+  /** Where compose's output goes. */
   io?: DeployIO;
   /** Only these compose services (default all). */
   services?: string[];
@@ -31,6 +32,10 @@ export interface DeployOptions {
   autoRollback?: boolean;
   /** Keep the bad commit marked even when this deploy goes well (`pgoctl rollback`). */
   keepBad?: boolean;
+}
+
+/** How a deploy is asked for, with what the cycle already knows. */
+export interface DeployOptions extends DeployNowOptions {
   /** The verdict on the commit, judged a moment ago before the checkout moved to it. */
   assessment?: Assessment | null;
   /** The checkout was put at the commit during this cycle: it need not be again. */
@@ -85,34 +90,9 @@ export class Deployer {
     // Judge what runs: compose reads the checkout as the commit has it, whatever a container wrote
     // (unless this very cycle just put it there).
     if (head !== null && !o.restored) await ws.moveTo(t, head);
-    // The commit was evaluated a moment ago, before the checkout moved to it: once is enough.
-    const fresh = o.assessment ?? null;
-    if (s.svc.verify && head !== null && !s.record.mayRun(head)) {
-      // Only a checkout whose trust root is unknown holds an unverified commit: pgoctl up must not run it.
-      const why = `not verified: commit ${head.slice(0, 12)} has not been verified (verify = "commits")`;
-      await say(io, `Refused: ${why}`);
-      const r = await refuse(s, head, trigger, why, "unverified");
-      return keep(65, r.message, { refusal: r.message });
-    }
-    let { why: verdict, pulls } = fresh ?? await assessTree(s, ws, t.a, s.checkout);
-    if (fresh !== null && verdict === null) {
-      // Judged in the stage worktree: the checkout gets the same plain files before up.
-      await ws.decryptInto(t.a, s.checkout).catch((e: unknown) => {
-        verdict = errorMessage(e);
-      });
-    }
-    if (verdict !== null) {
-      await say(io, `Refused: ${verdict}`);
-      const r = await refuse(s, head ?? "unknown", trigger, verdict);
-      return keep(65, r.message, { refusal: r.message });
-    }
-    if (await exists(s.stopFile)) {
-      // The administrator's switch wins over every way up (pgoctl, webhook, a retry).
-      const why = `Cannot deploy "${s.svc.name}": the stop file "${s.stopFile}" exists`;
-      await say(io, why);
-      s.status.lastError = why;
-      return keep(75, why);
-    }
+    const judged = await this.judge(t, trigger, head, io, o.assessment ?? null);
+    if ("code" in judged) return keep(judged.code, judged.error, judged.code === 65 ? { refusal: judged.error } : {});
+    const pulls = judged.pulls;
     const c = this.compose(t.a, ws.composeFile());
     const run = { c, a: t.a, io, services, pulls, trigger, commit: head };
     let attempt = await this.attempt(run);
@@ -152,6 +132,39 @@ export class Deployer {
       return keep(attempt.code, attempt.why);
     }
     return this.rollBack(t, trigger, { bad: head, good, attempt, io, services });
+  }
+
+  /**
+   * Whether the checkout at `head` may come up: the refusal (recorded, status 65) or the stop file
+   * (75), else whether a pull has work. `fresh`: the verdict judged a moment ago in the stage worktree.
+   */
+  private async judge(t: Turn, trigger: Trigger, head: string | null, io: DeployIO, fresh: Assessment | null): Promise<{ code: number; error: string } | { pulls: boolean }> {
+    const { s, ws } = this;
+    if (s.svc.verify && head !== null && !s.record.mayRun(head)) {
+      // Only a checkout whose trust root is unknown holds an unverified commit: pgoctl up must not run it.
+      const why = `not verified: commit ${head.slice(0, 12)} has not been verified (verify = "commits")`;
+      await say(io, `Refused: ${why}`);
+      return { code: 65, error: (await refuse(s, head, trigger, why, "unverified")).message };
+    }
+    let { why: verdict, pulls } = fresh ?? await assessTree(s, ws, t.a, s.checkout);
+    if (fresh !== null && verdict === null) {
+      // Judged in the stage worktree: the checkout gets the same plain files before up.
+      await ws.decryptInto(t.a, s.checkout).catch((e: unknown) => {
+        verdict = errorMessage(e);
+      });
+    }
+    if (verdict !== null) {
+      await say(io, `Refused: ${verdict}`);
+      return { code: 65, error: (await refuse(s, head ?? "unknown", trigger, verdict)).message };
+    }
+    if (await exists(s.stopFile)) {
+      // The administrator's switch wins over every way up (pgoctl, webhook, a retry).
+      const why = `Cannot deploy "${s.svc.name}": the stop file "${s.stopFile}" exists`;
+      await say(io, why);
+      s.status.lastError = why;
+      return { code: 75, error: why };
+    }
+    return { pulls };
   }
 
   /**

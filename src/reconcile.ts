@@ -9,7 +9,7 @@ import { join } from "node:path";
 import type { ServiceConfig } from "./config.ts";
 import type { Compose } from "./compose.ts";
 import { Deployer } from "./deploy.ts";
-import type { DeployOptions, Deployed } from "./deploy.ts";
+import type { DeployNowOptions, DeployOptions, Deployed } from "./deploy.ts";
 import { RollbackError, errorMessage } from "./errors.ts";
 import { evaluateCommit } from "./assess.ts";
 import { Follower } from "./follow.ts";
@@ -25,6 +25,7 @@ import type { Hold } from "./state.ts";
 import type { Verdict } from "./verdict.ts";
 import { Workspace } from "./workspace.ts";
 
+export type { DeployNowOptions } from "./deploy.ts";
 export type { DeployIO, DeployResult, ReconcileDeps, ServiceStatus, Trigger } from "./service.ts";
 export type { Hold } from "./state.ts";
 
@@ -163,10 +164,10 @@ export class ServiceWorker {
 
   /**
    * Pulls and brings the project up now, streaming compose's output; call it inside `exclusive`.
-   * Returns compose's exit status. `services` limits it to those compose services.
+   * Returns compose's exit status.
    */
-  async deployNow(trigger: Trigger, io: DeployIO = {}, services: string[] = []): Promise<number> {
-    return (await this.deployWith(await makeTurn(this.s), trigger, { io, services })).code;
+  async deployNow(trigger: Trigger, o: DeployNowOptions = {}): Promise<number> {
+    return (await this.deployWith(await makeTurn(this.s), trigger, o)).code;
   }
 
   /** Deploys the checkout at `head` and keeps what the loop needs of the outcome. */

@@ -669,7 +669,7 @@ test("a stop file present at start keeps the service from ever starting, and dep
   expect(docker.composeCalls().filter((c) => c.startsWith("up ") || c.startsWith("pull "))).toEqual([]);
   expect(worker.status()).toMatchObject({ stopFile: true, lastResult: "stopped" });
   let said = "";
-  const code = await worker.deployNow("pgoctl", { onStderr: (c) => void (said += new TextDecoder().decode(c)) });
+  const code = await worker.deployNow("pgoctl", { io: { onStderr: (c) => void (said += new TextDecoder().decode(c)) } });
   expect(code).not.toBe(0);
   expect(said).toContain(`the stop file "${join(deps.dir, "web.stop")}" exists`);
   expect(await worker.stopFileNow()).toBe(join(deps.dir, "web.stop"));
