@@ -279,7 +279,9 @@ test("the loop polls every interval plus up to half of it in jitter", async () =
   expect(next - clock.now()).toBe(60_000 + 29_970);
   docker.clear();
   clock.advance(60_000);
-  await Bun.sleep(50);
+  // Not due yet: the loop still sleeps (a due sleeper leaves the clock at once), and nothing ran.
+  expect(clock.waiting).toBe(1);
+  expect(worker.status().nextPollAt).toBe(next);
   expect(docker.calls()).toEqual([]);
   clock.advance(29_970);
   await waitFor(() => worker.status().lastPollAt === clock.now(), 10_000, "second cycle");
@@ -298,9 +300,10 @@ test("triggers during a cycle coalesce into one follow-up cycle", async () => {
   worker.trigger("pgoctl");
   worker.trigger("pgoctl");
   worker.trigger("webhook");
-  await waitFor(() => cycles === 2 && clock.waiting === 1, 10_000, "two cycles");
-  await Bun.sleep(50);
+  // Back in the loop's sleep with nothing pending (a pending trigger skips the sleep): no third cycle can start.
+  await waitFor(() => cycles === 2 && clock.waiting === 1 && worker.status().nextPollAt !== null, 10_000, "two cycles");
   expect(cycles).toBe(2);
+  expect(worker.status().nextPollAt).toBe(clock.now() + 60_000);
   await worker.stop();
 });
 
