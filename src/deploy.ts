@@ -18,7 +18,7 @@ import type { Assessment, DeployIO, Scope, Trigger, Turn } from "./service.ts";
 import { settleLoop, waitSettled } from "./settle.ts";
 import type { Settled } from "./settle.ts";
 import { makeSwarm, makeSwarmApi, removeStack, stackReadiness } from "./swarm.ts";
-import type { StackPlan, SwarmApi } from "./swarm.ts";
+import type { SwarmApi } from "./swarm.ts";
 import type { Account } from "./users.ts";
 import type { Workspace } from "./workspace.ts";
 
@@ -72,8 +72,6 @@ interface Attempt {
 export class Deployer {
   /** The compose services the last `up` started. */
   private expected: string[] = [];
-  /** The last stack file made for a swarm service. */
-  private stackPlan: StackPlan | null = null;
 
   constructor(private readonly s: Scope, private readonly ws: Workspace) {}
 
@@ -327,15 +325,9 @@ export class Deployer {
       api: this.swarmApi,
       ...(s.d.composeCgroup ? { cgroupDir: s.d.composeCgroup } : {}),
       onPlan: (plan) => {
-        this.stackPlan = plan;
         for (const w of plan.warnings) s.log.warn("left out of the stack", { detail: w });
       },
     });
-  }
-
-  /** What the last stack deploy left out (keys stack deploy ignores). */
-  get stackWarnings(): string[] {
-    return this.stackPlan?.warnings ?? [];
   }
 
   private get swarmApi(): SwarmApi {

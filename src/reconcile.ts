@@ -1,3 +1,4 @@
+// About 400 lines: ServiceWorker's public API (what daemon.ts and commands.ts call) beside the short loop that sequences the parts.
 /**
  * One reconcile loop per service: clone, follow the branch, deploy when the compose model's files
  * change, bring containers back when they are gone, keep them down while a stop file exists.
@@ -125,11 +126,6 @@ export class ServiceWorker {
     return this.record.historyFile;
   }
 
-  /** What the last stack deploy left out (keys stack deploy ignores), for `check`. */
-  get stackWarnings(): string[] {
-    return this.deployer.stackWarnings;
-  }
-
   /** The keys in the checkout's `ssh/` folder, read again whenever the commit changes. */
   async keys(): Promise<PublicKey[]> {
     const commit = this.head;
@@ -252,11 +248,6 @@ export class ServiceWorker {
   async pullNow(io: DeployIO = {}, services: string[] = []): Promise<number> {
     const a = await this.d.users.lookup(this.svc.user);
     return this.deployer.pull(a, { io, services });
-  }
-
-  /** The compose file in the checkout, or an error naming what was looked for. */
-  composeFile(): string {
-    return this.ws.composeFile();
   }
 
   /** Composes a target for commands from pgoctl. */
