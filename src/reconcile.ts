@@ -43,7 +43,10 @@ export class ServiceWorker {
   private readonly abort = new AbortController();
   /** The commit the checkout is at (and runs, once `deployedAt` is set); null until cloned, or when damaged. */
   private head: string | null = null;
-  /** The checkout broke (its .git removed or damaged): clone it again at the next cycle. */
+  /**
+   * The checkout broke (its .git removed or damaged): clone it again at the next cycle. Until
+   * then status and keys still name `head`, but nothing moves the checkout to it or judges from it.
+   */
   private reclone = false;
   private deployedOnce = false;
   /** The last deploy said nothing about the commit (the engine went away): deploy again next cycle. */
@@ -78,6 +81,11 @@ export class ServiceWorker {
     this.ws = new Workspace(this.s);
     this.follower = new Follower(this.s, this.ws);
     this.deployer = new Deployer(this.s, this.ws);
+  }
+
+  /** The checkout's commit, or null while it is broken (what a deploy, rollback or check goes from). */
+  private get current(): string | null {
+    return this.reclone ? null : this.head;
   }
 
   /** Starts the loop: a cycle now, then one every interval plus jitter. */
@@ -148,8 +156,8 @@ export class ServiceWorker {
    */
   async check(): Promise<Verdict> {
     return this.lock.run(async () => {
-      const running = this.st.deployedAt !== null ? this.head : null;
-      return this.follower.check(await makeTurn(this.s), this.head, running);
+      const running = this.st.deployedAt !== null ? this.current : null;
+      return this.follower.check(await makeTurn(this.s), this.current, running);
     });
   }
 
@@ -168,8 +176,9 @@ export class ServiceWorker {
 
   /** Deploys the checkout at `head` and keeps what the loop needs of the outcome. */
   private async deployWith(t: Turn, trigger: Trigger, o: DeployOptions): Promise<Deployed> {
-    const r = await this.deployer.deploy(t, trigger, this.head, o);
-    this.head = r.head;
+    const head = this.current;
+    const r = await this.deployer.deploy(t, trigger, head, o);
+    if (r.head !== head) this.head = r.head; // a rollback moved the checkout
     if (r.deployed) {
       this.deployedOnce = true;
       this.retryDeploy = false;
@@ -207,6 +216,7 @@ export class ServiceWorker {
     }
     await this.ws.moveTo(t, target);
     this.head = target;
+    this.reclone = false;
     await this.pin(target);
     // Judged in the stage worktree a moment ago, and the checkout just put there: neither again.
     return (await this.deployWith(t, "pgoctl", { io, autoRollback: false, keepBad: true, assessment: verdict, restored: true })).code;
@@ -219,7 +229,7 @@ export class ServiceWorker {
       target = await t.git.resolveCommit(this.s.checkout, rev);
       if (target === null) throw new RollbackError("unknown commit", `Cannot find commit "${rev}" in the checkout`);
     } else {
-      const earlier = (await this.record.history()).filter((e) => e.result === "deployed" && e.commit !== this.head && this.record.mayRun(e.commit));
+      const earlier = (await this.record.history()).filter((e) => e.result === "deployed" && e.commit !== this.current && this.record.mayRun(e.commit));
       target = earlier.at(-1)?.commit ?? null;
       if (target === null) throw new RollbackError("nothing earlier", "Cannot roll back: no earlier commit deployed well");
     }
@@ -237,9 +247,10 @@ export class ServiceWorker {
 
   /** Puts the checkout back to the commit that runs (see Workspace.moveTo); call it inside `exclusive`. */
   async restoreNow(): Promise<void> {
-    if (this.head === null) return;
+    const head = this.current;
+    if (head === null) return;
     const t = await makeTurn(this.s);
-    await this.ws.moveTo(t, this.head);
+    await this.ws.moveTo(t, head);
     // The clean took the plain files of encrypted ones too: compose needs them back.
     await this.ws.decryptInto(t.a, this.s.checkout);
   }
