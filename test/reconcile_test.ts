@@ -533,9 +533,12 @@ test("the loop backs off to twice and then four times the interval while the rem
 test("a checkout whose git directory is removed while running is cloned again at the next cycle", async () => {
   const { worker, checkout } = setup();
   await worker.cycle("start");
+  const running = worker.status().commit;
   rmSync(gitDirOf(checkout), { recursive: true });
   await worker.cycle("poll");
   expect(worker.status().lastError).not.toBeNull();
+  // Until the clone, status still names the commit that runs.
+  expect(worker.status().commit).toBe(running);
   await worker.cycle("poll");
   expect(existsSync(gitDirOf(checkout))).toBe(true);
   expect(worker.status()).toMatchObject({ lastError: null, lastResult: "deployed" });
