@@ -15,7 +15,7 @@ import type { Assessment, Scope, Trigger, Turn } from "./service.ts";
 import { describe, judgeCommit, signersWriter, UnknownTrustRoot } from "./signatures.ts";
 import type { SignatureVerdict } from "./signatures.ts";
 import { isSshRemote, sshAdvertisedHead } from "./ssh_refs.ts";
-import { stackWarnings } from "./swarm.ts";
+import { stackWarnings } from "./swarm_plan.ts";
 import type { Verdict } from "./verdict.ts";
 import type { Workspace } from "./workspace.ts";
 import { screenYaml } from "./yaml_screen.ts";
