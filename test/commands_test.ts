@@ -56,7 +56,7 @@ function fakeService(opts: { cloned?: boolean; exitCode?: number; verdict?: Verd
     async restoreNow() {
       calls.push(`${locked ? "locked " : ""}restore`);
     },
-    async deployNow(_t, io, services = []) {
+    async deployNow(_t, { io, services = [] }) {
       calls.push(`${locked ? "locked " : ""}deploy ${services.join(" ")}`.trim());
       await io.onStdout?.(new TextEncoder().encode("deployed\n"));
       return opts.exitCode ?? 0;
