@@ -12,7 +12,10 @@
  */
 import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { cleanupAll, composeFile, fakeEngine, loadAverage, makeKey, percentile, Pgod, Repo, run, RUN_PREFIX, tempDir } from "./lib.ts";
+import { cleanupAll, composeFile, fakeEngine, loadAverage, Pgod, Repo, RUN_PREFIX, tempDir } from "./lib.ts";
+import { makeKey } from "../test/kit/keys.ts";
+import { run } from "../test/kit/process.ts";
+import { percentile } from "../test/kit/stats.ts";
 
 const rounds = Number(process.argv[2] ?? 20);
 const loadRequests = Number(process.argv[3] ?? 100);

@@ -1,6 +1,6 @@
-import { RollbackError } from "../src/errors.ts";
+import { EX, RollbackError } from "../src/errors.ts";
 import { expect, test } from "bun:test";
-import { checkArgs, dispatch, EX, formatStatus } from "../src/commands.ts";
+import { checkArgs, dispatch, formatStatus } from "../src/commands.ts";
 import type { RouterDeps, ServiceHandle } from "../src/commands.ts";
 import type { Compose } from "../src/compose.ts";
 import type { RunResult } from "../src/exec.ts";
@@ -8,7 +8,7 @@ import type { KeyOptions } from "../src/keys.ts";
 import { memoryLogger } from "../src/log.ts";
 import { EXIT_TEMPFAIL, LongRunning } from "../src/long_running.ts";
 import type { Hold, ServiceStatus } from "../src/reconcile.ts";
-import type { ClientKey, SessionIO } from "../src/ssh_server.ts";
+import type { ClientKey, SessionIO } from "../src/ssh_session.ts";
 import type { Verdict } from "../src/verdict.ts";
 
 const KEY_A: ClientKey = { algo: "ssh-ed25519", blob: Buffer.from("key-a"), fingerprint: "SHA256:a" };
@@ -56,7 +56,7 @@ function fakeService(opts: { cloned?: boolean; exitCode?: number; verdict?: Verd
     async restoreNow() {
       calls.push(`${locked ? "locked " : ""}restore`);
     },
-    async deployNow(_t, io, services = []) {
+    async deployNow(_t, { io, services = [] }) {
       calls.push(`${locked ? "locked " : ""}deploy ${services.join(" ")}`.trim());
       await io.onStdout?.(new TextEncoder().encode("deployed\n"));
       return opts.exitCode ?? 0;
@@ -455,7 +455,8 @@ test("LongRunning.take() waits for a slot to free up, and refuses with 75 when n
   const first = await lr.take("web", "SHA256:a", "exec");
   let second: (() => void) | null = null;
   const waiting = lr.take("web", "SHA256:b", "exec").then((r) => (second = r));
-  await new Promise((r) => setTimeout(r, 20));
+  // One turn of the event loop: only first() or the 60 s wait can let it through, and neither has happened.
+  await Bun.sleep(0);
   expect(second).toBeNull();
   first();
   await waiting;

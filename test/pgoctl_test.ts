@@ -7,9 +7,12 @@ import { UsageError } from "../src/errors.ts";
 import { keysEqual, parseAuthorizedKeys, type PublicKey } from "../src/keys.ts";
 import { memoryLogger } from "../src/log.ts";
 import { parseArgs, requestText, runPgoctl, USAGE, VERSION, type Output } from "../src/pgoctl.ts";
-import { startSshServer, type SessionIO, type SshServer } from "../src/ssh_server.ts";
+import { startSshServer, type SshServer } from "../src/ssh_server.ts";
+import type { SessionIO } from "../src/ssh_session.ts";
 import { parseRequest } from "../src/target.ts";
 import { MSG } from "../src/ssh_wire.ts";
+import { waitFor } from "./helpers.ts";
+import { runSync as sh } from "./kit/process.ts";
 import { startFakeSshServer } from "./ssh_fake_server.ts";
 
 let dir: string;
@@ -20,11 +23,6 @@ let server: SshServer;
 let port: string;
 let aborted = 0;
 let requests = 0; // requests the main server has run
-
-function sh(argv: string[]): void {
-  const p = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe" });
-  if (p.exitCode !== 0) throw new Error(`${argv.join(" ")}: ${p.stderr.toString()}`);
-}
 
 /** The fake pgod: echoes the parsed request as JSON; `exit N` exits N; `flood` writes until the client goes away; `big N` writes N bytes. */
 async function handle(_key: unknown, command: string, io: SessionIO): Promise<number> {
@@ -226,8 +224,7 @@ describe("runPgoctl()", () => {
     });
     expect(code).toBe(141);
     expect(e.text()).not.toContain("EPIPE");
-    const deadline = Date.now() + 5000;
-    while (aborted === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    await waitFor(() => aborted !== before, 5000, "the server to see the client go");
     expect(aborted).toBe(before + 1);
   });
 

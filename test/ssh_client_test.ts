@@ -10,7 +10,8 @@ import { join } from "node:path";
 import { keysEqual, parseAuthorizedKeys, type PublicKey } from "../src/keys.ts";
 import { memoryLogger } from "../src/log.ts";
 import { execSsh, SshClientError, type ExecOptions, type ExecResult } from "../src/ssh_client.ts";
-import { startSshServer, type SessionIO, type SshServer } from "../src/ssh_server.ts";
+import { startSshServer, type SshServer } from "../src/ssh_server.ts";
+import type { SessionIO } from "../src/ssh_session.ts";
 import { MSG, parseOpensshEd25519, SshReader, SshWriter, type Ed25519Identity, type KexInit } from "../src/ssh_wire.ts";
 import { startFakeSshServer, makeHostKey, type FakeConn, type FakeSshServer } from "./ssh_fake_server.ts";
 
