@@ -63,6 +63,8 @@ interface Conn {
   idle: ReturnType<typeof setTimeout> | undefined;
   /** Told when the connection goes away during a poll. */
   onLost: (() => void) | null;
+  /** Resolves when the last poll's channel has closed (or the connection is dropped). */
+  draining: Promise<void> | null;
 }
 
 /** The connection went away (or stopped answering) under a poll: worth one more try on a new one. */
@@ -152,7 +154,7 @@ export class SshConnections {
     }
     const c: Conn = {
       client: null as unknown as Client, slot: slotOf(login), uid: login.uid, credentials: login.credentials,
-      kept: keep, busy: true, dead: false, usedAt: Date.now(), idle: undefined, onLost: null,
+      kept: keep, busy: true, dead: false, usedAt: Date.now(), idle: undefined, onLost: null, draining: null,
     };
     if (keep) this.conns.add(c); // counted against the cap while it connects
     try {
@@ -174,12 +176,14 @@ export class SshConnections {
     return c;
   }
 
-  /** One exec channel on `c` (`fresh`: just made); releases or drops `c` after. */
+  /**
+   * One exec channel on `c` (`fresh`: just made); releases or drops `c` after. The previous
+   * poll's channel may still be closing: the channel is opened once it has (one at a time).
+   */
   private attempt<T>(c: Conn, fresh: boolean, command: string, env: Record<string, string>, deadline: number, talk: (ch: ClientChannel) => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       let settled = false;
       let opened = false;
-      let channelClosed = false;
       let talked = false;
       const finish = (e: Error | null, v?: T): void => {
         if (settled) return;
@@ -187,69 +191,63 @@ export class SshConnections {
         clearTimeout(timer);
         clearTimeout(check);
         c.onLost = null;
-        if (e !== null && !(e instanceof ConnectionLost) && !talked) this.drop(c);
+        if (e !== null && !talked) this.drop(c); // the channel's state is unknown: not reused
         if (e) reject(e);
         else resolve(v as T);
       };
-      const timer = setTimeout(() => {
-        this.drop(c);
-        finish(new RemoteTimeout("Cannot ask the remote for its branches: it did not answer in time"));
-      }, Math.max(0, deadline - Date.now()));
+      const timer = setTimeout(() => finish(new RemoteTimeout("Cannot ask the remote for its branches: it did not answer in time")), Math.max(0, deadline - Date.now()));
       // A kept connection whose peer is gone without a word (a NAT forgot it, say) is found out
       // here, early enough to make a new one within the deadline.
       const check = fresh ? undefined : setTimeout(() => {
-        if (opened) return;
-        this.drop(c);
-        finish(new ConnectionLost("it did not open a channel in time"));
+        if (!opened) finish(new ConnectionLost("it did not open a channel in time"));
       }, Math.min(REUSE_CHECK_MS, Math.max(0, deadline - Date.now()) / 2));
-      if (c.dead) return finish(new ConnectionLost("it was closed"));
       c.onLost = () => finish(new ConnectionLost("it was closed"));
-      const release = (): void => {
-        if (!talked || !channelClosed) return;
-        if (c.dead) return;
-        c.busy = false;
-        c.usedAt = Date.now();
-        if (!c.kept) return this.drop(c);
-        c.idle = setTimeout(() => this.drop(c), this.idleMs);
-        c.idle.unref?.();
+      const open = (): void => {
+        if (settled) return;
+        if (c.dead) return finish(new ConnectionLost("it was closed"));
+        try {
+          c.client.exec(command, { env }, (err, ch) => {
+            opened = true;
+            if (settled) return void ch?.close();
+            if (err) return finish(fresh ? new UnsupportedRemote(`cannot run git-upload-pack: ${err.message}`) : new ConnectionLost(err.message));
+            let closed = false;
+            c.draining = new Promise<void>((r) => ch.on("close", () => {
+              closed = true;
+              r();
+            }));
+            talk(ch).then(
+              (v) => {
+                talked = true;
+                finish(null, v);
+              },
+              (e: unknown) => {
+                if (c.dead) return finish(new ConnectionLost("it was closed"));
+                talked = true;
+                finish(e instanceof Error ? e : new Error(String(e)));
+              },
+            ).finally(() => {
+              if (!talked || c.dead) return;
+              this.release(c);
+              // A channel that does not close after the conversation leaves its connection unusable.
+              if (!closed) setTimeout(() => closed || this.drop(c), CHANNEL_CLOSE_MS).unref?.();
+            });
+          });
+        } catch (e) {
+          finish(new ConnectionLost(e instanceof Error ? e.message : String(e)));
+        }
       };
-      try {
-        c.client.exec(command, { env }, (err, ch) => {
-          opened = true;
-          if (settled) {
-            ch?.close();
-            return;
-          }
-          if (err) {
-            this.drop(c);
-            return finish(fresh ? new UnsupportedRemote(`cannot run git-upload-pack: ${err.message}`) : new ConnectionLost(err.message));
-          }
-          ch.on("close", () => {
-            channelClosed = true;
-            release();
-          });
-          talk(ch).then(
-            (v) => {
-              talked = true;
-              finish(null, v);
-            },
-            (e: unknown) => {
-              if (c.dead) return finish(new ConnectionLost("it was closed"));
-              talked = true;
-              finish(e instanceof Error ? e : new Error(String(e)));
-            },
-          ).finally(() => {
-            if (c.dead) return;
-            release();
-            // A channel that does not close after the conversation leaves its connection unusable.
-            if (!channelClosed) setTimeout(() => channelClosed || this.drop(c), CHANNEL_CLOSE_MS).unref?.();
-          });
-        });
-      } catch (e) {
-        this.drop(c);
-        finish(new ConnectionLost(e instanceof Error ? e.message : String(e)));
-      }
+      if (c.draining === null) open();
+      else void c.draining.then(open);
     });
+  }
+
+  /** `c` is free for the next poll (once its channel closed); kept for `idleMs`, or closed when it was not to be kept. */
+  private release(c: Conn): void {
+    c.busy = false;
+    c.usedAt = Date.now();
+    if (!c.kept) return this.drop(c);
+    c.idle = setTimeout(() => this.drop(c), this.idleMs);
+    c.idle.unref?.();
   }
 
   /** Closes `c` and forgets it. */
