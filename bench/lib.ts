@@ -452,13 +452,15 @@ export async function fakeEngine(tag: string): Promise<Engine & { stop(): void; 
 export interface ServiceSpec {
   name: string;
   repository: string;
+  /** The service's user (default root). */
+  user?: string;
   extra?: string;
 }
 
 /** The TOML text of a config. */
 export function configText(services: ServiceSpec[]): string {
   return services
-    .map((s) => `[[services]]\nname = "${s.name}"\nuser = "root"\nrepository = "${s.repository}"\n${s.extra ?? ""}`)
+    .map((s) => `[[services]]\nname = "${s.name}"\nuser = "${s.user ?? "root"}"\nrepository = "${s.repository}"\n${s.extra ?? ""}`)
     .join("\n");
 }
 
