@@ -8,7 +8,7 @@
  * end, also on failure, on SIGINT/SIGTERM, and when the deadline passes.
  */
 import { createHash, createHmac } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
+import { closeSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { Client } from "ssh2";
@@ -211,6 +211,8 @@ interface SshRemotes {
   urls: string[];
   user: string;
   home: string;
+  /** How many logins sshd accepted so far. */
+  logins(): number;
 }
 
 /**
@@ -239,11 +241,18 @@ async function sshRemotes(root: string, bares: string[]): Promise<SshRemotes> {
   await writeFile(join(srv, "sshd.conf"), [
     `Port ${port}`, "ListenAddress 127.0.0.1", `HostKey ${join(srv, "host")}`, `PidFile ${join(srv, "pid")}`,
     `AuthorizedKeysFile ${join(srv, "authorized_keys")}`, "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-    "UsePAM no", "StrictModes no", "AcceptEnv GIT_PROTOCOL", "MaxStartups 100:30:200", "LogLevel ERROR", "",
+    "UsePAM no", "StrictModes no", "AcceptEnv GIT_PROTOCOL", "MaxStartups 100:30:200", "LogLevel INFO", "",
   ].join("\n"));
-  spawnTracked(["/usr/sbin/sshd", "-D", "-e", "-f", join(srv, "sshd.conf")]);
+  const log = join(srv, "sshd.log");
+  const fd = openSync(log, "a");
+  try {
+    spawnTracked(["/usr/sbin/sshd", "-D", "-e", "-f", join(srv, "sshd.conf")], { stderr: fd });
+  } finally {
+    closeSync(fd);
+  }
   await waitFor("sshd to listen", async () => ((await canConnect(port)) ? true : undefined), 30_000, 20);
-  return { urls: bares.map((b) => `ssh://${user}@127.0.0.1:${port}${b}`), user, home };
+  const logins = (): number => readFileSync(log, "utf8").split("\n").filter((l) => l.includes("Accepted publickey")).length;
+  return { urls: bares.map((b) => `ssh://${user}@127.0.0.1:${port}${b}`), user, home, logins };
 }
 
 async function idleCycle(engine: Engine, p: ReturnType<typeof plan>["s1"], remotes: Options["remotes"]): Promise<void> {
@@ -260,7 +269,9 @@ async function idleCycle(engine: Engine, p: ReturnType<typeof plan>["s1"], remot
   say(`1: ${n} services deployed and idle; measuring ${p.windows} window(s) of ${p.windowMs / 1000} s`);
   const eng = enginePids(engine);
   const ws: Window[] = [];
+  const logins0 = ssh?.logins() ?? 0;
   for (let i = 0; i < p.windows; i++) ws.push(await measureWindow(pg, n, p.windowMs, eng));
+  const logins = (ssh?.logins() ?? 0) - logins0;
   raw["s1.windows"] = ws;
   const perCycle = (f: (w: Window) => number): number => median(ws.map((w) => f(w) / w.cycles));
   await pg.stop();
@@ -289,6 +300,7 @@ async function idleCycle(engine: Engine, p: ReturnType<typeof plan>["s1"], remot
   const script = join(ROOT, "bench/baseline.sh");
   // No warm-up: pgod's own deploys just ran docker compose on these very projects.
   const base: Array<{ cpu: number; wall: number; engineCpu: number; execs: number }> = [];
+  const baseLogins0 = ssh?.logins() ?? 0;
   for (let i = 0; i < p.baselineRuns; i++) {
     const tf = join(out, `time-${i}`);
     const pf = join(root, `perf-${i}`);
@@ -304,6 +316,7 @@ async function idleCycle(engine: Engine, p: ReturnType<typeof plan>["s1"], remot
     say(`1: baseline cycle ${i + 1}: ${(u! + s!).toFixed(2)} s CPU, ${wall} s wall, ${execs} programs (exit ${r.code})`);
   }
   const baseExecs = median(base.map((b) => b.execs));
+  const baseLogins = ((ssh?.logins() ?? 0) - baseLogins0) / p.baselineRuns;
   raw["s1.baseline"] = base;
   const ours = perCycle((w) => w.cpu);
   const theirs = median(base.map((b) => b.cpu));
@@ -315,6 +328,10 @@ async function idleCycle(engine: Engine, p: ReturnType<typeof plan>["s1"], remot
   row({ id: "1", figure: "  `docker compose up` runs while idle", ours: String(ups), baseline: `${n} per cycle`, target: "0", verdict: verdict(ups === 0) });
   row({ id: "1", figure: "  processes pgod started per cycle (its --debug exec lines)", ours: perCycle((w) => w.execs).toFixed(1) });
   row({ id: "1", figure: "  programs started per cycle, grandchildren too (perf: sched_process_exec)", ours: Number.isFinite(treeExecs) ? treeExecs.toFixed(1) : "n/a", baseline: Number.isFinite(baseExecs) ? baseExecs.toFixed(0) : "n/a" });
+  if (ssh) {
+    const cycles = ws.reduce((a, w) => a + w.cycles, 0);
+    row({ id: "1", figure: "  ssh logins per cycle (sshd's log): pgod keeps its connections", ours: (logins / cycles).toFixed(1), baseline: baseLogins.toFixed(0) });
+  }
   if (engine.kind === "real") {
     row({ id: "1", figure: "  engine CPU per cycle (dockerd + containerd; informational)", ours: sec(perCycle((w) => w.engineCpu)), baseline: sec(median(base.map((b) => b.engineCpu))) });
   }
