@@ -164,6 +164,10 @@ export class SshConnections {
       throw e;
     }
     this.counts.made++;
+    if (c.dead) { // close() while it connected
+      c.client.end();
+      throw new UnsupportedRemote("the SSH connection was closed");
+    }
     const gone = (): void => {
       c.dead = true;
       this.conns.delete(c);
