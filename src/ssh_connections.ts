@@ -10,7 +10,8 @@
  *   kept (the least recently used idle one makes room; past that a poll gets a connection of its
  *   own, closed after it, as before connections were kept).
  * - One channel at a time per connection (a server may allow a single session); a second poll
- *   of the same login meanwhile gets another connection.
+ *   of the same login meanwhile gets another connection, or when the user has no room for one,
+ *   waits a little for one of the login's to be free.
  * - A kept connection that is gone or does not open a channel in time is dropped and the poll
  *   tries once more on a new connection, within the same deadline; git is asked after that.
  * - No keepalives: a connection idle for `idleMs` is closed, and close() ends all of them
@@ -80,6 +81,8 @@ export class SshConnections {
   idleMs: number;
   maxPerUser: number;
   private readonly conns = new Set<Conn>();
+  /** Polls waiting for a connection to be free: each takes one if it can. */
+  private readonly waiters = new Set<() => boolean>();
   /** Connections made and dropped, for tests and the benchmark. */
   readonly counts = { made: 0, reused: 0, lost: 0 };
 
@@ -101,7 +104,10 @@ export class SshConnections {
   async exec<T>(login: SshLogin, o: ExecOptions<T>): Promise<T> {
     const { connect, command, env, timeoutMs, talk } = o;
     const deadline = Date.now() + timeoutMs;
-    const kept = this.take(login);
+    let kept = this.take(login);
+    // All the user's connections busy, some with this login: one of those is soon free, and
+    // cheaper than a connection of this poll's own.
+    if (kept === null && this.full(login)) kept = await this.wait(login, Math.min(REUSE_CHECK_MS, (deadline - Date.now()) / 2));
     if (kept !== null) {
       this.counts.reused++;
       try {
@@ -124,6 +130,30 @@ export class SshConnections {
   /** Closes every connection (shutdown, restart); later polls make new ones. */
   close(): void {
     for (const c of [...this.conns]) this.drop(c);
+  }
+
+  /** Whether the user has no room for another connection and one of `login`'s is in use. */
+  private full(login: SshLogin): boolean {
+    const mine = [...this.conns].filter((c) => c.uid === login.uid);
+    return mine.length >= this.maxPerUser && mine.every((c) => c.busy) && mine.some((c) => c.slot === slotOf(login));
+  }
+
+  /** A kept connection of `login` once one is free, or null after `ms`. */
+  private wait(login: SshLogin, ms: number): Promise<Conn | null> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiters.delete(waiter);
+        resolve(null);
+      }, Math.max(0, ms));
+      const waiter = (): boolean => {
+        const c = this.take(login);
+        if (c === null) return false;
+        clearTimeout(timer);
+        resolve(c);
+        return true;
+      };
+      this.waiters.add(waiter);
+    });
   }
 
   /** A free kept connection of `login`, marked busy; closes the login's connections made with other credentials. */
@@ -252,6 +282,11 @@ export class SshConnections {
     if (!c.kept) return this.drop(c);
     c.idle = setTimeout(() => this.drop(c), this.idleMs);
     c.idle.unref?.();
+    for (const w of this.waiters) {
+      if (!w()) continue;
+      this.waiters.delete(w);
+      break;
+    }
   }
 
   /** Closes `c` and forgets it. */

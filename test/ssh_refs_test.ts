@@ -385,6 +385,16 @@ describe("sshAdvertisedHead() keeps its connection between polls", () => {
     capped.close();
   });
 
+  test("polls at once past the user's cap take turns on the kept connection instead of logging in again", async () => {
+    const connections = pool({ maxPerUser: 1 });
+    const before = { accepted: proxy.accepted, marks: await marks() };
+    const ids = await Promise.all([0, 1, 2].map(() => sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections })));
+    expect(ids).toEqual([head, head, head]);
+    expect({ accepted: proxy.accepted - before.accepted, runs: (await marks()) - before.marks, open: connections.size })
+      .toEqual({ accepted: 1, runs: 3, open: 1 });
+    connections.close();
+  });
+
   test("close() ends every kept connection", async () => {
     const connections = pool();
     expect(await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections })).toBe(head);
