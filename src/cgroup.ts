@@ -4,7 +4,7 @@
  */
 import { lstat, mkdir, readdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { errno } from "./yaml_screen.ts";
+import { errnoCode } from "./errors.ts";
 
 /** How many processes the kernel's OOM killer has ended in a cgroup (v1 or v2); 0 if unknown. */
 export async function oomKills(dir: string): Promise<number> {
@@ -83,8 +83,8 @@ export async function removeMemoryCgroup(dir: string): Promise<boolean> {
       await rmdir(dir);
       return true;
     } catch (e) {
-      if (errno(e) === "ENOENT") return true;
-      if (errno(e) !== "EBUSY" || attempt >= 25) return false;
+      if (errnoCode(e) === "ENOENT") return true;
+      if (errnoCode(e) !== "EBUSY" || attempt >= 25) return false;
       await new Promise((r) => setTimeout(r, 20));
     }
   }
@@ -122,7 +122,7 @@ function pidAlive(pid: number): boolean {
     process.kill(pid, 0);
     return true;
   } catch (e) {
-    return errno(e) === "EPERM";
+    return errnoCode(e) === "EPERM";
   }
 }
 

@@ -4,24 +4,18 @@
  * adapts ssh2 events to it.
  */
 import type { Compose } from "./compose.ts";
-import { RequestError, RollbackError, errorMessage } from "./errors.ts";
+import { answerOf, EX, RequestError, errorMessage } from "./errors.ts";
 import type { PublicKey } from "./keys.ts";
 import { formatHistory, readHistory } from "./history.ts";
 import { keyAllows, keysEqual } from "./keys.ts";
 import type { Logger } from "./log.ts";
-import { EXIT_TEMPFAIL, type LongRunning } from "./long_running.ts";
+import type { LongRunning } from "./long_running.ts";
 import type { Hold, ServiceStatus } from "./reconcile.ts";
-import type { ClientKey, SessionIO } from "./ssh_server.ts";
-import { requestName } from "./ssh_server.ts";
+import type { ClientKey, SessionIO } from "./ssh_session.ts";
+import { requestName } from "./ssh_session.ts";
 import { parseRequest } from "./target.ts";
 import { formatVerdict } from "./verdict.ts";
 import type { Verdict } from "./verdict.ts";
-
-/** sysexits(3) statuses for errors of the request itself. */
-export const EX = { usage: 64, dataerr: 65, unavailable: 69, software: 70, noperm: 77 } as const;
-
-/** The status for each reason a rollback is refused: a bad argument, nothing to go back to, a commit that may not run. */
-const ROLLBACK_STATUS = { "unknown commit": EX.usage, "nothing earlier": EX.unavailable, unverified: EX.dataerr } as const;
 
 /** What the router needs of one service (a ServiceWorker provides it). */
 export interface ServiceHandle {
@@ -64,6 +58,10 @@ export const COMMANDS = [
   "history", "rollback", "unpin", "sync", "recipient",
 ] as const;
 type Command = (typeof COMMANDS)[number];
+
+function isCommand(c: string): c is Command {
+  return COMMANDS.some((x) => x === c);
+}
 
 /** Options each command accepts (everything else is refused), and which of them take a value. */
 const OPTIONS: Record<string, { flags: string[]; valued: string[]; services: boolean }> = {
@@ -136,35 +134,35 @@ export async function dispatch(key: ClientKey, request: string, io: SessionIO, d
     };
     let req = parse(request, "request");
     service = req.service;
-    command = (COMMANDS as readonly string[]).includes(req.command) ? req.command : "unknown";
+    command = isCommand(req.command) ? req.command : "unknown";
     const handle = d.services.get(req.service);
     // The key's lines in this service's ssh/ folder that let this client in (from=, expiry-time).
     const lines = handle ? (await d.keysOf(req.service)).filter((k) => keysEqual(k, key) && keyAllows(k, { ip: key.ip ?? "", now: now() })) : [];
     if (!handle || lines.length === 0) throw denied(req.service);
     // command="..." runs instead of what was asked, unless another line of the key has none.
-    const forced = lines.every((k) => k.options?.command !== undefined) ? lines[0]!.options!.command! : null;
+    const commands = lines.map((k) => k.options?.command);
+    const forced = commands.every((c) => c !== undefined) ? commands[0] ?? null : null;
     if (forced !== null) {
       req = parse(forced.includes("//") ? forced : `${req.service}//${forced}`, 'command="..." of the key');
       if (req.service !== service) throw new RequestError(EX.noperm, `Permission denied: the key's command="..." names another service`);
       d.logger.info("running the key's forced command", { service, key: key.fingerprint, asked: requestName(request) });
     }
-    command = (COMMANDS as readonly string[]).includes(req.command) ? req.command : "unknown";
-    if (command === "unknown") {
-      throw new RequestError(EX.usage, `Unknown command "${req.command}": expected one of ${COMMANDS.filter((c) => c !== "load").join(", ")}`);
+    const cmd = req.command;
+    if (!isCommand(cmd)) {
+      command = "unknown";
+      throw new RequestError(EX.usage, `Unknown command "${cmd}": expected one of ${COMMANDS.filter((c) => c !== "load").join(", ")}`);
     }
-    status = await run(req.command as Command, req.args, handle, io, d, { service, key: key.fingerprint });
+    command = cmd;
+    status = await run(cmd, req.args, handle, io, d, { service, key: key.fingerprint });
     result = status === 0 ? "ok" : "error";
   } catch (e) {
-    if (e instanceof RequestError) {
-      status = e.status;
-      result = e.status === EX.noperm ? "denied" : e.status === EX.usage ? "malformed" : e.status === EX.unavailable || e.status === EXIT_TEMPFAIL ? "unavailable" : "error";
-      await io.stderr.write(`${e.message}\n`).catch(() => {});
-    } else {
-      status = EX.software;
-      result = "error";
-      d.logger.error("request failed", { service, command, error: errorMessage(e) });
-      await io.stderr.write(`Internal error: ${errorMessage(e)}\n`).catch(() => {});
-    }
+    // A refused request (RequestError, RollbackError) gets its own status; a failing git or
+    // engine is an internal error like any other (errors.ts answerOf).
+    const a = answerOf(e);
+    status = a.status;
+    result = a.result;
+    if (a.internal) d.logger.error("request failed", { service, command, error: errorMessage(e) });
+    await io.stderr.write(`${a.internal ? "Internal error: " : ""}${errorMessage(e)}\n`).catch(() => {});
   }
   d.count?.(command, result);
   d.logger.debug("request routed", { service, command, result, ms: now() - started });
@@ -243,14 +241,7 @@ async function run(
       await notStopped(h, cmd);
       return h.exclusive(async () => {
         await notStopped(h, cmd);
-        try {
-          return await h.rollbackTo(args[0] ?? null, out);
-        } catch (e) {
-          // Only a request pgod cannot honour gets its own status; a failing git or engine is an
-          // internal error like any other.
-          if (e instanceof RollbackError) throw new RequestError(ROLLBACK_STATUS[e.reason], e.message);
-          throw e;
-        }
+        return h.rollbackTo(args[0] ?? null, out);
       });
     }
     case "unpin":

@@ -2,9 +2,11 @@
 
 import { parse, TomlError } from "smol-toml";
 import { ConfigError, errorMessage, type ConfigProblem } from "./errors.ts";
+import { locate } from "./config_lines.ts";
+import {
+  branchProblem, CONTROL, hostPort, parseMount, parseRegistry, parseReload, q, relativePathProblem,
+} from "./config_values.ts";
 import { parseDuration } from "./duration.ts";
-import { splitShellWords } from "./shell_words.ts";
-import { parseTarget } from "./target.ts";
 
 /** A registry login from `[user:]token@registry`; user defaults to the service's user. */
 export interface Registry {
@@ -86,10 +88,6 @@ export const DEFAULT_HEALTH_TIMEOUT_MS = 120_000;
 
 const NAME = /^[a-z0-9][a-z0-9_-]*$/;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-const HOST = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
-const IPV6 = /^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(%[A-Za-z0-9_.-]+)?$/;
-const CONTAINER = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
-const CONTROL = /[\x00-\x1f\x7f]/;
 const LOG_DRIVER = /^[a-z0-9][a-z0-9_.\/:-]*$/;
 
 /** Reads and validates the config file; throws `ConfigError` (line 0 when it cannot be read). */
@@ -350,231 +348,6 @@ function checkService(
   return svc;
 }
 
-/** Why `b` is not a valid git branch name (git check-ref-format), or undefined. */
-function branchProblem(b: string): string | undefined {
-  if (b === "") return "expected a git branch name";
-  if (b.startsWith("-")) return `a git branch name cannot start with "-"`;
-  if (/[\s~^:?*[\\]/.test(b) || CONTROL.test(b)) return `a git branch name cannot contain whitespace or any of "~^:?*[\\"`;
-  if (b.includes("..")) return `a git branch name cannot contain ".."`;
-  if (b.includes("@{") || b === "@") return `a git branch name cannot contain "@{" or be "@"`;
-  const parts = b.split("/");
-  if (parts.some((c) => c === "" || c.startsWith(".") || c.endsWith(".lock")) || b.endsWith(".")) {
-    return `a git branch name cannot have empty components, components starting with "." or ending in ".lock", or end with "."`;
-  }
-  return undefined;
-}
-
-/** Why `p` is not a relative path inside the repository, or undefined. */
-function relativePathProblem(p: string): string | undefined {
-  if (p === "") return "expected a path relative to the repository";
-  if (p.includes("\0")) return "the path cannot contain a NUL character";
-  if (p.startsWith("/")) return "expected a path relative to the repository, not an absolute path";
-  const segments: string[] = [];
-  for (const s of p.split("/")) {
-    if (s === "" || s === ".") continue;
-    if (s !== "..") segments.push(s);
-    else if (segments.pop() === undefined) return "the path leaves the repository";
-  }
-  if (segments.length === 0) return "the path names the repository itself";
-  if (segments[0] === ".git") return `the path cannot be inside ".git"`;
-  return undefined;
-}
-
-/** Parses `machine:container//exec command args...`, or returns why it is invalid. */
-function parseReload(s: string): Reload | string {
-  const form = `expected "machine:container//exec command [args...]"`;
-  const slashes = s.indexOf("//");
-  if (slashes < 0) return form;
-  const ws = s.slice(slashes).search(/\s/);
-  const end = ws < 0 ? s.length : slashes + ws;
-  let container: string;
-  try {
-    const t = parseTarget(s.slice(0, end));
-    if (t.command !== "exec") return `the command must be "exec", got ${q(t.command)}`;
-    container = t.service;
-  } catch {
-    return form;
-  }
-  if (!CONTAINER.test(container)) return `invalid container name ${q(container)}`;
-  let argv: string[];
-  try {
-    // Blank out the target so that columns in errors count from the start of the value.
-    argv = splitShellWords(" ".repeat(end) + s.slice(end));
-  } catch (e) {
-    return lowerFirst(errorMessage(e));
-  }
-  if (argv.length === 0) return `missing the command to run after "exec"`;
-  return { container, argv };
-}
-
-/** Parses `nfs://host[:port]/path`, or returns why it is invalid. */
-function parseMount(s: string): Mount | string {
-  const form = `expected "nfs://host[:port]/path"`;
-  if (!s.startsWith("nfs://")) return form;
-  const rest = s.slice("nfs://".length);
-  const slash = rest.indexOf("/");
-  if (slash < 0) return `${form}: missing path`;
-  const hp = hostPort(rest.slice(0, slash));
-  if (typeof hp === "string") return `${form}: ${hp}`;
-  const path = rest.slice(slash);
-  if (CONTROL.test(path)) return `${form}: the path cannot contain control characters`;
-  return hp.port === undefined ? { host: hp.host, path } : { host: hp.host, port: hp.port, path };
-}
-
-/** Parses `[user:]token@registry` (split at the last "@": a registry has none), or returns why it is invalid. */
-function parseRegistry(e: string, defaultUser: string): Registry | string {
-  const at = e.lastIndexOf("@");
-  if (at < 0) return `expected "[user:]token@registry"`;
-  const host = e.slice(at + 1);
-  if (host === "") return `missing registry after "@"`;
-  if (host.startsWith("-") || /\s/.test(host) || CONTROL.test(host)) return `invalid registry ${q(host)}`;
-  const cred = e.slice(0, at);
-  const colon = cred.indexOf(":");
-  const user = colon < 0 ? defaultUser : cred.slice(0, colon);
-  const token = cred.slice(colon + 1);
-  if (colon >= 0 && user === "") return `missing user before ":"`;
-  if (token === "") return "missing token";
-  return { user, token, host };
-}
-
-/** Splits `host[:port]` (an IPv6 address in brackets), or returns why it is invalid. */
-function hostPort(s: string): { host: string; port: number | undefined } | string {
-  let host: string;
-  let port: string | undefined;
-  const m = /^\[([^\]]*)\](?::(.*))?$/.exec(s);
-  if (m) {
-    host = m[1]!;
-    port = m[2];
-    if (!IPV6.test(host)) return `invalid IPv6 address ${q(host)}`;
-  } else {
-    const parts = s.split(":");
-    if (parts.length > 2) return "an IPv6 address must be in brackets";
-    host = parts[0]!;
-    port = parts[1];
-    if (host === "") return "missing host";
-    if (!HOST.test(host)) return `invalid host ${q(host)}`;
-  }
-  if (port === undefined) return { host, port: undefined };
-  if (!/^\d{1,5}$/.test(port) || Number(port) < 1 || Number(port) > 65535) return `port ${q(port)} is not in 1-65535`;
-  return { host, port: Number(port) };
-}
-
-/** Where keys are in the source: smol-toml gives no positions. */
-interface Locations {
-  /** Line of each top-level key or table header. */
-  root: Map<string, number>;
-  blocks: { header: number; keys: Map<string, number> }[];
-}
-
-/** Finds the line of each top-level key and, per `[[services]]` block, of each key; `text` must be valid TOML. */
-function locate(text: string): Locations {
-  const root = new Map<string, number>();
-  const blocks: Locations["blocks"] = [];
-  const setOnce = (m: Map<string, number>, k: string | undefined, n: number): void => {
-    if (k !== undefined && !m.has(k)) m.set(k, n);
-  };
-  let keys = root; // where key assignments of the current table go
-  let depth = 0; // nesting of [] and {} inside a value
-  let quote = ""; // delimiter of an open multi-line string
-  text.split("\n").forEach((line, i) => {
-    const n = i + 1;
-    let pos = 0;
-    if (quote === "" && depth === 0) {
-      pos = skipBlank(line, 0);
-      if (line[pos] === "[") {
-        const aot = line[pos + 1] === "[";
-        const path = keyPath(line, pos + (aot ? 2 : 1)).keys;
-        if (aot && path.length === 1 && path[0] === "services") {
-          blocks.push({ header: n, keys: new Map() });
-          keys = blocks.at(-1)!.keys;
-        } else {
-          const last = blocks.at(-1);
-          if (path[0] === "services" && last) setOnce(last.keys, path[1], n);
-          else setOnce(root, path[0], n);
-          keys = new Map(); // keys of a sub-table are not located
-        }
-        return;
-      }
-      if (pos < line.length && line[pos] !== "#" && line[pos] !== "\r") {
-        const path = keyPath(line, pos);
-        setOnce(keys, path.keys[0], n);
-        pos = line.indexOf("=", path.end) + 1;
-      }
-    }
-    for (let j = pos; j < line.length; j++) {
-      const c = line[j]!;
-      if (quote !== "") {
-        if (c === "\\" && quote === '"""') j++;
-        else if (line.startsWith(quote, j)) {
-          // A closing delimiter may follow up to two quotes of the content: take the whole run.
-          let k = j;
-          while (line[k] === c && k - j < 5) k++;
-          j = k - 1;
-          quote = "";
-        }
-      } else if (c === "#") {
-        break;
-      } else if (c === '"' || c === "'") {
-        if (line.startsWith(c.repeat(3), j)) {
-          quote = c.repeat(3);
-          j += 2;
-        } else {
-          j = skipString(line, j);
-        }
-      } else if (c === "[" || c === "{") {
-        depth++;
-      } else if (c === "]" || c === "}") {
-        depth--;
-      }
-    }
-  });
-  return { root, blocks };
-}
-
-/** Parses a dotted key starting at `pos`; returns its parts and the position after it. */
-function keyPath(line: string, pos: number): { keys: string[]; end: number } {
-  const keys: string[] = [];
-  for (;;) {
-    pos = skipBlank(line, pos);
-    const c = line[pos];
-    if (c === '"' || c === "'") {
-      const end = skipString(line, pos);
-      const raw = line.slice(pos, end + 1);
-      keys.push(c === "'" ? raw.slice(1, -1) : decodeBasic(raw));
-      pos = end + 1;
-    } else {
-      const bare = /^[A-Za-z0-9_-]*/.exec(line.slice(pos))![0];
-      keys.push(bare);
-      pos += bare.length;
-    }
-    pos = skipBlank(line, pos);
-    if (line[pos] !== ".") return { keys, end: pos };
-    pos++;
-  }
-}
-
-/** Returns the index of the quote closing the one-line string opened at `pos`. */
-function skipString(line: string, pos: number): number {
-  const c = line[pos];
-  let j = pos + 1;
-  while (j < line.length && line[j] !== c) j += c === '"' && line[j] === "\\" ? 2 : 1;
-  return j;
-}
-
-function skipBlank(line: string, pos: number): number {
-  while (line[pos] === " " || line[pos] === "\t") pos++;
-  return pos;
-}
-
-// TOML basic strings share JSON's common escapes; the rare others only cost a located line.
-function decodeBasic(raw: string): string {
-  try {
-    return JSON.parse(raw) as string;
-  } catch {
-    return raw.slice(1, -1);
-  }
-}
-
 function isTable(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Date);
 }
@@ -586,12 +359,4 @@ function typeName(v: unknown): string {
   if (v instanceof Date) return "a date-time";
   if (Array.isArray(v)) return "an array";
   return "a table";
-}
-
-function q(s: string): string {
-  return JSON.stringify(s);
-}
-
-function lowerFirst(s: string): string {
-  return s.charAt(0).toLowerCase() + s.slice(1);
 }

@@ -3,6 +3,8 @@
  * costs no process, which keeps an idle cycle cheap; everything that changes containers goes
  * through the docker compose CLI.
  */
+import { EngineError } from "./errors.ts";
+import { isRecord, str, stringMap } from "./json.ts";
 
 /** One container of a compose project. */
 export interface ContainerInfo {
@@ -30,31 +32,33 @@ export function dockerSocket(env: Record<string, string | undefined> = process.e
   return host?.startsWith("unix://") ? host.slice("unix://".length) : "/var/run/docker.sock";
 }
 
-interface ApiContainer {
-  Id: string;
-  State: string;
-  Status?: string;
-  Labels: Record<string, string> | null;
+/**
+ * One container from the engine's `/containers/json` answer, or null when it has no ID or state.
+ * Only what pgod reads is kept: the compose labels, the state, the health in the status text.
+ */
+export function parseContainer(v: unknown): ContainerInfo | null {
+  if (!isRecord(v) || typeof v["Id"] !== "string" || typeof v["State"] !== "string") return null;
+  const labels = stringMap(v["Labels"]);
+  return {
+    id: v["Id"],
+    state: v["State"],
+    health: healthOf(str(v["Status"])),
+    project: labels["com.docker.compose.project"] ?? "",
+    service: labels["com.docker.compose.service"] ?? "",
+    workingDir: labels["com.docker.compose.project.working_dir"] ?? "",
+  };
 }
 
 /** Talks to the engine through its socket. */
 export function makeDockerContainers(socket = dockerSocket(), timeoutMs = 10_000): Containers {
   const list = async (label: string): Promise<ContainerInfo[]> => {
     const filters = encodeURIComponent(JSON.stringify({ label: [label] }));
-    const res = await fetch(`http://docker/containers/json?all=1&filters=${filters}`, {
-      unix: socket,
-      signal: AbortSignal.timeout(timeoutMs),
-    } as RequestInit);
-    if (!res.ok) throw new Error(`Cannot list containers: the Docker engine answered ${res.status}`);
-    const body = (await res.json()) as ApiContainer[];
-    return body.map((c) => ({
-      id: c.Id,
-      state: c.State,
-      health: healthOf(c.Status ?? ""),
-      project: c.Labels?.["com.docker.compose.project"] ?? "",
-      service: c.Labels?.["com.docker.compose.service"] ?? "",
-      workingDir: c.Labels?.["com.docker.compose.project.working_dir"] ?? "",
-    }));
+    const init: RequestInit & { unix: string } = { unix: socket, signal: AbortSignal.timeout(timeoutMs) };
+    const res = await fetch(`http://docker/containers/json?all=1&filters=${filters}`, init);
+    if (!res.ok) throw new EngineError(res.status, `Cannot list containers: the Docker engine answered ${res.status}`);
+    const body: unknown = await res.json();
+    if (!Array.isArray(body)) throw new EngineError(res.status, "Cannot list containers: the Docker engine's answer is not a list");
+    return body.map(parseContainer).filter((c): c is ContainerInfo => c !== null);
   };
   return {
     ofProject: (project) => list(`com.docker.compose.project=${project}`),
@@ -76,7 +80,8 @@ function isUp(state: string): boolean {
 /** The health in a container's status text, such as "Up 5 seconds (health: starting)". */
 export function healthOf(status: string): string {
   const m = /\((healthy|unhealthy|health: starting)\)/.exec(status);
-  return m ? (m[1] === "health: starting" ? "starting" : m[1]!) : "";
+  const h = m?.[1] ?? "";
+  return h === "health: starting" ? "starting" : h;
 }
 
 /** The verdict on a project's containers after `up`: ready, not yet, or failed (and why). */

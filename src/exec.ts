@@ -103,7 +103,10 @@ export function makeRunner(ro: RunnerOptions): Runner {
     }
     const fail = (exitCode: number | null, signal: string | null, timedOut: boolean, stderr: string, detail?: string): never => {
       if (opts.tag) ro.observe?.(opts.tag, false);
-      throw new CommandError(argv, opts.cwd, exitCode, signal, timedOut, stderr, Math.round(performance.now() - started), detail);
+      throw new CommandError({
+        argv, cwd: opts.cwd, exitCode, signal, timedOut, stderrTail: stderr, durationMs: Math.round(performance.now() - started),
+        ...(detail !== undefined ? { detail } : {}),
+      });
     };
     if (opts.signal?.aborted) fail(null, null, false, "", "aborted before it started");
     let proc: ReturnType<typeof Bun.spawn<"pipe", "pipe", "pipe">>;

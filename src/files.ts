@@ -4,7 +4,7 @@ import { constants } from "node:fs";
 import { mkdir, open, rename, rm } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { dirname, normalize } from "node:path";
-import { errorMessage } from "./errors.ts";
+import { FileError, errorMessage, errnoCode } from "./errors.ts";
 
 /**
  * Writes a file so that it is either absent, the old version, or complete, never half written:
@@ -24,7 +24,48 @@ export async function writeFileAtomic(path: string, text: string | Uint8Array, m
     await rename(tmp, path);
   } catch (e) {
     await rm(tmp, { force: true });
-    throw new Error(`Cannot write "${path}": ${errorMessage(e)}`);
+    throw new FileError(path, "unwritable", errorMessage(e), { op: "write", cause: e });
+  }
+}
+
+/**
+ * The bytes of the regular file `path`, of at most `max` bytes, read through one descriptor so
+ * the checks and the read see the same file: a symlink at `path` is refused (O_NOFOLLOW), a FIFO
+ * does not block the open (O_NONBLOCK) and is refused with anything else that is not a regular
+ * file (fstat), and a file that grows past `max` while it is read is refused too. Throws a
+ * FileError naming the path and the reason.
+ */
+export async function readCapped(path: string, max: number): Promise<Uint8Array> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (e) {
+    const code = errnoCode(e);
+    if (code === "ELOOP") throw new FileError(path, "symlink", "it is a symlink (symlinks are not followed)", { cause: e });
+    if (code === "ENOENT") throw new FileError(path, "missing", "it does not exist", { cause: e });
+    throw new FileError(path, "unreadable", code ?? errorMessage(e), { cause: e });
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new FileError(path, "not a regular file", "it is not a regular file");
+    const tooLarge = (): FileError => new FileError(path, "too large", `it is larger than ${max} bytes`);
+    if (st.size > max) throw tooLarge();
+    // One byte more than allowed, so that a file that grew since fstat is still caught.
+    const buf = Buffer.alloc(Math.min(st.size, max) + 1);
+    let n = 0;
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, n, buf.length - n, n);
+      if (bytesRead === 0) break;
+      n += bytesRead;
+      if (n > max) throw tooLarge();
+      if (n === buf.length) break; // it grew since fstat, but not past max: what was read is enough
+    }
+    return buf.subarray(0, n);
+  } catch (e) {
+    if (e instanceof FileError) throw e;
+    throw new FileError(path, "unreadable", errnoCode(e) ?? errorMessage(e), { cause: e });
+  } finally {
+    await fh.close();
   }
 }
 
@@ -43,6 +84,8 @@ export interface BeneathOptions {
   owner?: { uid: number; gid: number };
   /** Whether missing directories on the way are made (default true). */
   mkdirs?: boolean;
+  /** Whether a file that holds exactly `text` already is written again, to reset its mode and owner (default false). */
+  rewrite?: boolean;
 }
 
 /**
@@ -53,10 +96,12 @@ export interface BeneathOptions {
  * the end (the text goes to a new file beside it, created exclusively, then renamed over it: a
  * symlink there is replaced, never written through). `root` itself must be trusted.
  */
-export async function writeFileBeneath(root: string, rel: string, text: string, o: BeneathOptions = {}): Promise<boolean> {
+export async function writeFileBeneath(root: string, rel: string, text: string | Uint8Array, o: BeneathOptions = {}): Promise<boolean> {
   const parts = normalize(rel).split("/").filter((p) => p !== "" && p !== ".");
   const name = parts.pop();
-  if (name === undefined || parts.includes("..") || name === "..") throw new Error(`Cannot write "${rel}" in "${root}": not a path inside it`);
+  if (name === undefined || parts.includes("..") || name === "..") {
+    throw new FileError(rel, "not beneath", "not a path inside it", { op: "write", in: root });
+  }
   const opened: FileHandle[] = [];
   try {
     let dir = await open(root, DIR_FLAGS);
@@ -66,7 +111,7 @@ export async function writeFileBeneath(root: string, rel: string, text: string, 
       try {
         next = await open(at(dir.fd, p), DIR_FLAGS);
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== "ENOENT" || o.mkdirs === false) throw whyNot(rel, p, e);
+        if (errnoCode(e) !== "ENOENT" || o.mkdirs === false) throw whyNot(rel, p, e);
         await mkdir(at(dir.fd, p), { mode: 0o755 });
         next = await open(at(dir.fd, p), DIR_FLAGS);
         if (o.owner) await next.chown(o.owner.uid, o.owner.gid);
@@ -74,14 +119,17 @@ export async function writeFileBeneath(root: string, rel: string, text: string, 
       opened.push(next);
       dir = next;
     }
-    const old = await readBeneath(dir.fd, name);
-    if (old === text) return false;
+    const old = await readBeneath(dir.fd, name, rel, root);
+    const bytes = typeof text === "string" ? Buffer.from(text) : text;
+    if (!o.rewrite && old !== null && old.equals(bytes)) return false;
     const tmp = `.${name}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
     const fh = await open(at(dir.fd, tmp), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, o.mode ?? 0o644);
     try {
       try {
-        await fh.writeFile(text);
+        await fh.writeFile(bytes);
         if (o.owner) await fh.chown(o.owner.uid, o.owner.gid);
+        // The mode asked for, whatever the umask took away.
+        if (o.mode !== undefined) await fh.chmod(o.mode);
         await fh.sync();
       } finally {
         await fh.close();
@@ -93,27 +141,32 @@ export async function writeFileBeneath(root: string, rel: string, text: string, 
     }
     return true;
   } catch (e) {
-    throw e instanceof Error && e.message.startsWith("Cannot write") ? e : new Error(`Cannot write "${rel}" in "${root}": ${errorMessage(e)}`);
+    if (e instanceof FileError) throw e;
+    throw new FileError(rel, "unwritable", errorMessage(e), { op: "write", in: root, cause: e });
   } finally {
     for (const h of opened.reverse()) await h.close().catch(() => {});
   }
 }
 
-/** A regular file's text in the open directory `dirFd` (null when absent); never follows a symlink or blocks on a FIFO. */
-async function readBeneath(dirFd: number, name: string): Promise<string | null> {
+/**
+ * A regular file's bytes in the open directory `dirFd` (null when absent, not a regular file or
+ * over 1 MiB); never follows a symlink or blocks on a FIFO. A directory there is a FileError
+ * naming `rel` in `root`.
+ */
+async function readBeneath(dirFd: number, name: string, rel: string, root: string): Promise<Buffer | null> {
   let fh: FileHandle;
   try {
     fh = await open(at(dirFd, name), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
+    const code = errnoCode(e);
     if (code === "ENOENT" || code === "ELOOP") return null; // a symlink is replaced, not read
     throw e;
   }
   try {
     const st = await fh.stat();
-    if (st.isDirectory()) throw new Error(`"${name}" is a directory`);
+    if (st.isDirectory()) throw new FileError(rel, "is a directory", `"${name}" is a directory`, { op: "write", in: root });
     if (!st.isFile() || st.size > 1024 * 1024) return null;
-    return await fh.readFile("utf8");
+    return await fh.readFile();
   } finally {
     await fh.close();
   }
@@ -143,7 +196,7 @@ export async function readFileBeneath(root: string, rel: string): Promise<string
       dir = await open(at(dir.fd, p), DIR_FLAGS);
       opened.push(dir);
     }
-    return await readBeneath(dir.fd, name);
+    return (await readBeneath(dir.fd, name, rel, root))?.toString("utf8") ?? null;
   } catch {
     return null;
   } finally {
@@ -151,8 +204,8 @@ export async function readFileBeneath(root: string, rel: string): Promise<string
   }
 }
 
-function whyNot(rel: string, part: string, e: unknown): Error {
-  const code = (e as NodeJS.ErrnoException).code;
-  const what = code === "ENOTDIR" || code === "ELOOP" ? "is a symlink or not a directory" : errorMessage(e);
-  return new Error(`Cannot write "${rel}": "${part}" ${what}`);
+function whyNot(rel: string, part: string, e: unknown): FileError {
+  const code = errnoCode(e);
+  if (code === "ENOTDIR" || code === "ELOOP") return new FileError(rel, "not a directory", `"${part}" is a symlink or not a directory`, { op: "write", cause: e });
+  return new FileError(rel, "unwritable", `"${part}" ${errorMessage(e)}`, { op: "write", cause: e });
 }

@@ -1,9 +1,10 @@
 /** Public keys in authorized_keys format, as teams commit them in their repository's `ssh/` folder. */
 
-import { constants as fsc } from "node:fs";
-import { lstat, open, readdir } from "node:fs/promises";
+import { lstat, readdir } from "node:fs/promises";
 import { BlockList, isIP } from "node:net";
 import { join } from "node:path";
+import { errnoCode, FileError } from "./errors.ts";
+import { readCapped } from "./files.ts";
 import { blobType, fingerprint } from "./ssh_protocol.ts";
 
 export { blobType, fingerprint };
@@ -254,7 +255,7 @@ export async function readServiceKeys(checkoutDir: string, opts: ReadKeysOptions
       return [];
     }
   } catch (e) {
-    if (isCode(e, "ENOENT") || isCode(e, "ENOTDIR")) return [];
+    if (errnoCode(e) === "ENOENT" || errnoCode(e) === "ENOTDIR") return [];
     throw e;
   }
   const names = (await readdir(dir)).filter((n) => n.endsWith(".pub")).sort();
@@ -270,60 +271,23 @@ export async function readServiceKeys(checkoutDir: string, opts: ReadKeysOptions
   return keys;
 }
 
-/** Reads a small regular file without following a symlink; undefined (with a warning) otherwise. */
+/** Reads a small regular file without following a symlink (files.ts readCapped); undefined (with a warning) otherwise. */
 async function readKeyFile(path: string, maxBytes: number, warn: (m: string) => void): Promise<string | undefined> {
-  let fh;
   try {
-    // O_NOFOLLOW refuses a symlink; O_NONBLOCK keeps a FIFO from blocking the open.
-    fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+    return Buffer.from(await readCapped(path, maxBytes)).toString("utf8");
   } catch (e) {
-    warn(`Skipping "${path}": ${isCode(e, "ELOOP") ? "a symlink (symlinks are not followed)" : errText(e)}`);
+    if (!(e instanceof FileError)) throw e;
+    const why = e.problem === "symlink" ? "a symlink (symlinks are not followed)"
+      : e.problem === "not a regular file" ? "not a regular file"
+      : e.problem === "too large" ? `larger than ${maxBytes} bytes`
+      : e.problem === "missing" ? "ENOENT"
+      : e.why;
+    warn(`Skipping "${path}": ${why}`);
     return undefined;
-  }
-  try {
-    const st = await fh.stat();
-    if (!st.isFile()) {
-      warn(`Skipping "${path}": not a regular file`);
-      return undefined;
-    }
-    if (st.size > maxBytes) {
-      warn(`Skipping "${path}": larger than ${maxBytes} bytes`);
-      return undefined;
-    }
-    // Read one byte more than allowed so a file that grew since fstat is still caught.
-    const buf = Buffer.alloc(maxBytes + 1);
-    let len = 0;
-    for (;;) {
-      const { bytesRead } = await fh.read(buf, len, buf.length - len, len);
-      if (bytesRead === 0) break;
-      len += bytesRead;
-      if (len > maxBytes) {
-        warn(`Skipping "${path}": larger than ${maxBytes} bytes`);
-        return undefined;
-      }
-    }
-    return buf.subarray(0, len).toString("utf8");
-  } catch (e) {
-    warn(`Skipping "${path}": ${errText(e)}`);
-    return undefined;
-  } finally {
-    await fh.close();
   }
 }
 
 /** Whether two keys are the same key (same type and blob); comments do not matter. */
 export function keysEqual(a: { algo: string; blob: Buffer }, b: { algo: string; blob: Buffer }): boolean {
   return a.algo === b.algo && a.blob.equals(b.blob);
-}
-
-
-function isCode(e: unknown, code: string): boolean {
-  return typeof e === "object" && e !== null && (e as { code?: unknown }).code === code;
-}
-
-function errText(e: unknown): string {
-  if (typeof e === "object" && e !== null && typeof (e as { code?: unknown }).code === "string") {
-    return (e as { code: string }).code;
-  }
-  return e instanceof Error ? e.message : String(e);
 }

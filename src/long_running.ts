@@ -5,7 +5,7 @@
  * finds no free slot waits for one (a burst of short `exec`s then runs a few at a time) and is
  * refused when none frees up in time.
  */
-import { RequestError } from "./errors.ts";
+import { EX, RequestError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 
 /** The caps on long-running commands. */
@@ -22,7 +22,7 @@ export interface LongRunningLimits {
 export const DEFAULT_LONG_RUNNING: Readonly<LongRunningLimits> = { perService: 16, perKey: 8, waitMs: 10_000 };
 
 /** Exit status when a cap is reached (sysexits EX_TEMPFAIL: try again later). */
-export const EXIT_TEMPFAIL = 75;
+export const EXIT_TEMPFAIL = EX.tempfail;
 
 /** The slots in use; `take` throws a RequestError when a cap is reached. */
 export class LongRunning {

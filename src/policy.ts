@@ -6,7 +6,8 @@
 import { PolicyError } from "./errors.ts";
 import { BUILD_RULES, checkBuild } from "./policy/build.ts";
 import type { Family, PolicyContext, Rule, Service, Violation, Walk } from "./policy/context.ts";
-import { isRecord, resolveExisting, within } from "./policy/context.ts";
+import { isRecord } from "./json.ts";
+import { resolveExisting, within } from "./policy/context.ts";
 import { checkLogging, LOGGING_RULES } from "./policy/logging.ts";
 import { checkNamespaces, NAMESPACE_RULES } from "./policy/namespaces.ts";
 import { checkNetworks, NETWORK_RULES } from "./policy/networks.ts";

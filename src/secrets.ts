@@ -4,13 +4,11 @@
  * name beside them: mode 0600, owned by the service user, never shown to git. Each service has
  * its own age identity in pgod's state directory, so one team can never decrypt another's files.
  */
-import { randomBytes } from "node:crypto";
-import { constants } from "node:fs";
-import { chmod, lstat, mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
+import { lstat, mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { basename, dirname, join, relative, sep } from "node:path";
 import { armor, Decrypter, generateX25519Identity, identityToRecipient } from "age-encryption";
-import { SecretError } from "./errors.ts";
-import { writeFileAtomic } from "./files.ts";
+import { errnoCode, errorMessage, FileError, SecretError } from "./errors.ts";
+import { readCapped, writeFileAtomic, writeFileBeneath } from "./files.ts";
 import { decryptSops, isSopsName, plainSopsName } from "./sops.ts";
 
 /** One service's age identities: its own (first) and any the admin configured. */
@@ -32,8 +30,8 @@ export const MAX_SECRET_FILES = 200;
  */
 export async function serviceKeys(stateDir: string, extra: readonly string[] = []): Promise<ServiceKeys> {
   const file = join(stateDir, IDENTITY_FILE);
-  let own = await readIdentityFile(file).catch((e: unknown) => {
-    if ((e as { code?: string }).code === "ENOENT") return null;
+  let own: [string, ...string[]] | null = await readIdentityFile(file).catch((e: unknown) => {
+    if (errnoCode(e) === "ENOENT") return null;
     throw e;
   });
   if (own === null) {
@@ -48,17 +46,17 @@ export async function serviceKeys(stateDir: string, extra: readonly string[] = [
     try {
       identities.push(...(await readIdentityFile(f)));
     } catch (e) {
-      throw new SecretError(f, `Cannot read the age identity file "${f}": ${(e as Error).message}`, { cause: e });
+      throw new SecretError(f, `Cannot read the age identity file "${f}": ${errorMessage(e)}`, { cause: e });
     }
   }
-  return { recipient: await identityToRecipient(own[0]!), identities };
+  return { recipient: await identityToRecipient(own[0]), identities };
 }
 
-async function readIdentityFile(path: string): Promise<string[]> {
+async function readIdentityFile(path: string): Promise<[string, ...string[]]> {
   const text = await readFile(path, "utf8");
-  const ids = text.split("\n").map((l) => l.trim()).filter((l) => l.startsWith("AGE-SECRET-KEY-1"));
-  if (ids.length === 0) throw new Error(`no AGE-SECRET-KEY line in "${path}"`);
-  return ids;
+  const [first, ...rest] = text.split("\n").map((l) => l.trim()).filter((l) => l.startsWith("AGE-SECRET-KEY-1"));
+  if (first === undefined) throw new Error(`no AGE-SECRET-KEY line in "${path}"`);
+  return [first, ...rest];
 }
 
 /** An encrypted file found in a tree and the plain file it becomes. */
@@ -107,23 +105,15 @@ export async function findSecretFiles(root: string): Promise<SecretFile[]> {
   return out.sort((a, b) => a.source.localeCompare(b.source));
 }
 
-/** Reads a regular file of at most `max` bytes without following a final symlink. */
-async function readNoFollow(path: string, rel: string, max: number): Promise<Uint8Array> {
-  const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+/** Reads an encrypted file (files.ts readCapped); one that may never be read is a SecretError. */
+async function readSecretFile(path: string, rel: string, max: number): Promise<Uint8Array> {
   try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw new SecretError(rel, `Cannot decrypt "${rel}": it is not a regular file`);
-    if (st.size > max) throw new SecretError(rel, `Cannot decrypt "${rel}": it is larger than ${max} bytes`);
-    const buf = Buffer.alloc(st.size);
-    let n = 0;
-    while (n < st.size) {
-      const { bytesRead } = await fh.read(buf, n, st.size - n, n);
-      if (bytesRead === 0) break;
-      n += bytesRead;
+    return await readCapped(path, max);
+  } catch (e) {
+    if (e instanceof FileError && e.problem !== "missing" && e.problem !== "unreadable") {
+      throw new SecretError(rel, `Cannot decrypt "${rel}": ${e.why}`, { cause: e });
     }
-    return buf.subarray(0, n);
-  } finally {
-    await fh.close();
+    throw e;
   }
 }
 
@@ -139,9 +129,9 @@ export async function decryptAge(data: Uint8Array, identities: readonly string[]
     if (head.startsWith(ARMOR_BEGIN)) bytes = armor.decode(Buffer.from(data).toString("utf8"));
     return await d.decrypt(bytes);
   } catch (e) {
-    const why = /no identity matched/i.test((e as Error).message)
+    const why = /no identity matched/i.test(errorMessage(e))
       ? "it is not encrypted to this service's key (pgoctl SERVICE//recipient prints it)"
-      : `it is not a valid age file: ${(e as Error).message.split("\n")[0]}`;
+      : `it is not a valid age file: ${errorMessage(e).split("\n")[0]}`;
     throw new SecretError(rel, `Cannot decrypt "${rel}": ${why}`, { cause: e });
   }
 }
@@ -170,7 +160,7 @@ export async function decryptTree(
   const values: string[] = [];
   const outputs: { file: SecretFile; data: Uint8Array }[] = [];
   for (const f of files) {
-    const data = await readNoFollow(join(root, f.source), f.source, MAX_SECRET_BYTES);
+    const data = await readSecretFile(join(root, f.source), f.source, MAX_SECRET_BYTES);
     if (f.kind === "age") {
       const plain = await decryptAge(data, keys.identities, f.source);
       values.push(...secretValues(Buffer.from(plain).toString("utf8")));
@@ -192,32 +182,18 @@ export async function decryptTree(
   return { files, values: [...new Set(values)].filter((v) => v.length >= 4) };
 }
 
+/**
+ * Writes a decrypted file to its plain name (files.ts writeFileBeneath): no directory on the way
+ * and nothing at the name is followed if it is a symlink, mode 0600, owned by the service user;
+ * written again even when it holds the same text, so its mode and owner are reset.
+ */
 async function writePlain(root: string, f: SecretFile, data: Uint8Array, owner: { uid: number; gid: number }): Promise<void> {
-  const target = join(root, f.plain);
-  const dir = dirname(target);
-  // The walk only descended real directories; check again that no part of the path became a symlink.
-  for (let d = dir; d.startsWith(root) && d !== root; d = dirname(d)) {
-    const st = await lstat(d);
-    if (!st.isDirectory()) throw new SecretError(f.source, `Cannot decrypt "${f.source}": "${relative(root, d)}" is not a directory`);
-  }
-  const existing = await lstat(target).catch(() => null);
-  if (existing && existing.isDirectory()) {
-    throw new SecretError(f.source, `Cannot decrypt "${f.source}": "${f.plain}" is a directory`);
-  }
-  const tmp = join(dir, `.${basename(f.plain)}.pgo-${randomBytes(6).toString("hex")}`);
-  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
-    await fh.chown(owner.uid, owner.gid);
-    await fh.writeFile(data);
-    await fh.sync();
+    await writeFileBeneath(root, f.plain, data, { mode: 0o600, owner, mkdirs: false, rewrite: true });
   } catch (e) {
-    await fh.close();
-    await rm(tmp, { force: true });
+    if (e instanceof FileError) throw new SecretError(f.source, `Cannot decrypt "${f.source}": ${e.why}`, { cause: e });
     throw e;
   }
-  await fh.close();
-  await chmod(tmp, 0o600);
-  await rename(tmp, target);
 }
 
 /** Values worth redacting from a decrypted text: each dotenv value and each whole line. */

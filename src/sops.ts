@@ -9,6 +9,7 @@ import { createHash } from "node:crypto";
 import type { Document, Scalar } from "yaml";
 import { isMap, isScalar, isSeq, parseDocument, visit, YAMLMap, YAMLSeq } from "yaml";
 import { SecretError } from "./errors.ts";
+import { isRecord } from "./json.ts";
 
 const SOPS_NAME = /^(.+)\.sops\.(env|ya?ml|json)$/;
 
@@ -142,10 +143,11 @@ async function decryptTreeDoc(
   const root = doc.contents;
   const sopsPair = root.items.find((p) => isScalar(p.key) && p.key.value === "sops");
   if (!sopsPair || !isMap(sopsPair.value)) throw new SecretError(rel, `Cannot decrypt "${rel}": it has no sops metadata`);
-  const m = sopsPair.value.toJSON() as Record<string, unknown>;
+  const metadata: unknown = sopsPair.value.toJSON();
+  const m: Record<string, unknown> = isRecord(metadata) ? metadata : {};
   const ages = Array.isArray(m["age"]) ? m["age"] : [];
   const meta: Metadata = {
-    ageEncs: ages.map((a) => (a && typeof a === "object" ? (a as Record<string, unknown>)["enc"] : undefined)).filter((e): e is string => typeof e === "string"),
+    ageEncs: ages.map((a: unknown) => (isRecord(a) ? a["enc"] : undefined)).filter((e): e is string => typeof e === "string"),
     lastModified: typeof m["lastmodified"] === "string" ? m["lastmodified"] : "",
     mac: typeof m["mac"] === "string" ? m["mac"] : "",
     macOnlyEncrypted: m["mac_only_encrypted"] === true,

@@ -4,81 +4,17 @@
  * exec only, limits, backpressure) and no business logic.
  */
 
-import { chmod, readFile, stat } from "node:fs/promises";
-import { createServer, type AddressInfo, type Socket } from "node:net";
-import type { Writable } from "node:stream";
-import { Server, utils, type AuthContext, type Connection, type ParsedKey, type ServerChannel, type Session } from "ssh2";
+import { createServer, type Socket } from "node:net";
+import { Server, utils, type AuthContext, type Connection, type Session } from "ssh2";
 import { errorMessage } from "./errors.ts";
-import { writeFileAtomic } from "./files.ts";
 import type { Logger } from "./log.ts";
+import { loadHostKey } from "./ssh_host_key.ts";
+import { holdKexInit } from "./ssh_kexinit.ts";
+import { busiestAddress, DEFAULT_LIMITS, overLimit as passesLimit, type SshLimits } from "./ssh_limits.ts";
 import { blobType, fingerprint, parseListenAddress, sshAlgorithms } from "./ssh_protocol.ts";
+import { printable, serveExec, type ClientKey, type SessionIO } from "./ssh_session.ts";
 
-/** The public key a client logged in with. */
-export interface ClientKey {
-  algo: string;
-  blob: Buffer;
-  fingerprint: string;
-  /** The client's address: `from="..."` key options are checked against it (none matches without it). */
-  ip?: string;
-}
-
-/** An output stream of a request; `write` resolves when the channel can take more. */
-export interface Sink {
-  write(chunk: Uint8Array | string): Promise<void>;
-}
-
-/** What `handle` gets to answer a request with. */
-export interface SessionIO {
-  stdout: Sink;
-  stderr: Sink;
-  /** Aborted when the client goes away or closes the channel. */
-  signal: AbortSignal;
-}
-
-/** Connection limits. */
-export interface SshLimits {
-  /** Connections that have not logged in yet; past this the oldest of the busiest address is dropped. */
-  maxUnauthenticated: number;
-  /** Logged-in connections in all; past this a new login is refused. */
-  maxAuthenticated: number;
-  /** Logged-in connections of one key; past this a new login with that key is refused while the pool is busy. */
-  maxPerKey: number;
-  /** Logged-in connections from one source address; past this a new login from there is refused while the pool is busy. */
-  maxPerAddress: number;
-  /**
-   * The pool is busy from this many logged-in connections on: below it, a key or an address may
-   * use the free room beyond its own limit (a CI job's burst), from it on it gets no more.
-   */
-  busyFrom: number;
-  /** Time from login, and from opening a channel, to its exec request; past this the connection (or channel) is closed. */
-  execWaitMs: number;
-  /** Time from TCP accept to a successful login. */
-  loginGraceMs: number;
-  /** Failed login attempts per connection before it is closed. */
-  maxAuthTries: number;
-  /** A logged-in connection with no open channel for this long is closed. */
-  idleTimeoutMs: number;
-  /** Longest exec request, in bytes. */
-  maxRequestBytes: number;
-  /** Channels open at once on one connection. */
-  maxSessions: number;
-}
-
-/** Default limits. The login grace leaves a person time to type the passphrase of an OpenSSH key. */
-export const DEFAULT_LIMITS: Readonly<SshLimits> = {
-  maxUnauthenticated: 64,
-  maxAuthenticated: 128,
-  maxPerKey: 16,
-  maxPerAddress: 32,
-  busyFrom: 64,
-  execWaitMs: 10_000,
-  loginGraceMs: 30_000,
-  maxAuthTries: 6,
-  idleTimeoutMs: 10 * 60_000,
-  maxRequestBytes: 4096,
-  maxSessions: 10,
-};
-
+/** What startSshServer needs. */
 export interface SshServerOptions {
   /** `:2222` (all addresses), `127.0.0.1:0`, `[::1]:2222`, `host:port`. */
   listen: string;
@@ -101,75 +37,10 @@ export interface SshServer {
   close(): Promise<void>;
 }
 
-/** Exit status when the request is malformed or too long (sysexits EX_USAGE). */
-export const EXIT_USAGE = 64;
-/** Exit status when `handle` throws (sysexits EX_SOFTWARE). */
-export const EXIT_SOFTWARE = 70;
-
-// Sink writes go to the channel in pieces of this size, so one huge chunk is never queued whole.
-const PIECE = 64 * 1024;
 // How long close() waits for running requests to notice their aborted signal.
 const CLOSE_WAIT_MS = 5000;
 // After an SSH disconnect message, how long a peer gets to close before its socket is destroyed.
 const LINGER_MS = 2000;
-
-/** How long the server's KEXINIT waits for the client's at most (see holdKexInit). */
-const KEXINIT_HOLD_MS = 200;
-
-/**
- * Makes the server's first binary packet (its KEXINIT) wait until the client's KEXINIT has
- * arrived, or KEXINIT_HOLD_MS at most. ssh2 sends it as soon as it has read the client's
- * identification line, so when the client's KEXINIT then arrives the server has nothing to send,
- * and its kernel delays the ACK (40 ms). OpenSSH's client does not set TCP_NODELAY without a
- * terminal, so Nagle's algorithm holds its next packet (KEX_ECDH_INIT) until that ACK: 40 ms of
- * every `ssh host svc//ping`. Sent after the client's KEXINIT, ours carries the ACK at once. The
- * wrapper is on this one socket, before ssh2 sees it; the identification line is never held, and
- * only clients that identify as OpenSSH are held for.
- */
-function holdKexInit(socket: Socket): void {
-  const write = socket.write.bind(socket) as (...args: unknown[]) => boolean;
-  const held: unknown[][] = [];
-  let identSent = false;
-  let seen = Buffer.alloc(0);
-  let released = false;
-  const release = (): void => {
-    if (released) return;
-    released = true;
-    clearTimeout(timer);
-    socket.off("data", onData);
-    socket.write = write as typeof socket.write;
-    for (const args of held.splice(0)) if (!socket.destroyed) write(...args);
-  };
-  // The client's identification line ends with LF; any byte after it is its first packet. Only
-  // OpenSSH's client is held for: for others (ssh2, pgoctl: TCP_NODELAY) the hold would only make
-  // the two KEXINITs cross one after the other instead of at once, a round trip more under load.
-  // This listener runs before ssh2's (it is added first), so the decision is made before ssh2
-  // reads the identification line and writes its KEXINIT.
-  const onData = (d: Buffer): void => {
-    seen = Buffer.concat([seen, d]);
-    const lf = seen.indexOf(0x0a);
-    if (lf >= 0 && !seen.subarray(0, lf).toString("latin1").startsWith("SSH-2.0-OpenSSH")) release();
-    else if ((lf >= 0 && seen.length > lf + 1) || seen.length > 8192) release();
-  };
-  const timer = setTimeout(release, KEXINIT_HOLD_MS);
-  socket.on("data", onData);
-  socket.once("close", release);
-  socket.write = ((...args: unknown[]): boolean => {
-    if (released) return write(...args);
-    if (!identSent) {
-      identSent = true;
-      return write(...args);
-    }
-    held.push(args);
-    return true;
-  }) as typeof socket.write;
-}
-
-/** Clamps whatever `handle` returned into an exit status 0..255 (not a number: 70). */
-export function clampStatus(n: unknown): number {
-  if (typeof n !== "number" || !Number.isFinite(n)) return EXIT_SOFTWARE;
-  return Math.min(255, Math.max(0, Math.trunc(n)));
-}
 
 interface Conn {
   readonly id: number;
@@ -258,14 +129,7 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
   // Connections held open by hostile clients then make room for a client with a valid key
   // (which logs in within a round trip or two) rather than locking it out.
   function evictUnauthenticated(): void {
-    const perAddr = new Map<string, number>();
-    let busiest = "";
-    let most = 0;
-    for (const c of unauthenticated) {
-      const n = (perAddr.get(c.addr) ?? 0) + 1;
-      perAddr.set(c.addr, n);
-      if (n > most) [busiest, most] = [c.addr, n];
-    }
+    const busiest = busiestAddress(unauthenticated);
     for (const c of unauthenticated) {
       if (c.addr !== busiest) continue;
       unauthenticated.delete(c);
@@ -370,24 +234,9 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
     ctx.accept();
   }
 
-  /**
-   * Which limit on logged-in connections a login with this key from this address would pass;
-   * null when none. Once the pool is busy, a key past its own limit (or an address past its
-   * own) gets no more, so one key holder or one host can never take the whole pool from other
-   * teams; below that, a burst of one key may use the room nobody else needs.
-   */
+  /** Which limit a login with this key from this address would pass (ssh_limits.ts); null when none. */
   function overLimit(fp: string, addr: string): "key" | "address" | "all" | null {
-    if (authenticated.size >= limits.maxAuthenticated) return "all";
-    if (authenticated.size < limits.busyFrom) return null;
-    let sameKey = 0;
-    let sameAddr = 0;
-    for (const c of authenticated) {
-      if (c.key?.fingerprint === fp) sameKey++;
-      if (c.addr === addr) sameAddr++;
-    }
-    if (sameKey >= limits.maxPerKey) return "key";
-    if (sameAddr >= limits.maxPerAddress) return "address";
-    return null;
+    return passesLimit(authenticated, fp, addr, limits);
   }
 
   const lastFullWarning = new Map<string, number>();
@@ -473,57 +322,14 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
     session.once("exec", (acceptExec, _reject, info) => {
       clearTimeout(waitExec);
       clearTimeout(conn.execTimer);
+      const key = conn.key;
+      if (key === undefined) return end(conn); // ssh2 opens sessions only after a login, which sets the key
       const channel = acceptExec();
       if (!channel) return;
-      const p = runExec(conn, channel, info.command).finally(() => running.delete(p));
+      const p = serveExec(channel, { key, command: info.command, user: conn.user, addr: conn.addr, gone: conn.gone.signal }, {
+        handle: opts.handle, log, maxRequestBytes: limits.maxRequestBytes,
+      }).finally(() => running.delete(p));
       running.add(p);
-    });
-  }
-
-  async function runExec(conn: Conn, channel: ServerChannel, command: string): Promise<void> {
-    const started = performance.now();
-    const ac = new AbortController();
-    const abort = (): void => ac.abort();
-    channel.once("close", abort);
-    conn.gone.signal.addEventListener("abort", abort, { once: true });
-    channel.on("error", () => {});
-    channel.stderr.on("error", () => {});
-    // stdin is never read: discard it so the client's window keeps moving and the channel can close.
-    channel.resume();
-    const stdout = channelSink(channel, ac.signal);
-    const stderr = channelSink(channel.stderr, ac.signal);
-    const key = conn.key!;
-    const bytes = Buffer.byteLength(command);
-    let status: number;
-    if (bytes > limits.maxRequestBytes) {
-      await stderr.write(`Request too long: ${bytes} bytes, the limit is ${limits.maxRequestBytes}\n`);
-      status = EXIT_USAGE;
-    } else {
-      try {
-        status = clampStatus(await opts.handle(key, command, { stdout: stdout.sink, stderr: stderr.sink, signal: ac.signal }));
-      } catch (e) {
-        log.error("SSH request failed", { request: requestName(command), key: key.fingerprint, error: errorMessage(e) });
-        await stderr.write("Internal error\n");
-        status = EXIT_SOFTWARE;
-      }
-    }
-    // The exit status goes after all output, then EOF and close.
-    await Promise.all([stdout.flush(), stderr.flush()]);
-    const gone = ac.signal.aborted;
-    if (!gone) {
-      channel.exit(status);
-      channel.end();
-    }
-    channel.off("close", abort);
-    conn.gone.signal.removeEventListener("abort", abort);
-    log.info("SSH request", {
-      request: requestName(command),
-      key: key.fingerprint,
-      user: conn.user,
-      addr: conn.addr,
-      status,
-      ms: Math.round(performance.now() - started),
-      client_gone: gone || undefined,
     });
   }
 
@@ -535,7 +341,8 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
     });
   });
   tcp.on("error", (e) => log.error("SSH listener error", { error: errorMessage(e) }));
-  const port = (tcp.address() as AddressInfo).port;
+  const address = tcp.address();
+  const port = typeof address === "object" && address !== null ? address.port : 0;
   log.info("SSH server listening", { listen: opts.listen, port, host_key: hostFingerprint });
 
   return {
@@ -557,116 +364,7 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
   };
 }
 
-/** The first word of a request (`service//command`), for logs; arguments may hold secrets. */
-/** The first word of a request (`service//command`), printable and short, for log lines. */
-export function requestName(command: string): string {
-  return printable((command.trimStart().split(/\s/, 1)[0] ?? "").slice(0, 100));
-}
-
-/** Replaces control characters in client-chosen text before it reaches a log line. */
-function printable(s: string): string {
-  return s.replace(/[\x00-\x1f\x7f-\x9f]/g, "?");
-}
-
 function peerKey(addr: string | undefined, port: number | undefined): string {
   return `${addr ?? ""}|${port ?? ""}`;
-}
-
-interface ChannelSink {
-  sink: Sink;
-  write(chunk: Uint8Array | string): Promise<void>;
-  /** Waits until everything written has gone to the channel (or the client is gone); later writes are dropped. */
-  flush(): Promise<void>;
-}
-
-/** A Sink over a channel stream that waits for 'drain' and never queues more than one piece past it. */
-function channelSink(stream: Writable, signal: AbortSignal): ChannelSink {
-  let queue: Promise<void> = Promise.resolve();
-  let lastWritten: Promise<void> = Promise.resolve();
-  let ended = false;
-  const writeNow = async (chunk: Uint8Array | string): Promise<void> => {
-    // A copy: the caller may reuse its buffer once write() resolves, while the stream still holds it.
-    const buf = typeof chunk === "string" ? Buffer.from(chunk, "utf8") : Buffer.from(chunk);
-    for (let off = 0; off < buf.length; off += PIECE) {
-      if (ended || signal.aborted) return;
-      let done!: () => void;
-      lastWritten = new Promise<void>((resolve) => (done = resolve));
-      const more = stream.write(buf.subarray(off, off + PIECE), () => done());
-      if (!more) await until(stream, "drain", signal);
-    }
-  };
-  const write = (chunk: Uint8Array | string): Promise<void> => {
-    // Writes are chained so concurrent callers never interleave pieces.
-    const p = queue.then(() => writeNow(chunk));
-    queue = p.catch(() => {});
-    return p;
-  };
-  return {
-    sink: { write },
-    write,
-    async flush(): Promise<void> {
-      await queue;
-      ended = true;
-      await Promise.race([lastWritten, until(stream, "close", signal)]);
-    },
-  };
-}
-
-/** Resolves on `event`, on the stream's close, or when `signal` aborts. */
-function until(stream: Writable, event: string, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = (): void => {
-      stream.off(event, done);
-      stream.off("close", done);
-      signal.removeEventListener("abort", done);
-      resolve();
-    };
-    stream.once(event, done);
-    stream.once("close", done);
-    signal.addEventListener("abort", done, { once: true });
-  });
-}
-
-/**
- * A new ed25519 host key in OpenSSH format. Under Bun, about 1 in 200 keys that ssh2 generates
- * fail its own parser ("Malformed OpenSSH private key"), so a key is only kept once it parses.
- */
-function newHostKey(): string {
-  for (let i = 0; i < 50; i++) {
-    const text = utils.generateKeyPairSync("ed25519").private;
-    if (!(utils.parseKey(text) instanceof Error)) return text;
-  }
-  throw new Error("Cannot make an SSH host key that ssh2 can read");
-}
-
-/** Reads the host key, or makes one (atomically, mode 0600) when there is none. */
-async function loadHostKey(path: string, log: Logger): Promise<{ text: string; blob: Buffer }> {
-  let text: string | undefined;
-  try {
-    text = await readFile(path, "utf8");
-  } catch (e) {
-    if ((e as { code?: unknown }).code !== "ENOENT") throw new Error(`Cannot read SSH host key "${path}": ${errorMessage(e)}`);
-  }
-  if (text === undefined) {
-    text = newHostKey();
-    await writeFileAtomic(path, text).catch((e: unknown) => {
-      throw new Error(`Cannot write SSH host key: ${errorMessage(e)}`);
-    });
-    log.info("Created SSH host key", { file: path });
-  } else {
-    const st = await stat(path);
-    if ((st.mode & 0o077) !== 0) {
-      await chmod(path, 0o600);
-      log.warn("SSH host key was readable by others: made it mode 0600", { file: path });
-    }
-  }
-  const parsed: unknown = utils.parseKey(text);
-  // ssh2 returns an array for a file holding several keys; pgod uses the first.
-  const k = (Array.isArray(parsed) ? parsed[0] : parsed) as ParsedKey | Error;
-  if (k instanceof Error) throw new Error(`Cannot use SSH host key "${path}": ${k.message}`);
-  if (!k.isPrivateKey()) throw new Error(`Cannot use SSH host key "${path}": not a private key`);
-  if (k.type !== "ssh-ed25519") throw new Error(`Cannot use SSH host key "${path}": a ${k.type} key, not ssh-ed25519`);
-  return { text, blob: k.getPublicSSH() };
 }
 

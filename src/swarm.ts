@@ -1,145 +1,24 @@
 /**
  * Services with `engine = "swarm"`: the compose model (as `docker compose config` resolves it,
- * `.env` included, after the same policy verdict) becomes a stack file that `docker stack deploy`
- * reads from stdin; configs and secrets get content-hashed names so a change rotates them; pgod
- * waits for convergence itself (one-shot services do not hang it, Swarm's own rollback and pause
- * count as failures). The docker CLI does the changes; the engine's socket is only read.
+ * `.env` included, after the same policy verdict) becomes a stack file (swarm_plan.ts) that
+ * `docker stack deploy` reads from stdin; pgod waits for convergence itself (one-shot services
+ * do not hang it, Swarm's own rollback and pause count as failures). The docker CLI does the
+ * changes; the engine's socket is only read, and its JSON is checked where it enters.
  */
-import { createHash } from "node:crypto";
-import { constants } from "node:fs";
-import { open } from "node:fs/promises";
 import type { Compose, ComposeTarget } from "./compose.ts";
 import { composeEnv, makeCompose } from "./compose.ts";
 import { engineEnv } from "./child_env.ts";
 import type { Account } from "./users.ts";
 import { composeModel } from "./compose_model.ts";
-import { CommandError } from "./errors.ts";
+import { CommandError, EngineError } from "./errors.ts";
+import { isRecord, num, str, stringMap } from "./json.ts";
 import type { RunResult, Runner } from "./exec.ts";
+import { planStack, readObjectFile, type StackPlan } from "./swarm_plan.ts";
 
-/** Keys `docker stack deploy` rejects or ignores: dropped from the stack file, with the warning for `check`. */
-const DROPPED: Record<string, string> = {
-  build: "stack deploy does not build images: the image must exist on every node",
-  container_name: "Swarm names its tasks itself",
-  restart: "Swarm uses deploy.restart_policy instead",
-  pull_policy: "stack deploy has no pull policy (pgod passes --resolve-image instead)",
-  profiles: "profiles are resolved before the stack is made",
-};
-
-const MAX_FILE_BYTES = 1024 * 1024;
-
-/** The stack file made from a compose model, and what was left out of it. */
-export interface StackPlan {
-  /** JSON (a subset of YAML) for `docker stack deploy -c -`. */
-  text: string;
-  /** Keys the stack leaves out, as `services.web.build: reason`, for `check`. */
-  warnings: string[];
-  /** `never` when every service has pull_policy never or build (local images), else `always`. */
-  resolveImage: "never" | "always";
-  /** Compose service names (swarm services are `<project>_<name>`). */
-  services: string[];
-  /** Config and secret objects the stack creates: their hashed names by kind. */
-  objects: { kind: "config" | "secret"; key: string; name: string }[];
-}
-
-/**
- * Makes the stack file for `model`. `content` reads a config or secret file (an absolute path
- * the model names) so that its object gets the name `<project>_<key>_<hash>`.
- */
-export async function planStack(model: unknown, project: string, content: (path: string) => Promise<Uint8Array>): Promise<StackPlan> {
-  if (!isRecord(model)) throw new Error("Cannot make a stack file: the compose model is not a mapping");
-  const warnings: string[] = [];
-  const out: Record<string, unknown> = {};
-  const services = isRecord(model["services"]) ? model["services"] : {};
-  const stackServices: Record<string, unknown> = {};
-  let local = true;
-  for (const [name, def] of Object.entries(services)) {
-    if (!isRecord(def)) continue;
-    const s: Record<string, unknown> = {};
-    const policy = def["pull_policy"];
-    if (!(policy === "never" || policy === "build" || def["build"] !== undefined)) local = false;
-    warnings.push(...serviceWarnings(name, def));
-    for (const [k, v] of Object.entries(def)) {
-      if (v === null || v === undefined || k in DROPPED) continue;
-      // Swarm starts services in no order; the long syntax's conditions are not kept.
-      s[k] = k === "depends_on" && isRecord(v) ? Object.keys(v) : v;
-    }
-    if (typeof s["image"] !== "string") throw new Error(`Cannot make a stack file: service "${name}" has no image (stack deploy does not build)`);
-    stackServices[name] = s;
-  }
-  out["services"] = stackServices;
-  for (const kind of ["networks", "volumes"] as const) {
-    const top = model[kind];
-    if (!isRecord(top)) continue;
-    const m: Record<string, unknown> = {};
-    for (const [key, def] of Object.entries(top)) {
-      const d = isRecord(def) ? { ...def } : {};
-      // The default name (`<project>_<key>`) is the one the stack gives itself.
-      if (d["name"] === `${project}_${key}`) delete d["name"];
-      if (isRecord(d["ipam"]) && Object.keys(d["ipam"]).length === 0) delete d["ipam"];
-      m[key] = d;
-    }
-    out[kind] = m;
-  }
-  const objects: StackPlan["objects"] = [];
-  for (const kind of ["configs", "secrets"] as const) {
-    const top = model[kind];
-    if (!isRecord(top)) continue;
-    const m: Record<string, unknown> = {};
-    for (const [key, def] of Object.entries(top)) {
-      if (!isRecord(def)) continue;
-      const d = { ...def };
-      const file = d["file"];
-      if (typeof file === "string") {
-        // Swarm objects cannot change: a new content is a new object, and services move to it.
-        const hash = createHash("sha256").update(await content(file)).digest("hex").slice(0, 12);
-        d["name"] = `${project}_${key}_${hash}`;
-        objects.push({ kind: kind === "configs" ? "config" : "secret", key, name: d["name"] as string });
-      } else if (d["name"] === `${project}_${key}`) delete d["name"];
-      m[key] = d;
-    }
-    out[kind] = m;
-  }
-  return {
-    text: `${JSON.stringify(out, null, 1)}\n`,
-    warnings,
-    resolveImage: local ? "never" : "always",
-    services: Object.keys(stackServices).sort(),
-    objects,
-  };
-}
-
-/** What `stack deploy` leaves out of one compose service, as `services.<name>.<key>: reason`. */
-function serviceWarnings(name: string, def: Record<string, unknown>): string[] {
-  const out: string[] = [];
-  for (const [k, v] of Object.entries(def)) {
-    if (v === null || v === undefined) continue;
-    if (k in DROPPED && k !== "pull_policy" && k !== "profiles") out.push(`services.${name}.${k}: ${DROPPED[k]}`);
-    if (k === "depends_on" && isRecord(v)) {
-      const conditions = Object.values(v).some((d) => isRecord(d) && d["condition"] !== undefined && d["condition"] !== "service_started");
-      if (conditions) out.push(`services.${name}.depends_on: Swarm does not wait for conditions (service_healthy, service_completed_successfully)`);
-    }
-  }
-  return out;
-}
-
-/** The warnings planStack would give for a compose file as written (for `check`). */
-export function stackWarnings(model: unknown): string[] {
-  const services = isRecord(model) && isRecord(model["services"]) ? model["services"] : {};
-  return Object.entries(services).flatMap(([name, def]) => (isRecord(def) ? serviceWarnings(name, def) : []));
-}
-
-/** Reads a config or secret file named by the model, never following a final symlink. */
-export async function readObjectFile(path: string): Promise<Uint8Array> {
-  const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-  try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw new Error(`Cannot read "${path}": it is not a regular file`);
-    if (st.size > MAX_FILE_BYTES) throw new Error(`Cannot read "${path}": it is larger than ${MAX_FILE_BYTES} bytes`);
-    return await fh.readFile();
-  } finally {
-    await fh.close();
-  }
-}
+// Kept for reconcile.ts, which imports them from here (it is being split by another change):
+// new code imports them from swarm_plan.ts.
+export { stackWarnings } from "./swarm_plan.ts";
+export type { StackPlan } from "./swarm_plan.ts";
 
 // ---------------------------------------------------------------------------------------------
 // The engine's view of a stack (read-only, over its socket)
@@ -177,24 +56,81 @@ export interface SwarmApi {
   containers(stack: string): Promise<number>;
 }
 
+/** A swarm service from the engine's JSON (the fields pgod reads), or null without an ID and a name. */
+export function parseSwarmService(v: unknown): SwarmService | null {
+  if (!isRecord(v) || typeof v["ID"] !== "string" || !isRecord(v["Spec"])) return null;
+  const spec = v["Spec"];
+  const name = spec["Name"];
+  if (typeof name !== "string") return null;
+  const mode = isRecord(spec["Mode"]) ? spec["Mode"] : {};
+  const replicas = isRecord(mode["Replicated"]) ? num(mode["Replicated"]["Replicas"]) : undefined;
+  const template = isRecord(spec["TaskTemplate"]) ? spec["TaskTemplate"] : null;
+  const restart = template && isRecord(template["RestartPolicy"]) ? template["RestartPolicy"]["Condition"] : undefined;
+  const update = isRecord(v["UpdateStatus"]) ? v["UpdateStatus"] : null;
+  return {
+    ID: v["ID"],
+    Spec: {
+      Name: name,
+      Labels: stringMap(spec["Labels"]),
+      Mode: {
+        ...(isRecord(mode["Replicated"]) ? { Replicated: replicas !== undefined ? { Replicas: replicas } : {} } : {}),
+        ...(isRecord(mode["Global"]) ? { Global: {} } : {}),
+      },
+      ...(template ? {
+        TaskTemplate: {
+          ...(template["ContainerSpec"] !== undefined ? { ContainerSpec: template["ContainerSpec"] } : {}),
+          ...(typeof restart === "string" ? { RestartPolicy: { Condition: restart } } : {}),
+        },
+      } : {}),
+    },
+    ...(update ? { UpdateStatus: { State: str(update["State"]), Message: str(update["Message"]) } } : {}),
+  };
+}
+
+/** A task from the engine's JSON (the fields pgod reads), or null without a service, a state or a status. */
+export function parseSwarmTask(v: unknown): SwarmTask | null {
+  if (!isRecord(v) || typeof v["ServiceID"] !== "string" || typeof v["DesiredState"] !== "string" || !isRecord(v["Status"])) return null;
+  const st = v["Status"];
+  if (typeof st["State"] !== "string") return null;
+  const slot = num(v["Slot"]);
+  const container = isRecord(st["ContainerStatus"]) ? str(st["ContainerStatus"]["ContainerID"]) : "";
+  return {
+    ServiceID: v["ServiceID"],
+    DesiredState: v["DesiredState"],
+    CreatedAt: str(v["CreatedAt"]),
+    ...(slot !== undefined ? { Slot: slot } : {}),
+    ...(typeof v["NodeID"] === "string" ? { NodeID: v["NodeID"] } : {}),
+    ...(isRecord(v["Spec"]) ? { Spec: { ContainerSpec: v["Spec"]["ContainerSpec"] } } : {}),
+    Status: {
+      State: st["State"], Err: str(st["Err"]), Message: str(st["Message"]),
+      ...(container !== "" ? { ContainerStatus: { ContainerID: container } } : {}),
+    },
+  };
+}
+
+/** The items of a JSON list that `parse` accepts (none when the answer is not a list). */
+function listOf<T>(body: unknown, parse: (v: unknown) => T | null): T[] {
+  return Array.isArray(body) ? body.map(parse).filter((x): x is T => x !== null) : [];
+}
+
 /** Talks to the engine through its socket. */
 export function makeSwarmApi(socket: string, timeoutMs = 10_000): SwarmApi {
   const get = async (path: string): Promise<unknown> => {
-    const res = await fetch(`http://docker${path}`, { unix: socket, signal: AbortSignal.timeout(timeoutMs) } as RequestInit);
-    if (!res.ok) throw new Error(`Cannot read ${path.split("?")[0]}: the Docker engine answered ${res.status}`);
+    const what = path.split("?")[0] ?? path;
+    const init: RequestInit & { unix: string } = { unix: socket, signal: AbortSignal.timeout(timeoutMs) };
+    const res = await fetch(`http://docker${path}`, init);
+    if (!res.ok) throw new EngineError(res.status, `Cannot read ${what}: the Docker engine answered ${res.status}`);
     return res.json();
   };
   return {
     async services(stack) {
       const f = encodeURIComponent(JSON.stringify({ label: [`com.docker.stack.namespace=${stack}`] }));
-      const body = await get(`/services?filters=${f}`);
-      return Array.isArray(body) ? (body as SwarmService[]) : [];
+      return listOf(await get(`/services?filters=${f}`), parseSwarmService);
     },
     async tasks(ids) {
       if (ids.length === 0) return [];
       const f = encodeURIComponent(JSON.stringify({ service: ids }));
-      const body = await get(`/tasks?filters=${f}`);
-      return Array.isArray(body) ? (body as SwarmTask[]) : [];
+      return listOf(await get(`/tasks?filters=${f}`), parseSwarmTask);
     },
     async containers(stack) {
       const f = encodeURIComponent(JSON.stringify({ label: [`com.docker.stack.namespace=${stack}`] }));
@@ -347,14 +283,17 @@ export function makeSwarm(runner: Runner, t: ComposeTarget, o: SwarmOptions): Co
     for (const kind of ["config", "secret"] as const) {
       const r = await docker([kind, "ls", "--filter", `label=com.docker.stack.namespace=${t.project}`, "--format", "{{.Name}}\t{{.CreatedAt}}"], kind);
       if (r.exitCode !== 0) continue;
-      const rows = r.stdout.split("\n").map((l) => l.split("\t")).filter((x) => x[0]);
+      const rows = r.stdout.split("\n").map((l) => {
+        const [name = "", created = ""] = l.split("\t");
+        return { name, created };
+      }).filter((x) => x.name !== "");
       for (const key of new Set(plan.objects.filter((x) => x.kind === kind).map((x) => x.key))) {
         const prefix = `${t.project}_${key}_`;
         const keep = new Set(plan.objects.filter((x) => x.kind === kind && x.key === key).map((x) => x.name));
-        const old = rows.filter((x) => x[0]!.startsWith(prefix) && /^[0-9a-f]{12}$/.test(x[0]!.slice(prefix.length)) && !keep.has(x[0]!))
-          .sort((a, b) => (b[1] ?? "").localeCompare(a[1] ?? ""));
+        const old = rows.filter((x) => x.name.startsWith(prefix) && /^[0-9a-f]{12}$/.test(x.name.slice(prefix.length)) && !keep.has(x.name))
+          .sort((a, b) => b.created.localeCompare(a.created));
         // Objects still used by a task cannot be removed: the engine refuses, and they go next time.
-        for (const [name] of old.slice(2)) await docker([kind, "rm", name!], kind);
+        for (const { name } of old.slice(2)) await docker([kind, "rm", name], kind);
       }
     }
   };
@@ -418,7 +357,8 @@ export function makeSwarm(runner: Runner, t: ComposeTarget, o: SwarmOptions): Co
         const s = all.find((x) => x.Spec.Name === `${t.project}_${svc}`);
         const tasks = s ? await o.api.tasks([s.ID]) : [];
         const here = tasks.find((x) => x.DesiredState === "running" && x.Status.State === "running" && x.NodeID === node && x.Status.ContainerStatus?.ContainerID);
-        if (!here) {
+        const container = here?.Status.ContainerStatus?.ContainerID;
+        if (container === undefined) {
           const elsewhere = tasks.some((x) => x.DesiredState === "running" && x.Status.State === "running");
           const msg = elsewhere
             ? `Cannot exec in "${svc}": its tasks run on other nodes of the swarm, not on this manager`
@@ -426,7 +366,7 @@ export function makeSwarm(runner: Runner, t: ComposeTarget, o: SwarmOptions): Co
           await say(io, msg);
           return result(1, msg);
         }
-        return docker(["exec", "-i", here.Status.ContainerStatus!.ContainerID!, ...cmd], "exec", io);
+        return docker(["exec", "-i", container, ...cmd], "exec", io);
       }
       case "config":
         return compose.run(args, io);
@@ -442,7 +382,7 @@ export function makeSwarm(runner: Runner, t: ComposeTarget, o: SwarmOptions): Co
     run,
     async must(args, timeoutMs) {
       const r = await run(args, timeoutMs !== undefined ? { timeoutMs } : {});
-      if (r.exitCode !== 0) throw new CommandError(["docker", "stack", ...args], t.dir, r.exitCode, null, false, r.stderr, 0);
+      if (r.exitCode !== 0) throw new CommandError({ argv: ["docker", "stack", ...args], cwd: t.dir, exitCode: r.exitCode, stderrTail: r.stderr });
       return r;
     },
     services,
@@ -450,9 +390,6 @@ export function makeSwarm(runner: Runner, t: ComposeTarget, o: SwarmOptions): Co
   };
 }
 
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
 
 /** `docker stack rm` without a compose file (the stack's services are found by its name). */
 export async function removeStack(runner: Runner, project: string, env: Record<string, string>, as?: Account): Promise<void> {

@@ -8,7 +8,8 @@
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { readFile } from "node:fs/promises";
-import { errorMessage } from "./errors.ts";
+import { errnoCode, errorMessage } from "./errors.ts";
+import { isRecord } from "./json.ts";
 import { writeFileAtomic } from "./files.ts";
 import type { Logger } from "./log.ts";
 import { parseListenAddress } from "./ssh_protocol.ts";
@@ -76,11 +77,14 @@ export async function handleWebhook(req: Request, d: WebhookDeps): Promise<Respo
     return text(409, "already delivered");
   }
   for (const k of keys) d.seen.set(k, now());
-  if (d.deliveriesFile) await saveDeliveries(d);
+  if (d.deliveriesFile) await saveDeliveries(d, d.deliveriesFile);
   if (event !== "push" && event !== "Push Hook") return text(202, `ignored: event "${event}"`);
   let ref: unknown;
   try {
-    ref = (JSON.parse(payloadOf(req.headers, body)) as { ref?: unknown }).ref;
+    const json = payloadOf(req.headers, body);
+    if (json === null) return text(400, "body is not JSON");
+    const payload: unknown = JSON.parse(json);
+    ref = isRecord(payload) ? payload["ref"] : undefined;
   } catch {
     return text(400, "body is not JSON");
   }
@@ -92,14 +96,13 @@ export async function handleWebhook(req: Request, d: WebhookDeps): Promise<Respo
 
 /**
  * The JSON text of a payload: the body, or for GitHub's `application/x-www-form-urlencoded`
- * deliveries its `payload` field (the signature covers the raw body either way).
+ * deliveries its `payload` field (null when there is none; the signature covers the raw body
+ * either way).
  */
-function payloadOf(h: Headers, body: Buffer): string {
-  const type = (h.get("content-type") ?? "").split(";", 1)[0]!.trim().toLowerCase();
+function payloadOf(h: Headers, body: Buffer): string | null {
+  const type = (h.get("content-type") ?? "").split(";", 1)[0]?.trim().toLowerCase() ?? "";
   if (type !== "application/x-www-form-urlencoded") return body.toString("utf8");
-  const payload = new URLSearchParams(body.toString("utf8")).get("payload");
-  if (payload === null) throw new Error("no payload field");
-  return payload;
+  return new URLSearchParams(body.toString("utf8")).get("payload");
 }
 
 function hmacSha256(secret: string, body: Buffer): Buffer {
@@ -156,7 +159,7 @@ export async function readDeliveries(file: string, now: number, logger?: Logger)
   try {
     text = await readFile(file, "utf8");
   } catch (e) {
-    if ((e as { code?: unknown }).code !== "ENOENT") logger?.warn("cannot read webhook deliveries", { file, error: errorMessage(e) });
+    if (errnoCode(e) !== "ENOENT") logger?.warn("cannot read webhook deliveries", { file, error: errorMessage(e) });
     return seen;
   }
   let list: unknown;
@@ -167,7 +170,7 @@ export async function readDeliveries(file: string, now: number, logger?: Logger)
     return seen;
   }
   if (!Array.isArray(list)) return seen;
-  for (const entry of list.slice(-REPLAY_MAX) as unknown[]) {
+  for (const entry of list.slice(-REPLAY_MAX)) {
     if (!Array.isArray(entry) || typeof entry[0] !== "string" || typeof entry[1] !== "number") continue;
     if (entry[0].length > 300 || now - entry[1] >= REPLAY_TTL_MS) continue;
     seen.set(entry[0], entry[1]);
@@ -178,8 +181,7 @@ export async function readDeliveries(file: string, now: number, logger?: Logger)
 // Saves are chained, so two deliveries at once never write the file out of order.
 const saving = new WeakMap<WebhookDeps, Promise<void>>();
 
-async function saveDeliveries(d: WebhookDeps): Promise<void> {
-  const file = d.deliveriesFile!;
+async function saveDeliveries(d: WebhookDeps, file: string): Promise<void> {
   const p = (saving.get(d) ?? Promise.resolve()).then(() =>
     writeFileAtomic(file, JSON.stringify([...d.seen])).catch((e: unknown) => {
       d.logger.warn("cannot keep webhook deliveries: a restart forgets them", { file, error: errorMessage(e) });

@@ -3,12 +3,13 @@
  * aliases, nesting, and every file pulled in through include and extends staying inside the
  * repository.
  */
-import { constants } from "node:fs";
-import { lstat, open, realpath } from "node:fs/promises";
+import { lstat, realpath } from "node:fs/promises";
 import { dirname, relative, resolve as resolvePath, sep } from "node:path";
 import type { CST, Document, Node as YamlNode } from "yaml";
 import { Composer, isAlias, isMap, isNode, isPair, isScalar, isSeq, Lexer, LineCounter, Parser } from "yaml";
-import { PolicyError } from "./errors.ts";
+import { FileError, PolicyError, errnoCode } from "./errors.ts";
+import { readCapped } from "./files.ts";
+import { isRecord } from "./json.ts";
 
 // ---------------------------------------------------------------------------------------------
 // YAML screening (DECISIONS #10)
@@ -203,7 +204,7 @@ export async function screenComposeTree(rootDir: string, composeFile: string, li
     try {
       real = await realpath(item.path);
     } catch (e) {
-      if (errno(e) !== "ENOENT") refuse(`it cannot be resolved: ${errno(e) ?? String(e)}`);
+      if (errnoCode(e) !== "ENOENT") refuse(`it cannot be resolved: ${errnoCode(e) ?? String(e)}`);
       if (item.from === null) refuse("it does not exist");
       continue; // docker compose reports the missing file itself
     }
@@ -217,7 +218,7 @@ export async function screenComposeTree(rootDir: string, composeFile: string, li
     let docs = parsed.get(real);
     if (!docs) {
       if (parsed.size >= lim.maxFiles) refuse(`it pulls in more than ${lim.maxFiles} files`);
-      docs = screenAndParse(await readCapped(real, lim.maxBytes, refuse), file, lim);
+      docs = screenAndParse(await readScreened(real, lim.maxBytes, refuse), file, lim);
       parsed.set(real, docs);
     }
     // docker compose reads a project's .env (the main one and each include's) and every
@@ -371,43 +372,23 @@ async function screenEnvFile(root: string, rootReal: string, path: string, label
   try {
     real = await realpath(path);
   } catch (e) {
-    if (errno(e) === "ENOENT") return;
-    return refuse(`it cannot be resolved: ${errno(e) ?? String(e)}`);
+    if (errnoCode(e) === "ENOENT") return;
+    return refuse(`it cannot be resolved: ${errnoCode(e) ?? String(e)}`);
   }
   if (!within(real, rootReal)) refuse("it leads out of the repository through a symlink");
-  await readCapped(real, max, refuse);
+  await readScreened(real, max, refuse);
 }
 
-/** Reads at most `max` bytes of a regular file, never following a final symlink or blocking on a FIFO. */
-async function readCapped(path: string, max: number, refuse: (why: string) => never): Promise<string> {
-  const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+/** The text of a regular file of at most `max` bytes (files.ts readCapped); refused as `refuse` says otherwise. */
+async function readScreened(path: string, max: number, refuse: (why: string) => never): Promise<string> {
   try {
-    const st = await fh.stat();
-    if (!st.isFile()) refuse("it is not a regular file");
-    if (st.size > max) refuse(`it is larger than ${max} bytes`);
-    const buf = Buffer.alloc(Math.min(st.size, max) + 1);
-    let n = 0;
-    for (;;) {
-      const { bytesRead } = await fh.read(buf, n, buf.length - n, n);
-      if (bytesRead === 0) break;
-      n += bytesRead;
-      if (n > max) refuse(`it is larger than ${max} bytes`);
-    }
-    return buf.subarray(0, n).toString("utf8");
-  } finally {
-    await fh.close();
+    return Buffer.from(await readCapped(path, max)).toString("utf8");
+  } catch (e) {
+    if (e instanceof FileError) return refuse(e.why);
+    throw e;
   }
 }
 
 export function within(path: string, root: string): boolean {
   return path === root || root === sep || path.startsWith(root + sep);
 }
-
-export function errno(e: unknown): string | undefined {
-  return typeof e === "object" && e !== null && "code" in e && typeof e.code === "string" ? e.code : undefined;
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-

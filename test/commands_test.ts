@@ -1,6 +1,6 @@
-import { RollbackError } from "../src/errors.ts";
+import { EX, RollbackError } from "../src/errors.ts";
 import { expect, test } from "bun:test";
-import { checkArgs, dispatch, EX, formatStatus } from "../src/commands.ts";
+import { checkArgs, dispatch, formatStatus } from "../src/commands.ts";
 import type { RouterDeps, ServiceHandle } from "../src/commands.ts";
 import type { Compose } from "../src/compose.ts";
 import type { RunResult } from "../src/exec.ts";
@@ -8,7 +8,7 @@ import type { KeyOptions } from "../src/keys.ts";
 import { memoryLogger } from "../src/log.ts";
 import { EXIT_TEMPFAIL, LongRunning } from "../src/long_running.ts";
 import type { Hold, ServiceStatus } from "../src/reconcile.ts";
-import type { ClientKey, SessionIO } from "../src/ssh_server.ts";
+import type { ClientKey, SessionIO } from "../src/ssh_session.ts";
 import type { Verdict } from "../src/verdict.ts";
 
 const KEY_A: ClientKey = { algo: "ssh-ed25519", blob: Buffer.from("key-a"), fingerprint: "SHA256:a" };

@@ -8,7 +8,7 @@ import { USAGE as PGOCTL_USAGE } from "../src/pgoctl.ts";
 import { RULES } from "../src/policy.ts";
 import { DEFAULT_LONG_RUNNING } from "../src/long_running.ts";
 import { CIPHER_ALGORITHMS, HOST_KEY_ALGORITHMS, KEX_ALGORITHMS, MAC_ALGORITHMS } from "../src/ssh_protocol.ts";
-import { DEFAULT_LIMITS } from "../src/ssh_server.ts";
+import { DEFAULT_LIMITS } from "../src/ssh_limits.ts";
 
 const man = (f: string): string => readFileSync(join(import.meta.dir, "..", "man", f), "utf8");
 /** roff source with escaped hyphens made plain, for searching. */

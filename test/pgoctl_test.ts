@@ -6,7 +6,8 @@ import { UsageError } from "../src/errors.ts";
 import { keysEqual, parseAuthorizedKeys, type PublicKey } from "../src/keys.ts";
 import { memoryLogger } from "../src/log.ts";
 import { parseArgs, requestText, runPgoctl, USAGE, VERSION, type Output } from "../src/pgoctl.ts";
-import { startSshServer, type SessionIO, type SshServer } from "../src/ssh_server.ts";
+import { startSshServer, type SshServer } from "../src/ssh_server.ts";
+import type { SessionIO } from "../src/ssh_session.ts";
 import { parseRequest } from "../src/target.ts";
 
 let dir: string;

@@ -7,15 +7,9 @@ import { Client, utils, type ClientChannel, type ConnectConfig } from "ssh2";
 import { fingerprint, keysEqual, parseAuthorizedKeys, type PublicKey } from "../src/keys.ts";
 import { memoryLogger } from "../src/log.ts";
 import { parseListenAddress, sshAlgorithms } from "../src/ssh_protocol.ts";
-import {
-  clampStatus,
-  DEFAULT_LIMITS,
-  startSshServer,
-  type ClientKey,
-  type SessionIO,
-  type SshLimits,
-  type SshServer,
-} from "../src/ssh_server.ts";
+import { DEFAULT_LIMITS, type SshLimits } from "../src/ssh_limits.ts";
+import { startSshServer, type SshServer } from "../src/ssh_server.ts";
+import { clampStatus, type ClientKey, type SessionIO } from "../src/ssh_session.ts";
 
 type Handle = (key: ClientKey, command: string, io: SessionIO) => Promise<number>;
 

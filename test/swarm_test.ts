@@ -1,6 +1,7 @@
 import { expect, test } from "bun:test";
 import type { SwarmService, SwarmTask } from "../src/swarm.ts";
-import { planStack, stackReadiness, stackWarnings } from "../src/swarm.ts";
+import { parseSwarmService, parseSwarmTask, stackReadiness } from "../src/swarm.ts";
+import { planStack, stackWarnings } from "../src/swarm_plan.ts";
 
 const model = {
   name: "shop",
@@ -101,4 +102,37 @@ test("stackWarnings() gives check the same warnings for a compose file as writte
     "services.web.restart: Swarm uses deploy.restart_policy instead",
   ]);
   expect(stackWarnings("not a model")).toEqual([]);
+});
+
+test("parseSwarmService() and parseSwarmTask() keep the fields pgod reads from the engine's JSON and drop an item without them", () => {
+  const raw: unknown = {
+    ID: "s1", Version: { Index: 9 },
+    Spec: {
+      Name: "shop_web", Labels: { "com.docker.stack.namespace": "shop", bad: 3 },
+      Mode: { Replicated: { Replicas: 3 } }, TaskTemplate: { ContainerSpec: { Image: "v2" }, RestartPolicy: { Condition: "none" } },
+    },
+    UpdateStatus: { State: "rollback_completed", Message: "update rolled back" },
+  };
+  expect(parseSwarmService(raw)).toEqual({
+    ID: "s1",
+    Spec: {
+      Name: "shop_web", Labels: { "com.docker.stack.namespace": "shop" },
+      Mode: { Replicated: { Replicas: 3 } }, TaskTemplate: { ContainerSpec: { Image: "v2" }, RestartPolicy: { Condition: "none" } },
+    },
+    UpdateStatus: { State: "rollback_completed", Message: "update rolled back" },
+  });
+  expect(parseSwarmService({ ID: "s1", Spec: { Name: "g", Mode: { Global: {} } } })?.Spec.Mode).toEqual({ Global: {} });
+  for (const bad of [null, [], { ID: 1, Spec: { Name: "x" } }, { ID: "s", Spec: { Name: 2 } }, { ID: "s" }]) expect(parseSwarmService(bad)).toBeNull();
+
+  const t: unknown = {
+    ID: "t1", ServiceID: "s1", DesiredState: "running", CreatedAt: "2030-01-01T00:00:00Z", NodeID: "n1", Slot: 1,
+    Spec: { ContainerSpec: { Image: "v2" } }, Status: { State: "running", ContainerStatus: { ContainerID: "c1", PID: 4 } },
+  };
+  expect(parseSwarmTask(t)).toEqual({
+    ServiceID: "s1", DesiredState: "running", CreatedAt: "2030-01-01T00:00:00Z", NodeID: "n1", Slot: 1,
+    Spec: { ContainerSpec: { Image: "v2" } }, Status: { State: "running", Err: "", Message: "", ContainerStatus: { ContainerID: "c1" } },
+  });
+  for (const bad of [{ ServiceID: "s1", DesiredState: "running" }, { ServiceID: "s1", DesiredState: "running", Status: { State: 5 } }, "x"]) {
+    expect(parseSwarmTask(bad)).toBeNull();
+  }
 });

@@ -4,7 +4,8 @@
  */
 import { isAbsolute, resolve as resolvePath } from "node:path";
 import type { Rule, Walk } from "./context.ts";
-import { asList, isRecord, nonEmpty, text } from "./context.ts";
+import { isRecord } from "../json.ts";
+import { asList, nonEmpty, text } from "./context.ts";
 
 export const BUILD_RULES: readonly Rule[] = [
   { rule: "build_context", key: "build.context", reason: "a build context outside the checkout (a host directory or a remote URL) sends the host's files to the build" },

@@ -1,6 +1,7 @@
 /** What every compose policy rule family shares: the context, violations, and the walk helpers. */
 import { lstatSync, readlinkSync } from "node:fs";
 import { dirname, join, resolve as resolvePath, sep } from "node:path";
+import { isRecord } from "../json.ts";
 
 /** One broken rule: which compose service, which key, which rule, and why. */
 export interface Violation {
@@ -77,10 +78,6 @@ export interface Walk {
 
 /** The checks of one rule family. */
 export type Family = (w: Walk) => void;
-
-export function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
 
 export function asList(v: unknown): unknown[] {
   return v === undefined || v === null ? [] : Array.isArray(v) ? v : [v];

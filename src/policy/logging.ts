@@ -1,6 +1,7 @@
 /** Rules on logging: logs stay on this host unless the admin allows a driver that sends them elsewhere. */
 import type { Rule, Walk } from "./context.ts";
-import { isRecord, nonEmpty } from "./context.ts";
+import { isRecord } from "../json.ts";
+import { nonEmpty } from "./context.ts";
 
 /** Drivers that keep logs in the engine's own files (or nowhere). */
 export const DEFAULT_LOGGING_DRIVERS: readonly string[] = ["json-file", "local", "none"];

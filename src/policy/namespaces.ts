@@ -3,7 +3,8 @@
  * are refused, and joins, links and names stay inside this project.
  */
 import type { Rule, Walk } from "./context.ts";
-import { asList, isRecord, nonEmpty, text, top } from "./context.ts";
+import { isRecord } from "../json.ts";
+import { asList, nonEmpty, text, top } from "./context.ts";
 
 export const NAMESPACE_RULES: readonly Rule[] = [
   { rule: "network_host", key: "network_mode", reason: "the host's network namespace exposes every port the host listens on, localhost included" },

@@ -5,7 +5,8 @@
  */
 import { isIP } from "node:net";
 import type { Rule, Walk } from "./context.ts";
-import { asList, isRecord, nonEmpty, text, top } from "./context.ts";
+import { isRecord } from "../json.ts";
+import { asList, nonEmpty, text, top } from "./context.ts";
 
 export const NETWORK_RULES: readonly Rule[] = [
   { rule: "network_not_allowed", key: "networks|network_mode", reason: "a network outside this project may be joined only when it is in the service's networks allow-list" },

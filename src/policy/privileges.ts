@@ -1,6 +1,7 @@
 /** Rules on what root in the container may do to the host kernel: privileges, devices, runtimes. */
 import type { Rule, Walk } from "./context.ts";
-import { asList, isRecord, nonEmpty, text } from "./context.ts";
+import { isRecord } from "../json.ts";
+import { asList, nonEmpty, text } from "./context.ts";
 
 export const PRIVILEGE_RULES: readonly Rule[] = [
   { rule: "privileged", key: "privileged", reason: "a privileged container has every capability and every host device, which makes it root on the host" },

@@ -1,6 +1,7 @@
 /** Rules on resources: a container may limit itself further, never lift the limits the host keeps. */
 import type { Rule, Walk } from "./context.ts";
-import { isRecord, nonEmpty, text } from "./context.ts";
+import { isRecord } from "../json.ts";
+import { nonEmpty, text } from "./context.ts";
 
 export const RESOURCE_RULES: readonly Rule[] = [
   { rule: "oom_score_adj", key: "oom_score_adj", reason: "a negative OOM score makes the kernel kill host processes and other projects before this container" },

@@ -5,7 +5,7 @@
  * but judged by a rule family (refused outright, or allowed only with some values).
  */
 import type { Rule, Walk } from "./context.ts";
-import { isRecord } from "./context.ts";
+import { isRecord } from "../json.ts";
 
 /**
  * "any": any value (strings, lists, maps of plain data the engine takes as such).

@@ -5,7 +5,8 @@
  */
 import { isAbsolute, resolve as resolvePath } from "node:path";
 import type { Rule, Walk } from "./context.ts";
-import { asList, isRecord, nonEmpty, text, top } from "./context.ts";
+import { isRecord } from "../json.ts";
+import { asList, nonEmpty, text, top } from "./context.ts";
 
 export const VOLUME_RULES: readonly Rule[] = [
   { rule: "docker_socket", key: "volumes", reason: "the Docker socket gives full control of the engine, which is root on the host" },
