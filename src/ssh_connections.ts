@@ -17,8 +17,7 @@
  * - No keepalives: a connection idle for `idleMs` is closed, and close() ends all of them
  *   (pgod's shutdown and restart).
  */
-import type { ClientChannel } from "ssh2";
-import { Client } from "ssh2";
+import type { Client, ClientChannel } from "ssh2";
 import { RemoteTimeout, UnsupportedRemote } from "./refs.ts";
 
 /** Who a connection logs in as, and with what: a connection is reused only for an equal login. */
