@@ -14,11 +14,15 @@ import { basename, join } from "node:path";
 import { Client } from "ssh2";
 import { sshAlgorithms } from "../src/ssh_protocol.ts";
 import {
-  atCleanup, canConnect, cleanupAll, COMPOSE, COMPOSE_UP, composeFile, cpuDelta, cpuTimes, EXEC, fakeEngine, freePort,
-  POLL, loadAverage, machine, makeKey, median, memory, ownCpu, percentile, Pgod, PGOCTL, PGOD, pidsNamed, randomId,
-  realEngine, Repo, ROOT, run, RUN_PREFIX, spawnTracked, sweepRealContainers, tempDir, waitFor,
+  atCleanup, cleanupAll, COMPOSE, COMPOSE_UP, composeFile, cpuDelta, EXEC, fakeEngine, POLL, loadAverage, machine, ownCpu, Pgod,
+  realEngine, Repo, ROOT, RUN_PREFIX, sweepRealContainers, tempDir, waitFor,
 } from "./lib.ts";
 import type { Engine, ServiceSpec } from "./lib.ts";
+import { makeKey } from "../test/kit/keys.ts";
+import { PGOCTL, PGOD } from "../test/kit/pgod.ts";
+import { canConnect, cpuTimes, freePort, memory, pidsNamed, run, spawnTracked } from "../test/kit/process.ts";
+import { median, percentile } from "../test/kit/stats.ts";
+import { randomId } from "../test/kit/temp.ts";
 import { serveGitHttp } from "../test/git_http.ts";
 
 // ---------------------------------------------------------------------------------------------

@@ -11,10 +11,10 @@
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import {
-  canConnect, cleanupAll, composeFile, cpuTimes, fakeEngine, freePort, makeKey, median, Pgod, Repo, run, RUN_PREFIX, tempDir,
-  waitFor,
-} from "./lib.ts";
+import { cleanupAll, composeFile, fakeEngine, Pgod, Repo, RUN_PREFIX, tempDir, waitFor } from "./lib.ts";
+import { makeKey } from "../test/kit/keys.ts";
+import { canConnect, cpuTimes, freePort, run } from "../test/kit/process.ts";
+import { median } from "../test/kit/stats.ts";
 
 const [dirA, dirB] = process.argv.slice(2);
 const rounds = Number(process.argv[4] ?? 6);

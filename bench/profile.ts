@@ -5,7 +5,8 @@
  */
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { cleanupAll, composeFile, cpuDelta, cpuTimes, fakeEngine, POLL, Pgod, Repo, ROOT, run, RUN_PREFIX, tempDir } from "./lib.ts";
+import { cleanupAll, composeFile, cpuDelta, fakeEngine, POLL, Pgod, Repo, ROOT, RUN_PREFIX, tempDir } from "./lib.ts";
+import { cpuTimes, run } from "../test/kit/process.ts";
 
 const n = Number(process.argv[2] ?? 20);
 const seconds = Number(process.argv[3] ?? 30);

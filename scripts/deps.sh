@@ -12,7 +12,7 @@ log() { printf 'deps: %s\n' "$*" >&2; }
 
 # Debian packages. apt-get update only when something is missing.
 pkgs=(docker.io busybox-static git util-linux openssh-client openssh-server ca-certificates curl
-      caddy docker-registry apache2-utils prometheus iproute2 man-db lintian systemd)
+      caddy docker-registry apache2-utils prometheus iproute2 man-db lintian systemd age)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -24,7 +24,7 @@ export interface ServiceHandle {
   composeFor(): Promise<Compose>;
   /** Puts the checkout back to exactly the commit that runs (nothing a container wrote stays). */
   restoreNow(): Promise<void>;
-  deployNow(trigger: "pgoctl", io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }, services?: string[]): Promise<number>;
+  deployNow(trigger: "pgoctl", o: { io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }; services?: string[] }): Promise<number>;
   pullNow(io: { onStdout?: (c: Uint8Array) => Promise<void>; onStderr?: (c: Uint8Array) => Promise<void>; signal?: AbortSignal }, services?: string[]): Promise<number>;
   setHold(hold: Hold | null): Promise<void>;
   /** The verdict on the newest commit of the branch (what would deploy next). */
@@ -269,7 +269,7 @@ async function run(
       return h.exclusive(async () => {
         await notStopped(h, cmd);
         await h.setHold(null);
-        return h.deployNow("pgoctl", out, a);
+        return h.deployNow("pgoctl", { io: out, services: a });
       });
     }
     case "pull": {

@@ -2,7 +2,8 @@
  * What a service remembers across restarts, in `<dir>/.state/<name>/state.json` (written
  * atomically): the last commit that deployed well, a commit that was rolled back (not retried
  * until a newer one arrives), a pin set by `pgoctl rollback`, and for a service that verifies
- * commits the last verified commit and the commits that verified (what a rollback may go to).
+ * commits the last verified commit and the commits that verified (what a rollback may go to),
+ * and the hold set through pgoctl (`down`/`stop`: nothing brings the service back until `up`).
  */
 import { readFileSync } from "node:fs";
 import { writeFileAtomic } from "./files.ts";
@@ -23,6 +24,9 @@ export interface Verified {
   commits: string[];
 }
 
+/** Why a service is held down through pgoctl. */
+export type Hold = "down" | "stop";
+
 /** How many verified commits are remembered for rollbacks. */
 export const MAX_VERIFIED = 200;
 
@@ -31,6 +35,7 @@ export interface ServiceState {
   bad?: string;
   pin?: Pin;
   verified?: Verified;
+  hold?: Hold;
 }
 
 const HEX = /^[0-9a-f]{40,64}$/;
@@ -62,6 +67,7 @@ export function readState(file: string): ServiceState {
       s.verified = { root: r["root"], last: r["last"], commits: commits.slice(-MAX_VERIFIED) };
     }
   }
+  if (o["hold"] === "down" || o["hold"] === "stop") s.hold = o["hold"];
   return s;
 }
 

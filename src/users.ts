@@ -95,3 +95,12 @@ export function withoutDocker(a: Account): Account {
   const groups = a.groups.filter((g) => g !== a.dockerGid);
   return { ...a, groups: groups.length > 0 ? groups : [a.gid] };
 }
+
+/**
+ * Whether a service runs as root (`user = "root"`): the compose policy does not apply to it, since
+ * root needs no container to reach the host. The one notion of root for a service; exec.ts asks
+ * `uid === 0` only to know whether it must drop privileges at all.
+ */
+export function isRoot(a: Account): boolean {
+  return a.name === "root";
+}

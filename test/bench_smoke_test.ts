@@ -7,22 +7,12 @@ import { expect, test } from "bun:test";
 import { readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { resolve } from "node:path";
+import { run } from "./kit/process.ts";
 
 const ROOT = resolve(import.meta.dir, "..");
 
 test("`bench/run --quick` prints the machine and a row for every figure, and cleans up", async () => {
-  const proc = Bun.spawn([resolve(ROOT, "bench/run"), "--quick", "--deadline=150"], {
-    cwd: ROOT,
-    env: process.env,
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const [stdout, stderr, code] = await Promise.all([
-    new Response(proc.stdout).text(),
-    new Response(proc.stderr).text(),
-    proc.exited,
-  ]);
+  const { code, stdout, stderr } = await run([resolve(ROOT, "bench/run"), "--quick", "--deadline=150"], { cwd: ROOT, check: false });
   if (code !== 0) console.error(stderr);
   expect({ code, failed: stderr.includes("bench: failed") }).toEqual({ code: 0, failed: false });
   for (const machine of ["cores", "model", "memory", "kernel", "bun", "docker"]) {

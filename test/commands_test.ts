@@ -56,7 +56,7 @@ function fakeService(opts: { cloned?: boolean; exitCode?: number; verdict?: Verd
     async restoreNow() {
       calls.push(`${locked ? "locked " : ""}restore`);
     },
-    async deployNow(_t, io, services = []) {
+    async deployNow(_t, { io, services = [] }) {
       calls.push(`${locked ? "locked " : ""}deploy ${services.join(" ")}`.trim());
       await io.onStdout?.(new TextEncoder().encode("deployed\n"));
       return opts.exitCode ?? 0;
@@ -455,7 +455,8 @@ test("LongRunning.take() waits for a slot to free up, and refuses with 75 when n
   const first = await lr.take("web", "SHA256:a", "exec");
   let second: (() => void) | null = null;
   const waiting = lr.take("web", "SHA256:b", "exec").then((r) => (second = r));
-  await new Promise((r) => setTimeout(r, 20));
+  // One turn of the event loop: only first() or the 60 s wait can let it through, and neither has happened.
+  await Bun.sleep(0);
   expect(second).toBeNull();
   first();
   await waiting;

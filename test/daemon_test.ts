@@ -5,8 +5,8 @@ import { parseConfig } from "../src/config.ts";
 import { cleanupStale, watchConfig } from "../src/daemon.ts";
 import type { ContainerInfo } from "../src/containers.ts";
 import { memoryLogger } from "../src/log.ts";
-import { realClock } from "../src/scheduler.ts";
-import { FakeDocker, tempDir } from "./helpers.ts";
+import { ManualClock } from "../src/scheduler.ts";
+import { FakeDocker, tempDir, waitFor } from "./helpers.ts";
 
 const cleanups: (() => void)[] = [];
 afterEach(() => cleanups.splice(0).forEach((f) => f()));
@@ -18,42 +18,53 @@ function root(): string {
   return r;
 }
 
-test("watchConfig() ignores an invalid change, reports it with its line, and resolves on a valid one", async () => {
-  const dir = root();
-  const file = join(dir, "pgo.toml");
-  writeFileSync(file, VALID);
+/**
+ * watchConfig() on `file` driven by a manual clock. `poll()` moves time one interval on and
+ * waits until that poll is done (the watcher sleeps again, or has resolved).
+ */
+function watch(file: string) {
   const log = memoryLogger();
   const ac = new AbortController();
-  let result = null as boolean | null;
-  const p = watchConfig(file, VALID, { clock: realClock, logger: log, intervalMs: 20, signal: ac.signal }).then((r) => (result = r));
+  const clock = new ManualClock(0);
+  const w = { log, ac, result: null as boolean | null, done: Promise.resolve(), poll: async (): Promise<void> => {} };
+  w.done = watchConfig(file, VALID, { clock, logger: log, intervalMs: 10, signal: ac.signal }).then((r) => void (w.result = r));
+  const settled = (): boolean => clock.waiting === 1 || w.result !== null;
+  w.poll = async () => {
+    await waitFor(settled, 5000, "the watcher to sleep");
+    clock.advance(10);
+    await waitFor(settled, 5000, "the watcher's poll");
+  };
+  return w;
+}
+
+test("watchConfig() ignores an invalid change, reports it with its line, and resolves on a valid one", async () => {
+  const file = join(root(), "pgo.toml");
+  writeFileSync(file, VALID);
+  const w = watch(file);
   writeFileSync(file, VALID + "bogus = 1\n");
-  const deadline = Date.now() + 5000;
-  while (!log.lines.some((l) => l.includes("pgo.toml:5")) && Date.now() < deadline) await Bun.sleep(10);
-  expect(log.lines.join("\n")).toContain(`${file}:5: services[1].bogus: Unknown key`);
-  expect(result).toBeNull();
+  await w.poll();
+  expect(w.log.lines.join("\n")).toContain(`${file}:5: services[1].bogus: Unknown key`);
+  expect(w.result).toBeNull();
   writeFileSync(file, VALID.replace('"a"', '"b"'));
-  await p;
-  expect(result).toBe(true);
-  ac.abort();
+  await w.poll();
+  await w.done;
+  expect(w.result).toBe(true);
+  w.ac.abort();
 });
 
 test("watchConfig() does not count a touch that keeps the bytes, nor a deleted file", async () => {
-  const dir = root();
-  const file = join(dir, "pgo.toml");
+  const file = join(root(), "pgo.toml");
   writeFileSync(file, VALID);
-  const log = memoryLogger();
-  const ac = new AbortController();
-  let result = null as boolean | null;
-  void watchConfig(file, VALID, { clock: realClock, logger: log, intervalMs: 10, signal: ac.signal }).then((r) => (result = r));
+  const w = watch(file);
   writeFileSync(file, VALID);
+  await w.poll();
   rmSync(file);
-  const deadline = Date.now() + 5000;
-  while (!log.lines.some((l) => l.includes("unreadable")) && Date.now() < deadline) await Bun.sleep(10);
-  expect(log.lines.join("\n")).toContain("unreadable");
+  await w.poll();
+  expect(w.log.lines.join("\n")).toContain("unreadable");
   writeFileSync(file, VALID);
-  await Bun.sleep(100);
-  expect(result).toBeNull();
-  ac.abort();
+  await w.poll();
+  expect(w.result).toBeNull();
+  w.ac.abort();
 });
 
 test("cleanupStale() downs projects pgod ran from its dir that are gone from the config, and nothing else", async () => {
@@ -102,25 +113,17 @@ function spawnPgod(args: string[]) {
   return { proc, log: () => log };
 }
 
-async function until(what: string, fn: () => boolean, ms = 60_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await Bun.sleep(25);
-  }
-}
-
 test("SIGHUP with an invalid config logs every problem and keeps pgod running; with a valid one pgod exits 2", async () => {
   const r = root();
   const file = join(r, "pgo.toml");
   writeFileSync(file, "# no services\n");
   const pg = spawnPgod(["-c", file, "-d", join(r, "dir"), "--datadir", join(r, "data"), "-s", "127.0.0.1:0", "-m", "127.0.0.1:0", "--restart=false"]);
   try {
-    await until("pgod to start", () => pg.log().includes("msg=starting"));
-    await until("pgod to listen", () => pg.log().includes("SSH server listening"));
+    await waitFor(() => pg.log().includes("msg=starting"), 60_000, "pgod to start");
+    await waitFor(() => pg.log().includes("SSH server listening"), 60_000, "pgod to listen");
     writeFileSync(file, '[[services]]\nname = "a"\nbogus = 1\n');
     pg.proc.kill("SIGHUP");
-    await until("the reload to be refused", () => pg.log().includes("reload refused"));
+    await waitFor(() => pg.log().includes("reload refused"), 60_000, "the reload to be refused");
     expect(pg.log()).toContain(`${file}:3: services[1].bogus: Unknown key`);
     expect(pg.log()).toMatch(/services\[1\]\.(user|repository)/);
     expect(pg.proc.exitCode).toBeNull();

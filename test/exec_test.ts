@@ -6,7 +6,7 @@ import { CommandError } from "../src/errors.ts";
 import { asUserArgv, makeRunner, redactArgv } from "../src/exec.ts";
 import type { Runner } from "../src/exec.ts";
 import { memoryLogger } from "../src/log.ts";
-import { tempDir } from "./helpers.ts";
+import { tempDir, waitFor } from "./helpers.ts";
 
 const run = makeRunner({ logger: memoryLogger() });
 const PATH = "/usr/bin:/bin";
@@ -54,9 +54,7 @@ test("a timeout ends the whole process group, grandchildren included", async () 
   expect(e).toBeInstanceOf(CommandError);
   expect(e.timedOut).toBe(true);
   expect(pid).toBeGreaterThan(0);
-  const deadline = Date.now() + 5000;
-  while (existsSync(`/proc/${pid}`) && Date.now() < deadline) await Bun.sleep(20);
-  expect(existsSync(`/proc/${pid}`)).toBe(false);
+  await waitFor(() => !existsSync(`/proc/${pid}`), 5000, "the timed-out command's process to be gone");
 });
 
 test("an abort signal ends the command", async () => {

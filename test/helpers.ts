@@ -1,24 +1,23 @@
 /** Shared helpers for the fast tests: temp dirs, real git repositories, the fake docker shim. */
-import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import type { ContainerInfo, Containers } from "../src/containers.ts";
 import type { Runner } from "../src/exec.ts";
 import { makeRunner } from "../src/exec.ts";
-import { gitDirOf } from "../src/git.ts";
 import { memoryLogger } from "../src/log.ts";
 import type { Account, Users } from "../src/users.ts";
+import { checkoutGitArgs, GIT_IDENTITY, writeTree } from "./kit/repo.ts";
+import { tempDir as makeTempDir } from "./kit/temp.ts";
+import { waitFor as poll } from "./kit/wait.ts";
 
 /** A temp directory, world-traversable so service users can reach into it. */
 export function tempDir(prefix = "pgo-test-"): string {
-  const d = mkdtempSync(join(tmpdir(), prefix));
-  chmodSync(d, 0o755);
-  return d;
+  return makeTempDir(prefix);
 }
 
 /** Runs git synchronously in `cwd`; throws on failure. */
 export function git(cwd: string, ...args: string[]): string {
-  const r = Bun.spawnSync(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", ...args], {
+  const r = Bun.spawnSync(["git", ...GIT_IDENTITY, "-c", "init.defaultBranch=main", ...args], {
     cwd, env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: cwd, GIT_CONFIG_NOSYSTEM: "1" },
   });
   if (r.exitCode !== 0) throw new Error(`git ${args.join(" ")}: ${r.stderr.toString()}`);
@@ -27,7 +26,7 @@ export function git(cwd: string, ...args: string[]): string {
 
 /** Runs git on a checkout pgod made: its git directory lives outside it (gitDirOf). */
 export function checkoutGit(checkout: string, ...args: string[]): string {
-  return git(checkout, `--git-dir=${gitDirOf(checkout)}`, `--work-tree=${checkout}`, ...args);
+  return git(checkout, ...checkoutGitArgs(checkout), ...args);
 }
 
 /** A bare remote plus a work clone to commit from. */
@@ -44,14 +43,7 @@ export class TestRepo {
   }
   /** Writes files (null deletes), commits and pushes; returns the new commit id. */
   commit(files: Record<string, string | null>, message = "change"): string {
-    for (const [path, content] of Object.entries(files)) {
-      const full = join(this.work, path);
-      if (content === null) rmSync(full, { force: true });
-      else {
-        mkdirSync(dirname(full), { recursive: true });
-        writeFileSync(full, content);
-      }
-    }
+    writeTree(this.work, files);
     git(this.work, "add", "-A");
     git(this.work, "commit", "--quiet", "--allow-empty", "-m", message);
     git(this.work, "push", "--quiet", "--force", "origin", "HEAD:main");
@@ -134,14 +126,7 @@ export function rootUsers(home: string, missing: string[] = []): Users {
   };
 }
 
-/** Polls `fn` until it returns a truthy value or the deadline passes. */
-export async function waitFor<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, what = "condition"): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: T | undefined;
-  while (Date.now() < deadline) {
-    last = await fn();
-    if (last) return last;
-    await Bun.sleep(20);
-  }
-  throw new Error(`Timed out waiting for ${what}; last value: ${JSON.stringify(last)}`);
+/** Polls `fn` every 20 ms until it returns a truthy value or the deadline passes (the toolkit's `waitFor`, in the unit tests' shape). */
+export function waitFor<T>(fn: () => T | Promise<T>, timeoutMs = 10_000, what = "condition"): Promise<T> {
+  return poll(what, fn, Boolean, { timeoutMs, intervalMs: 20, retryErrors: false });
 }

@@ -3,15 +3,10 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fingerprint, keyAllows, keysEqual, parseAuthorizedKeys, readServiceKeys } from "../src/keys.ts";
+import { runSync as sh } from "./kit/process.ts";
 
 let dir: string;
 const pub: Record<string, string> = {};
-
-function sh(argv: string[]): string {
-  const p = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe" });
-  if (p.exitCode !== 0) throw new Error(`${argv.join(" ")}: ${p.stderr.toString()}`);
-  return p.stdout.toString();
-}
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "pgo-keys-"));

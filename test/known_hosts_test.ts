@@ -3,17 +3,12 @@ import { exists, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/p
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { addHostKey, checkHostKey, hostKeyName, matchHostKey, type HostKey } from "../src/known_hosts.ts";
+import { runSync as sh } from "./kit/process.ts";
 
 let dir: string;
 let keyA: HostKey;
 let keyB: Buffer;
 let lineA: string; // "ssh-ed25519 AAAA..." of key A
-
-function sh(argv: string[]): string {
-  const p = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe" });
-  if (p.exitCode !== 0) throw new Error(`${argv.join(" ")}: ${p.stderr.toString()}`);
-  return p.stdout.toString();
-}
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "pgo-kh-"));

@@ -9,6 +9,8 @@ import { parseArgs, requestText, runPgoctl, USAGE, VERSION, type Output } from "
 import { startSshServer, type SshServer } from "../src/ssh_server.ts";
 import type { SessionIO } from "../src/ssh_session.ts";
 import { parseRequest } from "../src/target.ts";
+import { waitFor } from "./helpers.ts";
+import { runSync as sh } from "./kit/process.ts";
 
 let dir: string;
 let home: string;
@@ -18,11 +20,6 @@ let server: SshServer;
 let port: string;
 let aborted = 0;
 let requests = 0; // requests the main server has run
-
-function sh(argv: string[]): void {
-  const p = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe" });
-  if (p.exitCode !== 0) throw new Error(`${argv.join(" ")}: ${p.stderr.toString()}`);
-}
 
 /** The fake pgod: echoes the parsed request as JSON; `exit N` exits N; `flood` writes until the client goes away. */
 async function handle(_key: unknown, command: string, io: SessionIO): Promise<number> {
@@ -214,8 +211,7 @@ describe("runPgoctl()", () => {
     });
     expect(code).toBe(141);
     expect(e.text()).not.toContain("EPIPE");
-    const deadline = Date.now() + 5000;
-    while (aborted === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    await waitFor(() => aborted !== before, 5000, "the server to see the client go");
     expect(aborted).toBe(before + 1);
   });
 

@@ -279,7 +279,9 @@ test("the loop polls every interval plus up to half of it in jitter", async () =
   expect(next - clock.now()).toBe(60_000 + 29_970);
   docker.clear();
   clock.advance(60_000);
-  await Bun.sleep(50);
+  // Not due yet: the loop still sleeps (a due sleeper leaves the clock at once), and nothing ran.
+  expect(clock.waiting).toBe(1);
+  expect(worker.status().nextPollAt).toBe(next);
   expect(docker.calls()).toEqual([]);
   clock.advance(29_970);
   await waitFor(() => worker.status().lastPollAt === clock.now(), 10_000, "second cycle");
@@ -298,9 +300,10 @@ test("triggers during a cycle coalesce into one follow-up cycle", async () => {
   worker.trigger("pgoctl");
   worker.trigger("pgoctl");
   worker.trigger("webhook");
-  await waitFor(() => cycles === 2 && clock.waiting === 1, 10_000, "two cycles");
-  await Bun.sleep(50);
+  // Back in the loop's sleep with nothing pending (a pending trigger skips the sleep): no third cycle can start.
+  await waitFor(() => cycles === 2 && clock.waiting === 1 && worker.status().nextPollAt !== null, 10_000, "two cycles");
   expect(cycles).toBe(2);
+  expect(worker.status().nextPollAt).toBe(clock.now() + 60_000);
   await worker.stop();
 });
 
@@ -530,9 +533,12 @@ test("the loop backs off to twice and then four times the interval while the rem
 test("a checkout whose git directory is removed while running is cloned again at the next cycle", async () => {
   const { worker, checkout } = setup();
   await worker.cycle("start");
+  const running = worker.status().commit;
   rmSync(gitDirOf(checkout), { recursive: true });
   await worker.cycle("poll");
   expect(worker.status().lastError).not.toBeNull();
+  // Until the clone, status still names the commit that runs.
+  expect(worker.status().commit).toBe(running);
   await worker.cycle("poll");
   expect(existsSync(gitDirOf(checkout))).toBe(true);
   expect(worker.status()).toMatchObject({ lastError: null, lastResult: "deployed" });
@@ -669,7 +675,7 @@ test("a stop file present at start keeps the service from ever starting, and dep
   expect(docker.composeCalls().filter((c) => c.startsWith("up ") || c.startsWith("pull "))).toEqual([]);
   expect(worker.status()).toMatchObject({ stopFile: true, lastResult: "stopped" });
   let said = "";
-  const code = await worker.deployNow("pgoctl", { onStderr: (c) => void (said += new TextDecoder().decode(c)) });
+  const code = await worker.deployNow("pgoctl", { io: { onStderr: (c) => void (said += new TextDecoder().decode(c)) } });
   expect(code).not.toBe(0);
   expect(said).toContain(`the stop file "${join(deps.dir, "web.stop")}" exists`);
   expect(await worker.stopFileNow()).toBe(join(deps.dir, "web.stop"));

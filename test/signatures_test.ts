@@ -9,6 +9,7 @@ import { memoryLogger } from "../src/log.ts";
 import { addVerified, allowedSigners, anchorOf, commitKeys, judgeCommit, signatureKind, UnknownTrustRoot, wasVerified } from "../src/signatures.ts";
 import type { SignatureVerdict } from "../src/signatures.ts";
 import { git, tempDir } from "./helpers.ts";
+import { writeTree } from "./kit/repo.ts";
 
 const root = tempDir();
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -44,14 +45,7 @@ function repo(name: string, signers: string[]): { dir: string; root: string } {
 
 /** Commits files (null deletes), signed with the named key (SSH signature) or unsigned. */
 function commit(dir: string, files: Record<string, string | null>, signer?: string): string {
-  for (const [path, content] of Object.entries(files)) {
-    const full = join(dir, path);
-    if (content === null) rmSync(full, { force: true });
-    else {
-      mkdirSync(dirname(full), { recursive: true });
-      writeFileSync(full, content);
-    }
-  }
+  writeTree(dir, files);
   git(dir, "add", "-A");
   const sig = signer === undefined ? [] : ["-c", "gpg.format=ssh", "-c", `user.signingkey=${keys[signer]}`];
   git(dir, ...sig, "commit", "--quiet", "--allow-empty", ...(signer ? ["-S"] : []), "-m", `change ${Math.random()}`);

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { UnsupportedRemote } from "../src/refs.ts";
 import { SshConnections, sshConnections } from "../src/ssh_connections.ts";
 import { isSshRemote, parseSshRemote, quotePath, sshAdvertisedHead, type SshAccount } from "../src/ssh_refs.ts";
+import { canConnect, freePort, runSync as sh } from "./kit/process.ts";
 
 let dir: string;
 let repo: string; // bare repository
@@ -27,28 +28,6 @@ interface Sshd {
   proc: ReturnType<typeof Bun.spawn>;
 }
 
-function sh(argv: string[], cwd?: string): string {
-  const p = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe", ...(cwd ? { cwd } : {}) });
-  if (p.exitCode !== 0) throw new Error(`${argv.join(" ")}: ${p.stderr.toString()}`);
-  return p.stdout.toString();
-}
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
-
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = connect(port, "127.0.0.1");
-    c.once("connect", () => (c.destroy(), resolve(true)));
-    c.once("error", () => resolve(false));
-  });
-}
-
 async function startSshd(name: string, extra: string, hostKey = "host_ed25519"): Promise<Sshd> {
   for (let attempt = 0; ; attempt++) {
     const port = await freePort();
@@ -61,7 +40,7 @@ async function startSshd(name: string, extra: string, hostKey = "host_ed25519"):
     const proc = Bun.spawn(["/usr/sbin/sshd", "-D", "-e", "-f", config], { stdout: "ignore", stderr: "pipe" });
     const deadline = Date.now() + 10_000;
     while (Date.now() < deadline && proc.exitCode === null) {
-      if (await accepts(port)) return { port, proc };
+      if (await canConnect(port)) return { port, proc };
       await Bun.sleep(20); // polling for the port, not waiting out a fixed time
     }
     proc.kill();
@@ -105,9 +84,9 @@ beforeAll(async () => {
   await mkdir(work);
   sh(["git", "init", "-q", "-b", "main", work]);
   await writeFile(join(work, "compose.yaml"), "services: {}\n");
-  sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "one"], work);
+  sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "one"], { cwd: work });
   sh(["git", "-C", work, "branch", "other"]);
-  sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "two"], work);
+  sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "two"], { cwd: work });
   head = sh(["git", "-C", work, "rev-parse", "HEAD"]).trim();
   repo = join(dir, "repo's.git");
   sh(["git", "clone", "-q", "--bare", work, repo]);

@@ -10,6 +10,9 @@ import { parseListenAddress, sshAlgorithms } from "../src/ssh_protocol.ts";
 import { DEFAULT_LIMITS, type SshLimits } from "../src/ssh_limits.ts";
 import { startSshServer, type SshServer } from "../src/ssh_server.ts";
 import { clampStatus, type ClientKey, type SessionIO } from "../src/ssh_session.ts";
+import { runSync as sh } from "./kit/process.ts";
+import { openssh } from "./kit/ssh.ts";
+import { waitFor as poll } from "./kit/wait.ts";
 
 type Handle = (key: ClientKey, command: string, io: SessionIO) => Promise<number>;
 
@@ -20,11 +23,6 @@ let allowed: PublicKey[];
 const servers: SshServer[] = [];
 const clients: Client[] = [];
 const sockets: Socket[] = [];
-
-function sh(argv: string[]): void {
-  const p = Bun.spawnSync(argv, { stdout: "pipe", stderr: "pipe" });
-  if (p.exitCode !== 0) throw new Error(`${argv.join(" ")}: ${p.stderr.toString()}`);
-}
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "pgo-sshd-"));
@@ -84,12 +82,9 @@ async function run(c: Client, command: string): Promise<{ stdout: string; stderr
   return { stdout, stderr, code };
 }
 
-async function waitFor(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
+/** Polls `cond` every 5 ms until it holds; throws after `ms`. */
+function waitFor(cond: () => boolean, what: string, ms = 5000): Promise<boolean> {
+  return poll(what, cond, Boolean, { timeoutMs: ms, intervalMs: 5, retryErrors: false });
 }
 
 /** Waits until `value()` has not changed for `quietMs` (for measuring how far a blocked writer got). */
@@ -104,6 +99,17 @@ async function waitQuiet(value: () => number, quietMs: number, ms = 10_000): Pro
     if (v !== last) [last, since] = [v, Date.now()];
   }
   return last;
+}
+
+/** A raw TCP connection to the server whose input is read and dropped; `closed()` tells whether the server hung up. */
+function rawConnection(port: number): { socket: Socket; closed: () => boolean } {
+  const socket = tcpConnect(port, "127.0.0.1");
+  sockets.push(socket);
+  socket.on("error", () => {});
+  socket.resume();
+  let closed = false;
+  socket.on("close", () => (closed = true));
+  return { socket, closed: () => closed };
 }
 
 const echo: Handle = async (_key, command, io) => {
@@ -310,29 +316,19 @@ describe("startSshServer()", () => {
 
   test("random bytes after the banner do not crash the server", async () => {
     const { srv } = await start(echo);
-    const s = tcpConnect(srv.port, "127.0.0.1");
-    sockets.push(s);
-    s.on("error", () => {});
-    s.resume();
-    let closed = false;
-    s.on("close", () => (closed = true));
+    const { socket: s, closed } = rawConnection(srv.port);
     s.write("SSH-2.0-fuzz\r\n");
     s.write(crypto.getRandomValues(new Uint8Array(8192)));
-    await waitFor(() => closed, "the server to drop the garbage connection");
+    await waitFor(closed, "the server to drop the garbage connection");
     const c = await connect(srv.port, goodKey);
     expect((await run(c, "web//ps")).code).toBe(42);
   });
 
   test("a connection that does not log in within the grace time is dropped", async () => {
     const { srv } = await start(echo, { limits: { loginGraceMs: 100 } });
-    const s = tcpConnect(srv.port, "127.0.0.1");
-    sockets.push(s);
-    s.on("error", () => {});
-    s.resume();
-    let closed = false;
-    s.on("close", () => (closed = true));
+    const { socket: s, closed } = rawConnection(srv.port);
     s.write("SSH-2.0-slow\r\n");
-    await waitFor(() => closed, "the grace timer");
+    await waitFor(closed, "the grace timer");
   });
 
   test("a connection is closed after too many failed logins", async () => {
@@ -395,31 +391,13 @@ describe("startSshServer()", () => {
 
   test("OpenSSH's ssh gets the output and the exit status", async () => {
     const { srv } = await start(echo);
-    const p = Bun.spawn(
-      [
-        "ssh", "-F", "/dev/null", "-p", String(srv.port), "-i", join(dir, "good"),
-        "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-        "127.0.0.1", "svc//ps",
-      ],
-      { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
-    );
-    const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+    const { stdout, stderr, code } = await openssh(srv.port, join(dir, "good"), "svc//ps");
     expect({ stdout, stderr, code }).toEqual({ stdout: "out:svc//ps\n", stderr: "err:some\n", code: 42 });
   });
 
   test("OpenSSH's ssh with an unknown key is refused with exit status 255", async () => {
     const { srv } = await start(echo);
-    const p = Bun.spawn(
-      [
-        "ssh", "-F", "/dev/null", "-p", String(srv.port), "-i", join(dir, "bad"),
-        "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-        "127.0.0.1", "svc//ps",
-      ],
-      { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
-    );
-    const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+    const { stdout, stderr, code } = await openssh(srv.port, join(dir, "bad"), "svc//ps");
     expect(code).toBe(255);
     expect(stdout).toBe("");
     expect(stderr).toContain("Permission denied (publickey)");
@@ -572,16 +550,7 @@ describe("startSshServer() keeps one key holder from locking other teams out", (
     const rsaPub = parseAuthorizedKeys(await readFile(join(dir, "rsa.pub"), "utf8"));
     const { srv, log } = await start(pong, { known: (k) => rsaPub.some((a) => keysEqual(a, k)) });
     const ssh = async (extra: string[]) => {
-      const p = Bun.spawn(
-        [
-          "ssh", "-F", "/dev/null", "-p", String(srv.port), "-i", join(dir, "rsa"), ...extra,
-          "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=no",
-          "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-          "127.0.0.1", "svc//ping",
-        ],
-        { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
-      );
-      const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+      const { stdout, stderr, code } = await openssh(srv.port, join(dir, "rsa"), "svc//ping", extra);
       return { stdout, stderr, code };
     };
     expect(await ssh([])).toEqual({ stdout: "pong\n", stderr: "", code: 0 });

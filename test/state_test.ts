@@ -39,3 +39,11 @@ test("writeState() and readState() keep the verified commits, and drop a record 
   writeFileSync(file, JSON.stringify({ verified: { root: "HEAD", last: B, commits: [B] } }));
   expect(readState(file)).toEqual({});
 });
+
+test("readState() keeps a down or stop hold and drops any other", async () => {
+  const file = join(dir, "h", "state.json");
+  await writeState(file, { good: A, hold: "stop" });
+  expect(readState(file)).toEqual({ good: A, hold: "stop" });
+  writeFileSync(file, JSON.stringify({ good: A, hold: "up" }));
+  expect(readState(file)).toEqual({ good: A });
+});

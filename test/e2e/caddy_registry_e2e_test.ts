@@ -11,9 +11,10 @@ import { closeSync, existsSync, openSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
-  configText, containersOf, IMAGE, Pgod, PGOD, preflight, randomId, removeProject, run, scenario, sweepRun, uniqueName,
-  waitFor, waitRunning,
+  configText, containersOf, IMAGE, metricsAddress, Pgod, PGOD, preflight, randomId, removeProject, run, scenario, sweepRun,
+  uniqueName, waitFor, waitRunning,
 } from "./harness.ts";
+import { freePort } from "../kit/process.ts";
 import type { Env, ServiceSpec } from "./harness.ts";
 
 /** The local Caddy image that scripts/deps.sh builds. */
@@ -25,21 +26,6 @@ const RELOAD = "localhost:caddy//exec caddy reload --config /etc/caddy/Caddyfile
 beforeAll(() => preflight([PGOD], [IMAGE, CADDY_IMAGE]));
 afterAll(sweepRun);
 
-/** A TCP port on 127.0.0.1 that was free a moment ago. */
-function freePort(): number {
-  const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = s.port;
-  s.stop(true);
-  return port;
-}
-
-/** Runs a command with `input` on its stdin; throws with its stderr when it fails. */
-async function runWithInput(argv: string[], input: string, env: Record<string, string | undefined>): Promise<void> {
-  const proc = Bun.spawn(argv, { cwd: "/", env, stdin: new TextEncoder().encode(input), stdout: "pipe", stderr: "pipe" });
-  const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
-  if (code !== 0) throw new Error(`Command failed: ${JSON.stringify(argv)} exited ${code}: ${stderr.trim()}`);
-}
-
 /** The body of `GET /` on 127.0.0.1:`port` with `Host: host`, or the error as text. */
 async function getPage(port: number, host: string): Promise<string> {
   try {
@@ -48,12 +34,6 @@ async function getPage(port: number, host: string): Promise<string> {
   } catch (e) {
     return `error: ${e instanceof Error ? e.message : String(e)}`;
   }
-}
-
-/** `host:port` of one pgod's metrics server, from its log. */
-async function metricsAddress(pg: Pgod): Promise<string> {
-  const [line] = await pg.waitForLog(/msg="metrics server listening" address=\S+/, { timeoutMs: 30_000 });
-  return /address=(\S+)/.exec(line!)![1]!;
 }
 
 /** Starts pgod again on the config and dirs of `env`'s first pgod, as systemd would after exit 2. */
@@ -144,7 +124,7 @@ describe("Caddy, registries and env with a real Docker engine", () => {
       const [proxy] = await waitFor("one running Caddy container", () => containersOf(caddy), (cs) => cs.length === 1 && cs[0]!.state === "running");
 
       await writeFile(first.config, configText(services(true)));
-      const code = await Promise.race([first.exited, Bun.sleep(20_000).then(() => null)]);
+      const code = await first.exitedWithin(20_000);
       expect(code).toBe(2);
       // Exiting for a restart leaves the proxy serving.
       expect(await getPage(port, "site-a.test")).toBe(`200 page of ${siteA}\n`);
@@ -210,7 +190,7 @@ auth:
       const goodImage = `${host}/pgo/busybox:good-${tag}`;
       const badImage = `${host}/pgo/busybox:bad-${tag}`;
       const pushEnv = { ...process.env, DOCKER_CONFIG: await env.tempDir(0o700) };
-      await runWithInput(["docker", "login", "--username", user, "--password-stdin", host], token, pushEnv);
+      await run(["docker", "login", "--username", user, "--password-stdin", host], { stdin: token, env: pushEnv });
       env.defer(async () => void (await run(["docker", "image", "rm", goodImage, badImage], { check: false })));
       for (const image of [goodImage, badImage]) {
         await run(["docker", "tag", IMAGE, image]);

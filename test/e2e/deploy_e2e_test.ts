@@ -14,6 +14,7 @@ import {
   randomId, run, runningOf, scenario, sshListening, statusOf, sweepRun, waitFor, waitRunning,
 } from "./harness.ts";
 import type { Ran } from "./harness.ts";
+import { holdsFor } from "../kit/wait.ts";
 import { post, pushEvent, serve, webhookAddress } from "./deploys.ts";
 import type { Served } from "./deploys.ts";
 
@@ -46,20 +47,6 @@ async function healthOf(id: string): Promise<string> {
 /** pgoctl's stderr without its first-contact "Trusting ..." note. */
 function clean(r: Ran): Ran {
   return { ...r, stderr: r.stderr.replace(/^pgoctl: Trusting .*\n/, "") };
-}
-
-/**
- * Checks that `ok(probe())` keeps holding for `ms`, polling every `intervalMs`; throws at once when
- * it stops holding. For asserting that something does NOT happen within a window.
- */
-async function holdsFor<T>(what: string, ms: number, probe: () => Promise<T>, ok: (v: T) => boolean, intervalMs = 100): Promise<void> {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await probe();
-    if (!ok(v)) throw new Error(`Expected ${what} for ${ms} ms, but saw: ${JSON.stringify(v)}`);
-    if (Date.now() >= until) return;
-    await Bun.sleep(intervalMs);
-  }
 }
 
 beforeAll(() => preflight([PGOD, PGOCTL]));

@@ -32,9 +32,8 @@ export async function serve(env: Env, tag: string, compose: string, o: { extra?:
 }
 
 /** `host:port` of one pgod's webhook server, from its log. */
-export async function webhookAddress(pg: Pgod): Promise<string> {
-  const [line] = await pg.waitForLog(/msg="webhook server listening" address=\S+/, { timeoutMs: 30_000 });
-  return /address=(\S+)/.exec(line!)![1]!;
+export function webhookAddress(pg: Pgod): Promise<string> {
+  return pg.address("webhook");
 }
 
 /** A GitHub push event for `main`, signed with `secret` (null: unsigned), ready to POST. */

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import {
   composeExec, containersOf, IMAGE, makeKey, openssh, preflight, run, scenario, sshListening, statusOf, sweepRun, uniqueName, waitFor,
 } from "./harness.ts";
-import { timeOf } from "../reliability/faults.ts";
+import { timeOf } from "../kit/pgod.ts";
 
 beforeAll(() => preflight());
 afterAll(sweepRun);

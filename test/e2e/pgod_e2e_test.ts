@@ -249,7 +249,7 @@ describe("pgod with a real Docker engine", () => {
 
       await writeFile(pg.config, `# changed\n${valid}`);
       const changed = Date.now();
-      const code = await Promise.race([pg.exited, Bun.sleep(15_000).then(() => null)]);
+      const code = await pg.exitedWithin(15_000);
       expect(code).toBe(2);
       expect(Date.now() - changed).toBeLessThan(10_000);
       // Exiting for a restart leaves the service running.

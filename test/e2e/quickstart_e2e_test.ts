@@ -6,26 +6,14 @@
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { statSync } from "node:fs";
-import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { PGOCTL, preflight, randomId, RUN_PREFIX, run, scenario, sweepRun, uniqueName, waitFor, waitRunning } from "./harness.ts";
+import { freePort } from "../kit/process.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
 
 beforeAll(() => preflight([join(ROOT, "dist", "pgod"), PGOCTL]));
 afterAll(sweepRun);
-
-/** A TCP port that was free a moment ago on 127.0.0.1 (the printed command needs a real one). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 test("the quickstart runs the demo as a new non-root service user, and the pgoctl command it prints answers ping and ps", async () => {
   await scenario("quickstart", async (env) => {

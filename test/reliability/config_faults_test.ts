@@ -57,7 +57,7 @@ describe("config file faults", () => {
 
       // Only a valid change ends pgod, with status 2, and leaves the service running.
       await writeFile(pg.config, `# a valid change\n${good}`);
-      const code = await Promise.race([pg.exited, Bun.sleep(15_000).then(() => null)]);
+      const code = await pg.exitedWithin(15_000);
       expect(code).toBe(2);
       expect((await runningOf(name)).map((c) => c.id)).toEqual([c2!.id]);
     });

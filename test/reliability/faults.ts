@@ -1,6 +1,6 @@
 /**
  * Helpers shared by the fault tests: a served service (repository with a client key, pgod, SSH
- * port), timestamps of log lines, and the health checks on what pgod keeps on disk.
+ * port), and the health checks on what pgod keeps on disk.
  */
 import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { composeFile, makeKey, run, sshListening, uniqueName, waitRunning } from "../e2e/harness.ts";
 import type { Container, Env, Key, Pgod, Repo, ServiceSpec } from "../e2e/harness.ts";
 import { gitDirOf } from "../../src/git.ts";
+import { checkoutGitArgs } from "../kit/repo.ts";
 
 /** A service whose repository holds `compose.yaml` (VERSION=1) and a client key in `ssh/`. */
 export interface Served {
@@ -50,13 +51,6 @@ export async function serve(
   return { name, repo, key, pg, port, hostKey, checkout: join(pg.dir, name), first };
 }
 
-/** The time (ms) of a log line, from its leading ISO timestamp. */
-export function timeOf(line: string): number {
-  const t = Date.parse(line.slice(0, line.indexOf(" ")));
-  if (Number.isNaN(t)) throw new Error(`Log line without a timestamp: ${line}`);
-  return t;
-}
-
 /** A compose file at version `v` (its container's VERSION variable). */
 export function version(v: number): string {
   return composeFile({ env: { VERSION: String(v) } });
@@ -72,7 +66,7 @@ export async function versionOf(id: string): Promise<string | undefined> {
 /** Runs git in a checkout of any owner; the result, never a throw. */
 export function gitIn(dir: string, ...args: string[]): ReturnType<typeof run> {
   // A checkout pgod made keeps its git directory outside it (gitDirOf); any other repository is plain.
-  const where = existsSync(gitDirOf(dir)) ? [`--git-dir=${gitDirOf(dir)}`, `--work-tree=${dir}`] : ["-C", dir];
+  const where = existsSync(gitDirOf(dir)) ? checkoutGitArgs(dir) : ["-C", dir];
   return run(["git", "-c", "safe.directory=*", ...where, ...args], { check: false, ...(existsSync(dir) ? { cwd: dir } : {}) });
 }
 

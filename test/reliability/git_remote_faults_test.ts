@@ -14,7 +14,8 @@ import {
   containersOf, headOf, lsRemote, preflight, runningOf, scenario, statusOf, sweepRun, uniqueName, waitFor, waitRunning,
 } from "../e2e/harness.ts";
 import type { Env } from "../e2e/harness.ts";
-import { serve, timeOf, version, versionOf } from "./faults.ts";
+import { serve, version, versionOf } from "./faults.ts";
+import { timeOf } from "../kit/pgod.ts";
 import type { Served } from "./faults.ts";
 import { GitFront, HttpRemote } from "./remotes.ts";
 

@@ -14,7 +14,8 @@ import {
   uniqueName, waitFor, waitRunning,
 } from "../e2e/harness.ts";
 import type { Repo } from "../e2e/harness.ts";
-import { keyWithText, RssSampler, rssMiB, sshRequest, stampOf } from "./util.ts";
+import { keyWithText, RssSampler, rssMiB, sshRequest } from "./util.ts";
+import { timeOf } from "../kit/pgod.ts";
 
 /** How long a hostile commit may take from being fetched to being refused. */
 const REFUSE_WITHIN_MS = 5_000;
@@ -100,8 +101,8 @@ describe("hostile input against a real pgod", () => {
         const seen = pg.lines(new RegExp(`msg=exec argv="git rev-parse --verify --quiet refs/remotes/origin/main\\^\\{commit\\}" cwd=${checkout} `), since)[0];
         expect(fetching).toBeDefined();
         expect(seen).toBeDefined();
-        const ms = stampOf(refusal!) - stampOf(seen!);
-        timings.push(`${c.what}: refused ${ms} ms after the commit was fetched (the fetch took ${stampOf(seen!) - stampOf(fetching!)} ms); pgod RSS peak so far ${Math.round(rss.peak)} MiB`);
+        const ms = timeOf(refusal!) - timeOf(seen!);
+        timings.push(`${c.what}: refused ${ms} ms after the commit was fetched (the fetch took ${timeOf(seen!) - timeOf(fetching!)} ms); pgod RSS peak so far ${Math.round(rss.peak)} MiB`);
         expect({ what: c.what, reason: refusal }).toEqual({ what: c.what, reason: expect.stringMatching(c.reason) });
         expect({ what: c.what, fast: ms < REFUSE_WITHIN_MS }).toEqual({ what: c.what, fast: true });
         // Screened before docker compose saw it: no `docker compose config` ran for the commit.

@@ -8,8 +8,8 @@
  * Run `bash scripts/build.sh` first.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
 import { preflight, scenario, sweepRun, waitFor, waitRunning } from "../e2e/harness.ts";
+import { cpuTimes } from "../kit/process.ts";
 import { keyWithText, percentile, RssSampler, rssMiB, serveOne, settleRss, sshRequest } from "./util.ts";
 import type { Answer } from "./util.ts";
 
@@ -20,13 +20,6 @@ const KEYS = 10;
 
 beforeAll(() => preflight());
 afterAll(sweepRun);
-
-/** CPU seconds (user + system) a process has used, from /proc/<pid>/stat. */
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").replace(/^.*\) /, "").split(" ");
-  // After the command name: state is field 3, utime 14, stime 15 (1-based), so 11 and 12 here.
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
 
 /** The mix of commands, with a weight each and what a good answer looks like. */
 function mix(name: string): Array<{ cmd: string; weight: number; ok: (a: Answer) => boolean }> {
@@ -70,7 +63,7 @@ describe("pgod under load", () => {
       }, (v) => v > 0, { timeoutMs: 60_000, intervalMs: 0 });
 
       const rss = new RssSampler(pid, 200);
-      const cpuBefore = cpuSeconds(pid);
+      const cpuBefore = cpuTimes(pid).self;
       const latencies: number[] = [];
       const failures: Array<{ cmd: string; code: number | null; stderr: string; error?: string }> = [];
       const perCommand = new Map<string, number>();
@@ -93,7 +86,7 @@ describe("pgod under load", () => {
         }
       }));
       const elapsed = (performance.now() - started) / 1000;
-      const cpu = cpuSeconds(pid) - cpuBefore;
+      const cpu = cpuTimes(pid).self - cpuBefore;
       const peak = rss.stop();
       const target = Math.max(idle * 1.2, idle + 30);
       const after = await settleRss(pid, (v) => v <= target, 120_000).catch(() => rssMiB(pid));

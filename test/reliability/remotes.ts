@@ -9,7 +9,7 @@ import { createServer } from "node:net";
 import type { Server, Socket } from "node:net";
 import { readFile } from "node:fs/promises";
 import { basename, dirname, join, normalize } from "node:path";
-import { run } from "../e2e/harness.ts";
+import { run } from "../kit/process.ts";
 
 /** What a git:// front does with a new connection. */
 export type GitMode = "serve" | "hang" | "refuse";

@@ -14,19 +14,12 @@ import {
   sweepRun, uniqueName, waitFor, waitRunning,
 } from "../e2e/harness.ts";
 import type { Client } from "../e2e/harness.ts";
+import { freePort } from "../kit/process.ts";
 import { keyWithText, sshRequest } from "./util.ts";
 import type { Answer } from "./util.ts";
 
 beforeAll(() => preflight());
 afterAll(sweepRun);
-
-/** A TCP port on 127.0.0.1 that nothing listens on (it was free a moment ago). */
-function closedPort(): number {
-  const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = s.port;
-  s.stop(true);
-  return port;
-}
 
 /** Runs `argv` as `user` with exactly that user's groups. */
 function asUser(user: string, argv: string[]): ReturnType<typeof run> {
@@ -197,7 +190,7 @@ describe("security of pgod with a real Docker engine", () => {
         env.repo({ "compose.yaml": compose, "ssh/team.pub": key.pub }),
       ]);
       await chownTree(rf.bare, user.uid, user.gid);
-      const port = closedPort();
+      const port = freePort(); // nothing listens on it
       const pg = await env.pgod([
         {
           name: failing, user: user.name, repository: rf.bare,

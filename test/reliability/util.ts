@@ -1,8 +1,7 @@
 /**
  * Helpers for the reliability tests: pgod's memory from /proc, an in-process SSH client (one
- * connection per request), latency statistics, and a service set up as a non-root user.
+ * connection per request), percentiles, and a service set up as a non-root user.
  */
-import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { Client } from "ssh2";
 import { sshAlgorithms } from "../../src/ssh_protocol.ts";
@@ -10,16 +9,10 @@ import {
   chownTree, composeFile, makeKey, sshListening, uniqueName, waitFor,
 } from "../e2e/harness.ts";
 import type { Client as Target, Env, Key, Pgod, Repo } from "../e2e/harness.ts";
+import { rssMiB } from "../kit/process.ts";
 
-/** Resident memory of a process in MiB (VmRSS), or NaN when it is gone. */
-export function rssMiB(pid: number): number {
-  try {
-    const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-    return m ? Number(m[1]) / 1024 : NaN;
-  } catch {
-    return NaN;
-  }
-}
+export { rssMiB } from "../kit/process.ts";
+export { percentile } from "../kit/stats.ts";
 
 /** Samples a process's RSS every `everyMs` until stopped; keeps the peak. */
 export class RssSampler {
@@ -106,13 +99,6 @@ export function sshRequest(
   });
 }
 
-/** The p-th percentile (0..100) of `values` (nearest rank). */
-export function percentile(values: readonly number[], p: number): number {
-  if (values.length === 0) return NaN;
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
-}
-
 /** One service of a pgod, with a client key committed in its repository. */
 export interface Service extends Target {
   name: string;
@@ -151,13 +137,6 @@ export async function serveOne(
 export async function keyWithText(dir: string, name: string): Promise<Key & { text: string }> {
   const k = await makeKey(dir, name);
   return { ...k, text: await readFile(k.file, "utf8") };
-}
-
-/** The ISO timestamp at the start of a log line, in ms. */
-export function stampOf(line: string): number {
-  const t = Date.parse(line.split(" ", 1)[0] ?? "");
-  if (!Number.isFinite(t)) throw new Error(`Log line without a timestamp: ${line}`);
-  return t;
 }
 
 /** Waits until pgod's RSS has settled to within `ok` of a level, polling; returns the last value. */
