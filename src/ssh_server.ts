@@ -5,13 +5,14 @@
  */
 
 import { createServer, type ListenOptions, type Server as NetServer, type Socket } from "node:net";
-import { Server, utils, type AuthContext, type ClientInfo, type Connection, type PublicKeyAuthContext, type ServerChannel, type Session } from "ssh2";
+import { Server, type AuthContext, type ClientInfo, type Connection, type ServerChannel, type Session } from "ssh2";
 import { errorMessage } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import { loadHostKey } from "./ssh_host_key.ts";
 import { holdKexInit } from "./ssh_kexinit.ts";
 import { busiestAddress, DEFAULT_LIMITS, overLimit as passesLimit, type SshLimits } from "./ssh_limits.ts";
 import { blobType, fingerprint, parseListenAddress, sshAlgorithms } from "./ssh_protocol.ts";
+import { makeFullWarner, signatureProblem, type FullWarner } from "./ssh_login.ts";
 import { printable, serveExec, type ClientKey, type SessionIO } from "./ssh_session.ts";
 
 /** What startSshServer needs. */
@@ -62,7 +63,6 @@ interface Conn {
   readonly gone: AbortController;
 }
 
-
 /** The server's shared state, passed to the handlers below. */
 interface Srv {
   readonly opts: SshServerOptions;
@@ -73,7 +73,7 @@ interface Srv {
   readonly authenticated: Set<Conn>;
   readonly byPeer: Map<string, Conn>;
   readonly running: Set<Promise<void>>;
-  readonly lastFullWarning: Map<string, number>;
+  readonly warnFull: FullWarner;
   closing: boolean;
   nextId: number;
   evicted: number;
@@ -86,16 +86,17 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
   const listen = parseListenAddress(opts.listen);
   const hostKey = await loadHostKey(opts.hostKeyPath, log);
   const hostFingerprint = fingerprint(hostKey.blob);
+  const limits: SshLimits = { ...DEFAULT_LIMITS, ...opts.limits };
   const srv: Srv = {
     opts,
-    limits: { ...DEFAULT_LIMITS, ...opts.limits },
+    limits,
     log,
     ssh: new Server({ hostKeys: [hostKey.text], algorithms: sshAlgorithms(), ident: "pgod" }),
     unauthenticated: new Set(),
     authenticated: new Set(),
     byPeer: new Map(),
     running: new Set(),
-    lastFullWarning: new Map(),
+    warnFull: makeFullWarner(limits, log),
     closing: false,
     nextId: 1,
     evicted: 0,
@@ -268,26 +269,13 @@ async function authenticate(srv: Srv, conn: Conn, ctx: AuthContext): Promise<voi
   }
   const full = overLimit(srv, key.fingerprint, conn.addr);
   if (full) {
-    warnFull(srv, full, key.fingerprint, conn.addr);
+    srv.warnFull(full, key.fingerprint, conn.addr);
     ctx.reject(["publickey"]);
     end(conn);
     return;
   }
   conn.key = key;
   ctx.accept();
-}
-
-/** Why a public-key attempt's signature is refused; "" when it is fine (or absent: a query). */
-function signatureProblem(ctx: PublicKeyAuthContext, key: ClientKey): string {
-  // SHA-1 signatures ("ssh-rsa"), refused as OpenSSH 8.8 and later refuse them by default: an
-  // RSA key signs with rsa-sha2-256 or rsa-sha2-512, which ssh2 reports as a hash algorithm.
-  if (key.algo === "ssh-rsa" && ctx.hashAlgo !== "sha256" && ctx.hashAlgo !== "sha512") return "ssh-rsa (SHA-1) signature";
-  if (ctx.signature === undefined) return "";
-  const parsed = utils.parseKey(key.blob);
-  if (parsed instanceof Error || ctx.blob === undefined || parsed.verify(ctx.blob, ctx.signature, ctx.hashAlgo) !== true) {
-    return "bad signature";
-  }
-  return "";
 }
 
 /** opts.isKnownKey, with a throw logged and taken as "no". */
@@ -303,19 +291,6 @@ async function isKnown(srv: Srv, key: ClientKey): Promise<boolean> {
 /** Which limit a login with this key from this address would pass (ssh_limits.ts); null when none. */
 function overLimit(srv: Srv, fp: string, addr: string): "key" | "address" | "all" | null {
   return passesLimit(srv.authenticated, fp, addr, srv.limits);
-}
-
-function warnFull(srv: Srv, which: "key" | "address" | "all", fp: string, addr: string): void {
-  const { limits } = srv;
-  // One warning a minute per key (or address): a client retrying in a loop must not flood the log.
-  const id = `${which}|${which === "address" ? addr : which === "key" ? fp : ""}`;
-  const now = Date.now();
-  if (now - (srv.lastFullWarning.get(id) ?? 0) < 60_000) return;
-  if (srv.lastFullWarning.size > 1000) srv.lastFullWarning.clear();
-  srv.lastFullWarning.set(id, now);
-  const max = which === "key" ? limits.maxPerKey : which === "address" ? limits.maxPerAddress : limits.maxAuthenticated;
-  const what = which === "key" ? "this key" : which === "address" ? "this address" : "all keys";
-  srv.log.warn(`Refusing SSH login: too many connections logged in with ${what}`, { max, key: fp, addr });
 }
 
 function refuse(srv: Srv, conn: Conn, ctx: AuthContext, why: string, key?: ClientKey): void {
@@ -346,7 +321,7 @@ function onLogin(srv: Srv, conn: Conn): void {
   const full = overLimit(srv, conn.key?.fingerprint ?? "", conn.addr);
   authenticated.add(conn);
   if (full) {
-    warnFull(srv, full, conn.key?.fingerprint ?? "", conn.addr);
+    srv.warnFull(full, conn.key?.fingerprint ?? "", conn.addr);
     end(conn);
     return;
   }
