@@ -5,6 +5,8 @@
 # Usage: bench/baseline.sh CHECKOUT... (each a git checkout holding a compose file; the compose
 # project is named after the directory, as docker compose does by default).
 # Exits 1 when any step of any service failed, after trying every service.
+# Run as the services' user (bench/run --remotes=ssh runs it with `runuser -u USER`): git pulls
+# over ssh with that user's key and known_hosts, as pgod's services do.
 set -u
 rc=0
 for dir in "$@"; do

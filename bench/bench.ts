@@ -8,7 +8,7 @@
  * end, also on failure, on SIGINT/SIGTERM, and when the deadline passes.
  */
 import { createHash, createHmac } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
+import { closeSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { Client } from "ssh2";
@@ -34,8 +34,11 @@ interface Options {
   only: Set<number>;
   json: string | null;
   deadlineS: number;
-  /** How the services' remotes are reached: smart HTTP (git http-backend; the default) or local paths. */
-  remotes: "http" | "path";
+  /**
+   * How the services' remotes are reached: smart HTTP (git http-backend; the default), local
+   * paths, or ssh (a loopback sshd; section 1 only, the others use HTTP then).
+   */
+  remotes: "http" | "path" | "ssh";
 }
 
 function parseOptions(argv: string[]): Options {
@@ -50,7 +53,7 @@ function parseOptions(argv: string[]): Options {
       o.only = new Set(a.slice(7).split(",").map(Number).filter((n) => n >= 1 && n <= 5));
     } else if (a.startsWith("--json=")) o.json = a.slice(7);
     else if (a.startsWith("--deadline=")) o.deadlineS = Number(a.slice(11));
-    else if (a === "--remotes=http" || a === "--remotes=path") o.remotes = a.endsWith("http") ? "http" : "path";
+    else if (a === "--remotes=http" || a === "--remotes=path" || a === "--remotes=ssh") o.remotes = a.slice(10) as Options["remotes"];
     else if (a === "-h" || a === "--help") {
       process.stdout.write(readFileSync(import.meta.path, "utf8").split("\n").slice(1, 9).map((l) => l.replace(/^ \*\/? ?/, "")).join("\n") + "\n");
       process.exit(0);
@@ -126,7 +129,7 @@ async function makeRepos(root: string, n: number, files: Record<string, string>)
  * The URLs pgod follows for `bares`: served over smart HTTP by `git http-backend` behind a server
  * in this process (as a remote on another machine, the server's work is not pgod's), or the paths.
  */
-function remoteUrls(root: string, bares: string[], kind: Options["remotes"]): string[] {
+function remoteUrls(root: string, bares: string[], kind: "http" | "path"): string[] {
   if (kind === "path") return bares;
   const server = serveGitHttp(root);
   atCleanup("the git HTTP server", () => server.stop());
@@ -207,20 +210,72 @@ function enginePids(engine: Engine): number[] {
 // ---------------------------------------------------------------------------------------------
 // 1. Idle cycle against the baseline
 
+/** The ssh remotes of section 1 (`--remotes=ssh`), and the service user that reaches them. */
+interface SshRemotes {
+  urls: string[];
+  user: string;
+  home: string;
+  /** How many logins sshd accepted so far. */
+  logins(): number;
+}
+
+/**
+ * Serves `bares` over ssh: OpenSSH's sshd on loopback (its work is the server's, as a forge's
+ * would be), logged in to as a service user of this run (`useradd`, in the docker group; removed
+ * at cleanup) with its own key in its own ~/.ssh and the server's host key in its known_hosts,
+ * which is what pgod (in-process) and the baseline (git over OpenSSH) both use. The repositories
+ * become that user's, so that git serves them to it.
+ */
+async function sshRemotes(root: string, bares: string[]): Promise<SshRemotes> {
+  const user = `pgobench-${randomId(8)}`;
+  const home = join(root, "home");
+  // No password, but not locked ("*"): sshd refuses locked accounts without PAM.
+  await run(["useradd", "--system", "--password", "*", "--create-home", "--home-dir", home, "--shell", "/bin/sh", "--groups", "docker", user]);
+  atCleanup(`user ${user}`, async () => void (await run(["userdel", user], { check: false })));
+  const srv = join(root, "sshd");
+  await run(["mkdir", "-p", srv, join(home, ".ssh"), "/run/sshd"]);
+  await run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", join(srv, "host")]);
+  await run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", user, "-f", join(home, ".ssh", "id_ed25519")]);
+  await writeFile(join(srv, "authorized_keys"), await readFile(join(home, ".ssh", "id_ed25519.pub"), "utf8"));
+  const port = await freePort();
+  const hostPub = (await readFile(join(srv, "host.pub"), "utf8")).trim().split(" ").slice(0, 2).join(" ");
+  await writeFile(join(home, ".ssh", "known_hosts"), `[127.0.0.1]:${port} ${hostPub}\n`);
+  await run(["chown", "-R", `${user}:`, join(home, ".ssh"), ...bares]);
+  await run(["chmod", "-R", "go=", join(home, ".ssh")]);
+  await writeFile(join(srv, "sshd.conf"), [
+    `Port ${port}`, "ListenAddress 127.0.0.1", `HostKey ${join(srv, "host")}`, `PidFile ${join(srv, "pid")}`,
+    `AuthorizedKeysFile ${join(srv, "authorized_keys")}`, "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+    "UsePAM no", "StrictModes no", "AcceptEnv GIT_PROTOCOL", "MaxStartups 100:30:200", "LogLevel INFO", "",
+  ].join("\n"));
+  const log = join(srv, "sshd.log");
+  const fd = openSync(log, "a");
+  try {
+    spawnTracked(["/usr/sbin/sshd", "-D", "-e", "-f", join(srv, "sshd.conf")], { stderr: fd });
+  } finally {
+    closeSync(fd);
+  }
+  await waitFor("sshd to listen", async () => ((await canConnect(port)) ? true : undefined), 30_000, 20);
+  const logins = (): number => readFileSync(log, "utf8").split("\n").filter((l) => l.includes("Accepted publickey")).length;
+  return { urls: bares.map((b) => `ssh://${user}@127.0.0.1:${port}${b}`), user, home, logins };
+}
+
 async function idleCycle(engine: Engine, p: ReturnType<typeof plan>["s1"], remotes: Options["remotes"]): Promise<void> {
   const n = p.services;
   say(`1: idle cycle, ${engine.kind} engine, ${n} services, remotes over ${remotes}`);
   const root = await tempDir("s1");
   const { bares } = await makeRepos(root, n, { "compose.yaml": composeFile(0) });
-  const urls = remoteUrls(root, bares, remotes);
-  const services: ServiceSpec[] = urls.map((u, i) => ({ name: `${RUN_PREFIX}s1-${i}`, repository: u }));
+  const ssh = remotes === "ssh" ? await sshRemotes(root, bares) : null;
+  const urls = ssh ? ssh.urls : remoteUrls(root, bares, remotes as "http" | "path");
+  const services: ServiceSpec[] = urls.map((u, i) => ({ name: `${RUN_PREFIX}s1-${i}`, repository: u, ...(ssh ? { user: ssh.user } : {}) }));
   const perf = await havePerf();
   const pg = await Pgod.start({ root, services, engine, interval: p.interval, countExecs: perf });
   await waitIdle(pg, n, p.settleCycles, engine.kind === "real" ? 900_000 : 120_000);
   say(`1: ${n} services deployed and idle; measuring ${p.windows} window(s) of ${p.windowMs / 1000} s`);
   const eng = enginePids(engine);
   const ws: Window[] = [];
+  const logins0 = ssh?.logins() ?? 0;
   for (let i = 0; i < p.windows; i++) ws.push(await measureWindow(pg, n, p.windowMs, eng));
+  const logins = (ssh?.logins() ?? 0) - logins0;
   raw["s1.windows"] = ws;
   const perCycle = (f: (w: Window) => number): number => median(ws.map((w) => f(w) / w.cycles));
   await pg.stop();
@@ -229,37 +284,43 @@ async function idleCycle(engine: Engine, p: ReturnType<typeof plan>["s1"], remot
 
   // The baseline on the same checkouts and the same (running) compose projects.
   const dirs = services.map((s) => join(root, "dir", s.name));
-  const env = { PATH: engine.path, HOME: "/root", LANG: "C.UTF-8" };
+  // With ssh remotes the baseline runs as the services' user: its key, its known_hosts.
+  const env = { PATH: engine.path, HOME: ssh?.home ?? "/root", LANG: "C.UTF-8" };
+  const who = ssh?.user ?? "root";
+  const asUser = ssh ? ["runuser", "-u", ssh.user, "--"] : [];
+  const out = ssh?.home ?? root; // where the timings are written (by that user)
 
   // The floor of our design: the `git ls-remote` of each service, run by a shell loop instead of
   // pgod, with the environment pgod gives git.
   const floorRuns = Math.max(n, 3 * Math.min(n, 20));
-  const tfFloor = join(root, "time-floor");
+  const tfFloor = join(out, "time-floor");
   await run([
-    "/usr/bin/time", "-f", "%U %S", "-o", tfFloor, "bash", "-c",
+    ...asUser, "/usr/bin/time", "-f", "%U %S", "-o", tfFloor, "bash", "-c",
     'n=$1; shift; i=0; while [ $i -lt $n ]; do for d; do [ $i -lt $n ] || break; GIT_DIR="${d%/*}/.gitdirs/${d##*/}" git ls-remote --heads origin refs/heads/main >/dev/null || exit 1; i=$((i+1)); done; done',
     "_", String(floorRuns), ...dirs,
-  ], { env: { ...env, LC_ALL: "C.UTF-8", USER: "root", LOGNAME: "root", GIT_CONFIG_NOSYSTEM: "1", GIT_TERMINAL_PROMPT: "0" }, timeoutMs: 600_000 });
+  ], { env: { ...env, LC_ALL: "C.UTF-8", USER: who, LOGNAME: who, GIT_CONFIG_NOSYSTEM: "1", GIT_TERMINAL_PROMPT: "0" }, timeoutMs: 600_000 });
   const [fu, fs] = (await readFile(tfFloor, "utf8")).trim().split("\n").at(-1)!.split(" ").map(Number);
   const floor = (fu! + fs!) / floorRuns;
   const script = join(ROOT, "bench/baseline.sh");
   // No warm-up: pgod's own deploys just ran docker compose on these very projects.
   const base: Array<{ cpu: number; wall: number; engineCpu: number; execs: number }> = [];
+  const baseLogins0 = ssh?.logins() ?? 0;
   for (let i = 0; i < p.baselineRuns; i++) {
-    const tf = join(root, `time-${i}`);
+    const tf = join(out, `time-${i}`);
     const pf = join(root, `perf-${i}`);
     // perf (outside the measurement) counts programs started; time measures the script's CPU.
-    const argv = ["/usr/bin/time", "-f", "%e %U %S", "-o", tf, "bash", script, ...dirs];
+    const argv = [...asUser, "/usr/bin/time", "-f", "%e %U %S", "-o", tf, "bash", script, ...dirs];
     const e0 = ownCpu(eng);
-    const r = await run(perf ? ["perf", "stat", "-x", ",", "-e", "sched:sched_process_exec", "-o", pf, "--", ...argv] : argv, { env, timeoutMs: 900_000 });
+    const r = await run(perf ? ["perf", "stat", "-x", ",", "-e", "sched:sched_process_exec", "-o", pf, "--", ...argv] : argv, { env: { ...env, USER: who, LOGNAME: who }, timeoutMs: 900_000 });
     const e1 = ownCpu(eng);
     const [wall, u, s] = (await readFile(tf, "utf8")).trim().split("\n").at(-1)!.split(" ").map(Number);
-    // Not counted: /usr/bin/time and the bash running the script (the cron job itself).
-    const execs = perf ? perfCount(await readFile(pf, "utf8")) - 2 : NaN;
+    // Not counted: runuser, /usr/bin/time and the bash running the script (the cron job itself).
+    const execs = perf ? perfCount(await readFile(pf, "utf8")) - 2 - (ssh ? 1 : 0) : NaN;
     base.push({ cpu: u! + s!, wall: wall!, engineCpu: e1 - e0, execs });
     say(`1: baseline cycle ${i + 1}: ${(u! + s!).toFixed(2)} s CPU, ${wall} s wall, ${execs} programs (exit ${r.code})`);
   }
   const baseExecs = median(base.map((b) => b.execs));
+  const baseLogins = ((ssh?.logins() ?? 0) - baseLogins0) / p.baselineRuns;
   raw["s1.baseline"] = base;
   const ours = perCycle((w) => w.cpu);
   const theirs = median(base.map((b) => b.cpu));
@@ -271,6 +332,10 @@ async function idleCycle(engine: Engine, p: ReturnType<typeof plan>["s1"], remot
   row({ id: "1", figure: "  `docker compose up` runs while idle", ours: String(ups), baseline: `${n} per cycle`, target: "0", verdict: verdict(ups === 0) });
   row({ id: "1", figure: "  processes pgod started per cycle (its --debug exec lines)", ours: perCycle((w) => w.execs).toFixed(1) });
   row({ id: "1", figure: "  programs started per cycle, grandchildren too (perf: sched_process_exec)", ours: Number.isFinite(treeExecs) ? treeExecs.toFixed(1) : "n/a", baseline: Number.isFinite(baseExecs) ? baseExecs.toFixed(0) : "n/a" });
+  if (ssh) {
+    const cycles = ws.reduce((a, w) => a + w.cycles, 0);
+    row({ id: "1", figure: "  ssh logins per cycle (sshd's log): pgod keeps its connections", ours: (logins / cycles).toFixed(1), baseline: baseLogins.toFixed(0) });
+  }
   if (engine.kind === "real") {
     row({ id: "1", figure: "  engine CPU per cycle (dockerd + containerd; informational)", ours: sec(perCycle((w) => w.engineCpu)), baseline: sec(median(base.map((b) => b.engineCpu))) });
   }
@@ -280,7 +345,7 @@ async function idleCycle(engine: Engine, p: ReturnType<typeof plan>["s1"], remot
 // ---------------------------------------------------------------------------------------------
 // 2. Cost growth (and 5a. memory)
 
-async function growth(p: ReturnType<typeof plan>["s2"], rssSize: number, remotes: Options["remotes"]): Promise<void> {
+async function growth(p: ReturnType<typeof plan>["s2"], rssSize: number, remotes: "http" | "path"): Promise<void> {
   const results: Array<{ n: number; cpu: number; self: number; rss: number; hwm: number; execs: number; ups: number }> = [];
   for (const n of p.sizes) {
     say(`2: idle cycle with the fake docker shim, ${n} services`);
@@ -757,7 +822,7 @@ async function main(): Promise<number> {
   };
   if (o.only.has(1)) await timed("section 1", () => idleCycle(engine, p.s1, o.remotes));
   if (o.only.has(1) && engine.kind === "real") await sweepRealContainers(); // 50 idle containers would weigh on what follows
-  if (o.only.has(2) || o.only.has(5)) await timed("section 2", () => growth(o.only.has(2) ? p.s2 : { ...p.s2, sizes: [p.s5.rssSize] }, p.s5.rssSize, o.remotes));
+  if (o.only.has(2) || o.only.has(5)) await timed("section 2", () => growth(o.only.has(2) ? p.s2 : { ...p.s2, sizes: [p.s5.rssSize] }, p.s5.rssSize, o.remotes === "ssh" ? "http" : o.remotes));
   if (o.only.has(3)) await timed("section 3", () => changeToRunning(engine, p.s3));
   if (o.only.has(4)) await timed("section 4", () => ping(engine, p.s4));
   if (o.only.has(5)) await timed("section 5", () => startup(engine, p.s5));

@@ -1,6 +1,6 @@
 /**
- * The cost of one idle poll of an ssh remote, in-process (src/ssh_refs.ts) against
- * `git ls-remote` over OpenSSH's client (what pgod ran before), both against the same real sshd
+ * The cost of one idle poll of an ssh remote, in-process (src/ssh_refs.ts) on a kept connection
+ * (what pgod does) and on a new connection per poll, against `git ls-remote` over OpenSSH's client (what pgod ran before), both against the same real sshd
  * on loopback serving a real bare repository. Prints CPU per poll of the polling side (this
  * process for in-process, the waited-for children for git), the wall time per poll, and the
  * cost of a cycle of 50 services as a share of the baseline of bench/README.md section 1.
@@ -13,6 +13,7 @@ import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { SshConnections } from "../src/ssh_connections.ts";
 import { sshAdvertisedHead } from "../src/ssh_refs.ts";
 
 const polls = Number(process.argv[2] ?? 50);
@@ -65,22 +66,29 @@ try {
   await writeFile(kh, `[127.0.0.1]:${port} ${(await Bun.file(join(dir, "host.pub")).text()).trim()}\n`);
   const url = `ssh://${user}@127.0.0.1:${port}${repo}`;
   const account = { name: "root", uid: 0, home };
+  const fresh = new SshConnections({ maxPerUser: 0 }); // keeps nothing: a connection per poll
+  const kept = new SshConnections();
   for (let i = 0; i < 100; i++) {
     try {
-      await sshAdvertisedHead(url, "main", account, { timeoutMs: 30_000 });
+      await sshAdvertisedHead(url, "main", account, { timeoutMs: 30_000, connections: kept });
       break;
     } catch {
       await Bun.sleep(50); // sshd still starting: poll again
     }
   }
 
-  // In-process: this process's CPU over the polls.
-  const c0 = process.cpuUsage();
-  const t0 = performance.now();
-  for (let i = 0; i < polls; i++) await sshAdvertisedHead(url, "main", account, { timeoutMs: 30_000 });
-  const c = process.cpuUsage(c0);
-  const inCpu = (c.user + c.system) / 1000 / polls;
-  const inWall = (performance.now() - t0) / polls;
+  // In-process: this process's CPU over the polls, on the kept connection, then a new one each.
+  const inProcess = async (connections: SshConnections): Promise<{ cpu: number; wall: number }> => {
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    for (let i = 0; i < polls; i++) await sshAdvertisedHead(url, "main", account, { timeoutMs: 30_000, connections });
+    const c = process.cpuUsage(c0);
+    return { cpu: (c.user + c.system) / 1000 / polls, wall: (performance.now() - t0) / polls };
+  };
+  const reused = await inProcess(kept);
+  if (kept.counts.made !== 1) throw new Error(`the kept connection was made ${kept.counts.made} times`);
+  kept.close();
+  const { cpu: inCpu, wall: inWall } = await inProcess(fresh);
 
   // git ls-remote over OpenSSH, as pgod's git.ts runs it (BatchMode), with the same key and known_hosts.
   const env = {
@@ -101,8 +109,9 @@ try {
   const load = (await Bun.file("/proc/loadavg").text()).split(" ")[0];
   process.stdout.write(
     `load average (1 min) at the end: ${load}\n` +
-    `in-process ssh poll:  ${inCpu.toFixed(1)} ms CPU, ${inWall.toFixed(1)} ms wall per poll (n=${polls}); 50 services: ${share(inCpu)} of the ${baseline} s baseline\n` +
-    `git ls-remote (ssh):  ${gitCpu.toFixed(1)} ms CPU, ${gitWall.toFixed(1)} ms wall per poll (n=${n}); 50 services: ${share(gitCpu)} of the baseline\n`,
+    `in-process, kept connection: ${reused.cpu.toFixed(1)} ms CPU, ${reused.wall.toFixed(1)} ms wall per poll (n=${polls}); 50 services: ${share(reused.cpu)} of the ${baseline} s baseline\n` +
+    `in-process, new connection:  ${inCpu.toFixed(1)} ms CPU, ${inWall.toFixed(1)} ms wall per poll (n=${polls}); 50 services: ${share(inCpu)} of the ${baseline} s baseline\n` +
+    `git ls-remote (ssh):          ${gitCpu.toFixed(1)} ms CPU, ${gitWall.toFixed(1)} ms wall per poll (n=${n}); 50 services: ${share(gitCpu)} of the baseline\n`,
   );
 } finally {
   sshd?.kill();

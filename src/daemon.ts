@@ -33,6 +33,7 @@ import { realClock, Semaphore } from "./scheduler.ts";
 import type { Clock } from "./scheduler.ts";
 import { CHILD_PATH, engineEnv } from "./child_env.ts";
 import { makeUsers } from "./users.ts";
+import { sshConnections } from "./ssh_connections.ts";
 
 /** Exit codes of pgod. */
 export const EXIT = { ok: 0, fatal: 1, restart: 2 } as const;
@@ -117,6 +118,8 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
       onReplicas: metrics.replicasOf,
     }));
   }
+  // Kept ssh connections outlive two or three polls (jittered up to 1.5 intervals), within 1 to 30 min.
+  sshConnections.idleMs = Math.min(Math.max(2.5 * flags.durationMs, 60_000), 30 * 60_000);
   log.info("starting", { services: workers.size, config: configFile, dir, interval_ms: flags.durationMs });
 
   let finish!: (code: number) => void;
@@ -163,6 +166,7 @@ export async function runDaemon(flags: PgodFlags, deps: DaemonDeps): Promise<num
   unsubscribe();
   log.info("stopping: waiting for running commands", { code });
   await Promise.all([...workers.values()].map((w) => w.stop()));
+  sshConnections.close();
   await close?.();
   await Promise.all([...cgroups.values()].map((dirs) => removeCgroups(dirs).catch(() => false)));
   log.info("stopped", { code });

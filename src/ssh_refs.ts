@@ -3,7 +3,8 @@
  * `[user@]host:path`) points, asked in-process: an SSH exec channel of `git-upload-pack '<path>'`
  * with git's protocol v2 `ls-refs` for that one branch (the v0 advertisement when the server
  * ignores GIT_PROTOCOL). An idle poll then starts no process (`git ls-remote` over ssh starts
- * three, bench/README.md).
+ * three, bench/README.md), and the connection is kept for the next poll (src/ssh_connections.ts):
+ * a poll is then one channel, not a key exchange and a login.
  *
  * It does what `ssh -o BatchMode=yes` would do for the service's user, and no more: the keys
  * `~/.ssh/id_ed25519`, `~/.ssh/id_ecdsa`, `~/.ssh/id_rsa` of that user (unencrypted, a regular
@@ -19,6 +20,7 @@ import type { Algorithms, ClientChannel, ParsedKey, PublicKeyAuthMethod, ServerH
 import { Client, utils } from "ssh2";
 import { hostKeyName, linesNaming, matchHostKey } from "./known_hosts.ts";
 import { RemoteTimeout, UnsupportedRemote } from "./refs.ts";
+import { type Connect, type SshConnections, sshConnections, type SshLogin } from "./ssh_connections.ts";
 import { blobType } from "./ssh_protocol.ts";
 
 /** An SSH remote, split. `path` is what git passes to git-upload-pack. */
@@ -44,6 +46,8 @@ export interface SshRefsOptions {
   checkout?: string;
   /** The most bytes read of one answer (default 4 MiB). */
   maxBytes?: number;
+  /** Where connections are kept between polls (default `sshConnections`, pgod's). */
+  connections?: SshConnections;
 }
 
 /** Parses an ssh remote as git does; null for other URLs (http, file, paths, git://). */
@@ -101,16 +105,33 @@ export async function sshAdvertisedHead(url: string, branch: string, account: Ss
   }
   const hostKeys = await knownHostKeys(r, account, o.knownHosts ?? [`${ssh}/known_hosts`, "/etc/ssh/ssh_known_hosts"]);
   if (hostKeys.text === "") throw new UnsupportedRemote(`no known_hosts line names "${hostKeyName(r.host, r.port)}"`);
-  const keys: ParsedKey[] = [];
+  const identities: string[] = [];
   for (const f of IDENTITY_FILES) {
     const text = await userFile(`${ssh}/${f}`, account.uid, 64 * 1024, true);
-    if (text === null) continue;
-    const parsed: unknown = utils.parseKey(text);
-    const key = (Array.isArray(parsed) ? parsed[0] : parsed) as ParsedKey | Error | undefined;
-    if (key !== undefined && !(key instanceof Error) && key.isPrivateKey()) keys.push(key);
+    if (text !== null) identities.push(text);
   }
-  if (keys.length === 0) throw new UnsupportedRemote(`no usable key in "${ssh}"`);
-  return await lsRefs(r, branch, { user: r.user ?? account.name, keys, hostKeys, timeoutMs: o.timeoutMs, maxBytes: o.maxBytes ?? 4 * 1024 * 1024 });
+  if (identities.length === 0) throw new UnsupportedRemote(`no usable key in "${ssh}"`);
+  const user = r.user ?? account.name;
+  const login: SshLogin = { uid: account.uid, host: r.host, port: r.port, user, credentials: [hostKeys.text, ...identities].join("\0") };
+  // Keys are parsed only when a connection is made: a kept one was made with these very texts.
+  const connect: Connect = (timeoutMs) => {
+    const keys: ParsedKey[] = [];
+    for (const text of identities) {
+      const parsed: unknown = utils.parseKey(text);
+      const key = (Array.isArray(parsed) ? parsed[0] : parsed) as ParsedKey | Error | undefined;
+      if (key !== undefined && !(key instanceof Error) && key.isPrivateKey()) keys.push(key);
+    }
+    if (keys.length === 0) return Promise.reject(new UnsupportedRemote(`no usable key in "${ssh}"`));
+    return connectTo(r, { user, keys, hostKeys, timeoutMs });
+  };
+  const want = `refs/heads/${branch}`;
+  const max = o.maxBytes ?? 4 * 1024 * 1024;
+  const id = await (o.connections ?? sshConnections).exec(login, {
+    connect, command: `git-upload-pack ${quotePath(r.path)}`, env: { GIT_PROTOCOL: "version=2" }, timeoutMs: o.timeoutMs,
+    talk: (ch) => converse(ch, want, max),
+  });
+  if (id === null) throw new Error(`Cannot find branch "${branch}" on the remote`);
+  return id;
 }
 
 /**
@@ -169,44 +190,41 @@ function hostKeyAlgorithms(known: string[]): ServerHostKeyAlgorithm[] {
   return out;
 }
 
-interface LsRefs {
+interface Login {
   user: string;
   keys: ParsedKey[];
   hostKeys: { text: string; algos: string[] };
   timeoutMs: number;
-  maxBytes: number;
 }
 
-function lsRefs(r: SshRemote, branch: string, o: LsRefs): Promise<string> {
-  const want = `refs/heads/${branch}`;
+/** A connection to the remote's server, its host key checked against known_hosts, logged in with one of the keys. */
+function connectTo(r: SshRemote, o: Login): Promise<Client> {
   const conn = new Client();
-  return new Promise<string>((resolve, reject) => {
+  return new Promise<Client>((resolve, reject) => {
     let settled = false;
     let hostKeyProblem: string | undefined;
-    const done = (e: Error | null, id?: string): void => {
+    const done = (e: Error | null): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      conn.end();
-      if (e) reject(e);
-      else resolve(id!);
+      conn.removeListener("error", onError);
+      conn.removeListener("close", onClose);
+      if (e) {
+        conn.on("error", () => {}); // late errors of a connection given up on
+        conn.end();
+        reject(e);
+      } else resolve(conn);
     };
     const timer = setTimeout(() => done(new RemoteTimeout("Cannot ask the remote for its branches: it did not answer in time")), o.timeoutMs);
-    conn.on("error", (e: Error & { level?: string }) => {
+    const onError = (e: Error & { level?: string }): void => {
       if (hostKeyProblem !== undefined) return done(new UnsupportedRemote(hostKeyProblem));
       if (e.level === "client-authentication") return done(new UnsupportedRemote("the server accepts none of the user's keys"));
       done(new UnsupportedRemote(`the SSH connection failed: ${e.message}`));
-    });
-    conn.on("close", () => done(new UnsupportedRemote("the SSH connection closed before git answered")));
-    conn.on("ready", () => {
-      conn.exec(`git-upload-pack ${quotePath(r.path)}`, { env: { GIT_PROTOCOL: "version=2" } }, (err, ch) => {
-        if (err) return done(new UnsupportedRemote(`cannot run git-upload-pack: ${err.message}`));
-        converse(ch, want, o.maxBytes).then(
-          (id) => (id === null ? done(new Error(`Cannot find branch "${branch}" on the remote`)) : done(null, id)),
-          (e: unknown) => done(e instanceof Error ? e : new Error(String(e))),
-        );
-      });
-    });
+    };
+    const onClose = (): void => done(new UnsupportedRemote("the SSH connection closed before git answered"));
+    conn.on("error", onError);
+    conn.on("close", onClose);
+    conn.on("ready", () => done(null));
     const algorithms: Algorithms = { serverHostKey: hostKeyAlgorithms(o.hostKeys.algos) };
     const auth: PublicKeyAuthMethod[] = o.keys.map((key) => ({ type: "publickey", username: o.user, key }));
     conn.connect({

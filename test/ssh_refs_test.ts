@@ -6,9 +6,11 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmod, chown, mkdir, mkdtemp, readdir, rm, symlink, writeFile } from "node:fs/promises";
+import { connect, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { UnsupportedRemote } from "../src/refs.ts";
+import { SshConnections, sshConnections } from "../src/ssh_connections.ts";
 import { isSshRemote, parseSshRemote, quotePath, sshAdvertisedHead, type SshAccount } from "../src/ssh_refs.ts";
 import { canConnect, freePort, runSync as sh } from "./kit/process.ts";
 
@@ -18,6 +20,7 @@ let head: string; // the commit main points at
 let hostPub: string;
 let v2: Sshd; // AcceptEnv GIT_PROTOCOL
 let v0: Sshd; // ignores GIT_PROTOCOL: the server speaks protocol v0
+let impostor: Sshd; // another host key
 let account: SshAccount;
 
 interface Sshd {
@@ -25,12 +28,12 @@ interface Sshd {
   proc: ReturnType<typeof Bun.spawn>;
 }
 
-async function startSshd(name: string, extra: string): Promise<Sshd> {
+async function startSshd(name: string, extra: string, hostKey = "host_ed25519"): Promise<Sshd> {
   for (let attempt = 0; ; attempt++) {
     const port = await freePort();
     const config = join(dir, `${name}.conf`);
     await writeFile(config, [
-      `Port ${port}`, "ListenAddress 127.0.0.1", `HostKey ${join(dir, "host_ed25519")}`, `PidFile ${join(dir, `${name}.pid`)}`,
+      `Port ${port}`, "ListenAddress 127.0.0.1", `HostKey ${join(dir, hostKey)}`, `PidFile ${join(dir, `${name}.pid`)}`,
       `AuthorizedKeysFile ${join(dir, "authorized_keys")}`, "PasswordAuthentication no", "KbdInteractiveAuthentication no",
       "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password", "LogLevel ERROR", extra, "",
     ].join("\n"));
@@ -87,14 +90,17 @@ beforeAll(async () => {
   head = sh(["git", "-C", work, "rev-parse", "HEAD"]).trim();
   repo = join(dir, "repo's.git");
   sh(["git", "clone", "-q", "--bare", work, repo]);
-  [v2, v0] = await Promise.all([startSshd("v2", "AcceptEnv GIT_PROTOCOL"), startSshd("v0", "")]);
+  sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", join(dir, "impostor_ed25519")]);
+  [v2, v0, impostor] = await Promise.all([
+    startSshd("v2", "AcceptEnv GIT_PROTOCOL"), startSshd("v0", ""), startSshd("impostor", "AcceptEnv GIT_PROTOCOL", "impostor_ed25519"),
+  ]);
   account = await makeHome("home", known(v2.port) + known(v0.port));
 });
 
 afterAll(async () => {
-  v2?.proc.kill();
-  v0?.proc.kill();
-  await Promise.all([v2?.proc.exited, v0?.proc.exited]);
+  sshConnections.close();
+  for (const d of [v2, v0, impostor]) d?.proc.kill();
+  await Promise.all([v2, v0, impostor].map((d) => d?.proc.exited));
   await rm(dir, { recursive: true, force: true });
 });
 
@@ -179,5 +185,201 @@ describe("sshAdvertisedHead() against a real sshd", () => {
     const e = await sshAdvertisedHead(`ssh://127.0.0.1:${v2.port}${dir}/nothing.git`, "main", account, opts).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(UnsupportedRemote);
     expect((e as Error).message).toMatch(/not .*a git repository|does not appear/);
+  });
+});
+
+/**
+ * A TCP proxy in front of an sshd that counts the connections made through it and can cut them,
+ * freeze them (forward nothing more, as a peer gone without a word) or send new ones elsewhere.
+ */
+class Proxy {
+  accepted = 0;
+  readonly open = new Set<{ client: Socket; server: Socket; frozen: boolean }>();
+  private constructor(readonly server: Server, readonly port: number, public target: number) {}
+
+  static async start(target: number): Promise<Proxy> {
+    const server = createServer();
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    const p = new Proxy(server, (server.address() as { port: number }).port, target);
+    server.on("connection", (client) => {
+      p.accepted++;
+      const pair = { client, server: connect(p.target, "127.0.0.1"), frozen: false };
+      p.open.add(pair);
+      client.on("data", (d) => pair.frozen || pair.server.write(d));
+      pair.server.on("data", (d) => pair.frozen || client.write(d));
+      const end = (): void => {
+        p.open.delete(pair);
+        client.destroy();
+        pair.server.destroy();
+      };
+      for (const s of [client, pair.server]) s.on("close", end).on("error", end);
+    });
+    return p;
+  }
+
+  cut(): void {
+    for (const pair of this.open) pair.client.destroy();
+  }
+
+  freeze(): void {
+    for (const pair of this.open) pair.frozen = true;
+  }
+
+  async stop(): Promise<void> {
+    this.cut();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
+
+async function until(what: string, ok: () => boolean, timeoutMs = 20_000): Promise<void> {
+  for (const end = Date.now() + timeoutMs; !ok();) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(20); // polling for a condition, not waiting out a fixed time
+  }
+}
+
+describe("sshAdvertisedHead() keeps its connection between polls", () => {
+  let proxy: Proxy;
+  let url: string;
+  let viaProxy: SshAccount; // knows the proxy's port as v2's host
+  const pools: SshConnections[] = [];
+  const pool = (o: ConstructorParameters<typeof SshConnections>[0] = {}): SshConnections => {
+    const p = new SshConnections(o);
+    pools.push(p);
+    return p;
+  };
+
+  beforeAll(async () => {
+    proxy = await Proxy.start(v2.port);
+    url = `ssh://root@127.0.0.1:${proxy.port}${repo}`;
+    viaProxy = await makeHome("viaproxy", known(proxy.port) + known(v2.port));
+  });
+
+  afterAll(async () => {
+    for (const p of pools) p.close();
+    await proxy?.stop();
+  });
+
+  test("two polls of one login use one connection: one login on the server, two runs of git-upload-pack", async () => {
+    const connections = pool();
+    const before = { accepted: proxy.accepted, marks: await marks() };
+    expect(await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections })).toBe(head);
+    expect(await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections })).toBe(head);
+    await expect(sshAdvertisedHead(url, "nope", viaProxy, { ...opts, connections })).rejects.toThrow('Cannot find branch "nope"');
+    expect(await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections })).toBe(head);
+    expect({ accepted: proxy.accepted - before.accepted, runs: (await marks()) - before.marks, open: connections.size })
+      .toEqual({ accepted: 1, runs: 4, open: 1 });
+    connections.close();
+    await until("the proxy to see the connection closed", () => proxy.open.size === 0);
+  });
+
+  test("a connection that was closed under it is made again on the next poll", async () => {
+    const connections = pool();
+    const before = proxy.accepted;
+    expect(await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections })).toBe(head);
+    proxy.cut();
+    expect(await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections })).toBe(head);
+    expect(await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections })).toBe(head);
+    expect({ accepted: proxy.accepted - before, open: connections.size }).toEqual({ accepted: 2, open: 1 });
+    connections.close();
+  });
+
+  test("a connection that stops answering is given up and made again within the poll's deadline", async () => {
+    const connections = pool();
+    const before = proxy.accepted;
+    expect(await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections })).toBe(head);
+    proxy.freeze();
+    const t = performance.now();
+    expect(await sshAdvertisedHead(url, "main", viaProxy, { timeoutMs: 20_000, connections })).toBe(head);
+    expect(performance.now() - t).toBeLessThan(20_000);
+    expect({ accepted: proxy.accepted - before, lost: connections.counts.lost }).toEqual({ accepted: 2, lost: 1 });
+    connections.close();
+    proxy.cut();
+  });
+
+  test("a poll never waits past its deadline when the server stops answering", async () => {
+    const connections = pool();
+    expect(await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections })).toBe(head);
+    proxy.freeze();
+    const frozen = proxy.accepted;
+    proxy.target = 9; // the discard port: nothing listens, new connections fail at once
+    const t = performance.now();
+    const e = await sshAdvertisedHead(url, "main", viaProxy, { timeoutMs: 3000, connections }).catch((x: unknown) => x);
+    proxy.target = v2.port;
+    expect(performance.now() - t).toBeLessThan(6000);
+    expect(e).toBeInstanceOf(Error); // RemoteTimeout or UnsupportedRemote: either way no hang
+    expect(proxy.accepted).toBeGreaterThanOrEqual(frozen);
+    connections.close();
+    proxy.cut();
+  });
+
+  test("a changed host key when the connection is made again is refused: nothing runs on the server", async () => {
+    const connections = pool();
+    expect(await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections })).toBe(head);
+    proxy.target = impostor.port; // the same address now answers with another host key
+    proxy.cut();
+    const before = await marks();
+    const e = await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections }).catch((x: unknown) => x);
+    proxy.target = v2.port;
+    expect(e).toBeInstanceOf(UnsupportedRemote);
+    expect((e as Error).message).toContain("is changed");
+    expect({ runs: (await marks()) - before, open: connections.size }).toEqual({ runs: 0, open: 0 });
+    connections.close();
+  });
+
+  test("a known_hosts that changed makes a new connection, its host key checked again", async () => {
+    const connections = pool();
+    const home = await makeHome("rekeyed", known(proxy.port));
+    const before = proxy.accepted;
+    expect(await sshAdvertisedHead(url, "main", home, { ...opts, connections })).toBe(head);
+    const otherKey = (await Bun.file(join(dir, "other.pub")).text()).trim().split(" ").slice(0, 2).join(" ");
+    await writeFile(join(home.home, ".ssh", "known_hosts"), known(proxy.port, otherKey));
+    await expect(sshAdvertisedHead(url, "main", home, { ...opts, connections })).rejects.toThrow("is changed");
+    expect({ accepted: proxy.accepted - before, open: connections.size }).toEqual({ accepted: 2, open: 0 });
+  });
+
+  test("two service users never share a connection, even with the same key and remote user", async () => {
+    const connections = pool();
+    const nobody = await makeHome("nobody", known(proxy.port));
+    await chown(join(nobody.home, ".ssh", "id_ed25519"), 65534, 65534);
+    const other: SshAccount = { name: "nobody", uid: 65534, home: nobody.home };
+    const before = proxy.accepted;
+    for (let i = 0; i < 2; i++) {
+      expect(await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections })).toBe(head);
+      expect(await sshAdvertisedHead(url, "main", other, { ...opts, connections })).toBe(head);
+    }
+    expect({ accepted: proxy.accepted - before, open: connections.size }).toEqual({ accepted: 2, open: 2 });
+    connections.close();
+  });
+
+  test("an idle connection is closed after idleMs, and a service user keeps at most maxPerUser", async () => {
+    const idle = pool({ idleMs: 200 });
+    expect(await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections: idle })).toBe(head);
+    await until("the idle connection to be closed", () => idle.size === 0 && proxy.open.size === 0);
+    const capped = pool({ maxPerUser: 1 });
+    expect(await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections: capped })).toBe(head);
+    expect(await sshAdvertisedHead(`ssh://root@127.0.0.1:${v2.port}${repo}`, "main", viaProxy, { ...opts, connections: capped })).toBe(head);
+    expect(capped.size).toBe(1);
+    await until("the proxy's connection to be closed for the other one", () => proxy.open.size === 0);
+    capped.close();
+  });
+
+  test("polls at once past the user's cap take turns on the kept connection instead of logging in again", async () => {
+    const connections = pool({ maxPerUser: 1 });
+    const before = { accepted: proxy.accepted, marks: await marks() };
+    const ids = await Promise.all([0, 1, 2].map(() => sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections })));
+    expect(ids).toEqual([head, head, head]);
+    expect({ accepted: proxy.accepted - before.accepted, runs: (await marks()) - before.marks, open: connections.size })
+      .toEqual({ accepted: 1, runs: 3, open: 1 });
+    connections.close();
+  });
+
+  test("close() ends every kept connection", async () => {
+    const connections = pool();
+    expect(await sshAdvertisedHead(url, "main", viaProxy, { ...opts, connections })).toBe(head);
+    expect(proxy.open.size).toBe(1);
+    connections.close();
+    expect(connections.size).toBe(0);
+    await until("the proxy to see the connection closed", () => proxy.open.size === 0);
   });
 });
