@@ -169,7 +169,21 @@ export async function dispatch(key: ClientKey, request: string, io: SessionIO, d
   return status;
 }
 
-async function run(
+/** One routed request, as its command's handler gets it. */
+interface Call {
+  cmd: Command;
+  args: string[];
+  h: ServiceHandle;
+  io: SessionIO;
+  d: RouterDeps;
+  who: { service: string; key: string };
+  /** The session's output and abort signal, as compose and the service handle take them. */
+  out: { onStdout: (c: Uint8Array) => Promise<void>; onStderr: (c: Uint8Array) => Promise<void>; signal: AbortSignal };
+}
+
+type Handler = (c: Call) => Promise<number>;
+
+function run(
   cmd: Command,
   args: string[],
   h: ServiceHandle,
@@ -178,127 +192,164 @@ async function run(
   who: { service: string; key: string },
 ): Promise<number> {
   const out = { onStdout: (c: Uint8Array) => io.stdout.write(c), onStderr: (c: Uint8Array) => io.stderr.write(c), signal: io.signal };
-  switch (cmd) {
-    case "ping":
-      checkArgs(cmd, args);
-      await io.stdout.write(`pong ${d.hostname}\n`);
-      return 0;
-    case "recipient":
-      checkArgs(cmd, args);
-      await io.stdout.write(`${await h.recipient()}\n`);
-      return 0;
-    case "status":
-      checkArgs(cmd, args);
-      await io.stdout.write(formatStatus(h.status(), d.now ?? Date.now));
-      return 0;
-    case "check":
-    case "load": {
-      checkArgs(cmd, args);
-      ready(h);
-      const verdict = await h.check();
-      if (verdict.stale) await io.stderr.write(`Cannot fetch branch "${verdict.branch}": ${verdict.stale}; judged the last fetched commit\n`);
-      await io.stdout.write(formatVerdict(verdict));
-      return verdict.refusal === null ? 0 : 1;
-    }
-    case "exec": {
-      const [container, ...rest] = args;
-      if (container === undefined || rest.length === 0) throw new RequestError(EX.usage, 'Usage: "exec <container> <command> [args...]"');
-      if (!SERVICE_NAME.test(container)) throw new RequestError(EX.usage, `Invalid container "${container}": expected a compose service name`);
-      ready(h);
-      const release = await d.longRunning?.take(who.service, who.key, "exec", io.signal);
-      try {
-        const c = await h.composeFor();
-        return (await c.run(["exec", "-T", container, ...rest], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
-      } finally {
-        release?.();
-      }
-    }
-    case "ps":
-    case "logs": {
-      const a = checkArgs(cmd, args);
-      ready(h);
-      const follows = cmd === "logs" && a.some((x) => x === "-f" || x === "--follow");
-      const release = follows ? await d.longRunning?.take(who.service, who.key, "logs -f", io.signal) : undefined;
-      try {
-        const c = await h.composeFor();
-        return (await c.run([cmd, ...a], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
-      } finally {
-        release?.();
-      }
-    }
-    case "history": {
-      if (args.length > 1 || (args[0] !== undefined && !/^[1-9][0-9]{0,3}$/.test(args[0]))) {
-        throw new RequestError(EX.usage, 'Usage: "history [N]" with N from 1 to 9999');
-      }
-      await io.stdout.write(formatHistory(await readHistory(h.historyFile), Number(args[0] ?? 20)) || "no deploys yet\n");
-      return 0;
-    }
-    case "rollback": {
-      if (args.length > 1 || (args[0] !== undefined && !/^[0-9a-f]{4,64}$/.test(args[0]))) {
-        throw new RequestError(EX.usage, 'Usage: "rollback [commit]" with a commit id (or a prefix of at least 4 hex digits)');
-      }
-      ready(h);
-      await notStopped(h, cmd);
-      return h.exclusive(async () => {
-        await notStopped(h, cmd);
-        return h.rollbackTo(args[0] ?? null, out);
-      });
-    }
-    case "unpin":
-      checkArgs(cmd, args);
-      ready(h);
-      await h.unpin();
-      await io.stdout.write("unpinned: new commits are pulled again\n");
-      return 0;
-    case "sync": {
-      checkArgs(cmd, args);
-      ready(h);
-      const s = await h.syncNow();
-      if (s.pinned) {
-        await io.stdout.write(`pinned at ${s.pinned.slice(0, 12)}: "unpin" first to pull new commits\n`);
-        return 0;
-      }
-      await io.stdout.write(`at ${s.commit?.slice(0, 12) ?? "nothing"}: ${s.lastResult ?? "not deployed"}\n`);
-      if (s.lastError) await io.stderr.write(`${s.lastError}\n`);
-      return s.lastError ? 1 : 0;
-    }
-    case "up": {
-      const a = checkArgs(cmd, args);
-      ready(h);
-      await notStopped(h, cmd);
-      return h.exclusive(async () => {
-        await notStopped(h, cmd);
-        await h.setHold(null);
-        return h.deployNow("pgoctl", { io: out, services: a });
-      });
-    }
-    case "pull": {
-      const a = checkArgs(cmd, args).filter((x) => x !== "-q" && x !== "--quiet");
-      ready(h);
-      return h.exclusive(() => h.pullNow(out, a));
-    }
-    case "down":
-    case "stop":
-    case "start":
-    case "restart": {
-      const a = checkArgs(cmd, args);
-      ready(h);
-      const bringsUp = cmd === "start" || cmd === "restart";
-      if (bringsUp) await notStopped(h, cmd);
-      return h.exclusive(async () => {
-        if (bringsUp) await notStopped(h, cmd);
-        // start and restart read the compose model again: from the judged commit's bytes only.
-        if (bringsUp) await h.restoreNow();
-        const c = await h.composeFor();
-        const extra = cmd === "down" ? ["--remove-orphans"] : [];
-        const code = (await c.run([cmd, ...extra, ...a], out)).exitCode;
-        // A hold only for what happened: a refused stop (unknown service, bad -t) holds nothing.
-        // The lock keeps the reconcile loop out between the command and the hold.
-        if (code === 0) await h.setHold(bringsUp ? null : cmd);
-        return code;
-      });
-    }
+  return HANDLERS[cmd]({ cmd, args, h, io, d, who, out });
+}
+
+/** One handler per command. */
+const HANDLERS: Record<Command, Handler> = {
+  ping: runPing,
+  recipient: runRecipient,
+  status: runStatus,
+  check: runCheck,
+  load: runCheck,
+  exec: runExec,
+  ps: runComposeRead,
+  logs: runComposeRead,
+  history: runHistory,
+  rollback: runRollback,
+  unpin: runUnpin,
+  sync: runSync,
+  up: runUp,
+  pull: runPull,
+  down: runLifecycle,
+  stop: runLifecycle,
+  start: runLifecycle,
+  restart: runLifecycle,
+};
+
+async function runPing({ cmd, args, io, d }: Call): Promise<number> {
+  checkArgs(cmd, args);
+  await io.stdout.write(`pong ${d.hostname}\n`);
+  return 0;
+}
+
+async function runRecipient({ cmd, args, h, io }: Call): Promise<number> {
+  checkArgs(cmd, args);
+  await io.stdout.write(`${await h.recipient()}\n`);
+  return 0;
+}
+
+async function runStatus({ cmd, args, h, io, d }: Call): Promise<number> {
+  checkArgs(cmd, args);
+  await io.stdout.write(formatStatus(h.status(), d.now ?? Date.now));
+  return 0;
+}
+
+/** check (and its old name load): the verdict on the newest commit; 1 when it would be refused. */
+async function runCheck({ cmd, args, h, io }: Call): Promise<number> {
+  checkArgs(cmd, args);
+  ready(h);
+  const verdict = await h.check();
+  if (verdict.stale) await io.stderr.write(`Cannot fetch branch "${verdict.branch}": ${verdict.stale}; judged the last fetched commit\n`);
+  await io.stdout.write(formatVerdict(verdict));
+  return verdict.refusal === null ? 0 : 1;
+}
+
+async function runExec({ args, h, io, d, who, out }: Call): Promise<number> {
+  const [container, ...rest] = args;
+  if (container === undefined || rest.length === 0) throw new RequestError(EX.usage, 'Usage: "exec <container> <command> [args...]"');
+  if (!SERVICE_NAME.test(container)) throw new RequestError(EX.usage, `Invalid container "${container}": expected a compose service name`);
+  ready(h);
+  const release = await d.longRunning?.take(who.service, who.key, "exec", io.signal);
+  try {
+    const c = await h.composeFor();
+    return (await c.run(["exec", "-T", container, ...rest], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
+  } finally {
+    release?.();
   }
+}
+
+/** ps and logs: passed to compose; `logs -f` counts as long-running. */
+async function runComposeRead({ cmd, args, h, io, d, who, out }: Call): Promise<number> {
+  const a = checkArgs(cmd, args);
+  ready(h);
+  const follows = cmd === "logs" && a.some((x) => x === "-f" || x === "--follow");
+  const release = follows ? await d.longRunning?.take(who.service, who.key, "logs -f", io.signal) : undefined;
+  try {
+    const c = await h.composeFor();
+    return (await c.run([cmd, ...a], { ...out, timeoutMs: NO_TIMEOUT_MS })).exitCode;
+  } finally {
+    release?.();
+  }
+}
+
+async function runHistory({ args, h, io }: Call): Promise<number> {
+  if (args.length > 1 || (args[0] !== undefined && !/^[1-9][0-9]{0,3}$/.test(args[0]))) {
+    throw new RequestError(EX.usage, 'Usage: "history [N]" with N from 1 to 9999');
+  }
+  await io.stdout.write(formatHistory(await readHistory(h.historyFile), Number(args[0] ?? 20)) || "no deploys yet\n");
+  return 0;
+}
+
+async function runRollback({ cmd, args, h, out }: Call): Promise<number> {
+  if (args.length > 1 || (args[0] !== undefined && !/^[0-9a-f]{4,64}$/.test(args[0]))) {
+    throw new RequestError(EX.usage, 'Usage: "rollback [commit]" with a commit id (or a prefix of at least 4 hex digits)');
+  }
+  ready(h);
+  await notStopped(h, cmd);
+  return h.exclusive(async () => {
+    await notStopped(h, cmd);
+    return h.rollbackTo(args[0] ?? null, out);
+  });
+}
+
+async function runUnpin({ cmd, args, h, io }: Call): Promise<number> {
+  checkArgs(cmd, args);
+  ready(h);
+  await h.unpin();
+  await io.stdout.write("unpinned: new commits are pulled again\n");
+  return 0;
+}
+
+async function runSync({ cmd, args, h, io }: Call): Promise<number> {
+  checkArgs(cmd, args);
+  ready(h);
+  const s = await h.syncNow();
+  if (s.pinned) {
+    await io.stdout.write(`pinned at ${s.pinned.slice(0, 12)}: "unpin" first to pull new commits\n`);
+    return 0;
+  }
+  await io.stdout.write(`at ${s.commit?.slice(0, 12) ?? "nothing"}: ${s.lastResult ?? "not deployed"}\n`);
+  if (s.lastError) await io.stderr.write(`${s.lastError}\n`);
+  return s.lastError ? 1 : 0;
+}
+
+async function runUp({ cmd, args, h, out }: Call): Promise<number> {
+  const a = checkArgs(cmd, args);
+  ready(h);
+  await notStopped(h, cmd);
+  return h.exclusive(async () => {
+    await notStopped(h, cmd);
+    await h.setHold(null);
+    return h.deployNow("pgoctl", { io: out, services: a });
+  });
+}
+
+async function runPull({ cmd, args, h, out }: Call): Promise<number> {
+  const a = checkArgs(cmd, args).filter((x) => x !== "-q" && x !== "--quiet");
+  ready(h);
+  return h.exclusive(() => h.pullNow(out, a));
+}
+
+/** down, stop, start and restart: compose under the service's lock, then the hold they leave. */
+async function runLifecycle({ cmd, args, h, out }: Call): Promise<number> {
+  const a = checkArgs(cmd, args);
+  ready(h);
+  const bringsUp = cmd === "start" || cmd === "restart";
+  const hold: Hold | null = cmd === "down" || cmd === "stop" ? cmd : null;
+  if (bringsUp) await notStopped(h, cmd);
+  return h.exclusive(async () => {
+    if (bringsUp) await notStopped(h, cmd);
+    // start and restart read the compose model again: from the judged commit's bytes only.
+    if (bringsUp) await h.restoreNow();
+    const c = await h.composeFor();
+    const extra = cmd === "down" ? ["--remove-orphans"] : [];
+    const code = (await c.run([cmd, ...extra, ...a], out)).exitCode;
+    // A hold only for what happened: a refused stop (unknown service, bad -t) holds nothing.
+    // The lock keeps the reconcile loop out between the command and the hold.
+    if (code === 0) await h.setHold(hold);
+    return code;
+  });
 }
 
 /** Refuses a command that would bring the service up while the stop file exists (69). */

@@ -1,24 +1,16 @@
 /**
  * Services with `engine = "swarm"`: the compose model (as `docker compose config` resolves it,
  * `.env` included, after the same policy verdict) becomes a stack file (swarm_plan.ts) that
- * `docker stack deploy` reads from stdin; pgod waits for convergence itself (one-shot services
- * do not hang it, Swarm's own rollback and pause count as failures). The docker CLI does the
- * changes; the engine's socket is only read, and its JSON is checked where it enters.
+ * `docker stack deploy` reads from stdin (swarm_stack.ts); pgod waits for convergence itself
+ * (one-shot services do not hang it, Swarm's own rollback and pause count as failures). The
+ * docker CLI does the changes; the engine's socket is only read, and its JSON is checked where
+ * it enters.
  */
-import type { Compose, ComposeTarget } from "./compose.ts";
-import { composeEnv, makeCompose } from "./compose.ts";
 import { engineEnv } from "./child_env.ts";
 import type { Account } from "./users.ts";
-import { composeModel } from "./compose_model.ts";
-import { CommandError, EngineError } from "./errors.ts";
+import { EngineError } from "./errors.ts";
 import { isRecord, num, str, stringMap } from "./json.ts";
-import type { RunResult, Runner } from "./exec.ts";
-import { planStack, readObjectFile, type StackPlan } from "./swarm_plan.ts";
-
-// Kept for reconcile.ts, which imports them from here (it is being split by another change):
-// new code imports them from swarm_plan.ts.
-export { stackWarnings } from "./swarm_plan.ts";
-export type { StackPlan } from "./swarm_plan.ts";
+import type { Runner } from "./exec.ts";
 
 // ---------------------------------------------------------------------------------------------
 // The engine's view of a stack (read-only, over its socket)
@@ -217,179 +209,6 @@ function canonical(v: unknown): string {
   };
   return JSON.stringify(sort(v ?? null));
 }
-
-// ---------------------------------------------------------------------------------------------
-// The Compose interface, for a stack
-
-const DEPLOY_TIMEOUT_MS = 15 * 60_000;
-const QUICK_TIMEOUT_MS = 60_000;
-
-/** What makeSwarm needs besides the runner. */
-export interface SwarmOptions {
-  api: SwarmApi;
-  /** The service's cgroup(s) for `docker compose config` (see makeCgroups). */
-  cgroupDir?: string | readonly string[];
-  /** Called with the plan of each deploy (metrics, warnings). */
-  onPlan?: (plan: StackPlan) => void;
-  /** Waits while the stack is being removed; ms between polls (default 500). */
-  pollMs?: number;
-}
-
-/**
- * The Compose operations pgod and pgoctl use, done with `docker stack` and `docker service` for
- * the stack named after the project: up deploys, down and stop remove the stack, ps lists tasks,
- * logs reads service logs, exec runs in a task on this node.
- */
-export function makeSwarm(runner: Runner, t: ComposeTarget, o: SwarmOptions): Compose {
-  const env = composeEnv(t);
-  const compose = makeCompose(runner, t);
-  const docker = (args: string[], subcmd: string, io: Parameters<Compose["run"]>[1] = {}, stdin?: string): Promise<RunResult> =>
-    runner(["docker", ...args], {
-      cwd: t.dir, env, as: t.account, check: false,
-      timeoutMs: io.timeoutMs ?? QUICK_TIMEOUT_MS,
-      tag: { service: t.project, cmd: "docker", subcmd },
-      ...(stdin !== undefined ? { stdin } : {}),
-      ...(io.signal ? { signal: io.signal } : {}),
-      ...(io.onStdout ? { onStdout: io.onStdout } : {}),
-      ...(io.onStderr ? { onStderr: io.onStderr } : {}),
-    });
-  const model = (): Promise<unknown> =>
-    composeModel(runner, t, { profiles: "active", ...(o.cgroupDir ? { cgroupDir: o.cgroupDir } : {}) });
-  const say = async (io: Parameters<Compose["run"]>[1], text: string): Promise<void> => {
-    await io?.onStderr?.(new TextEncoder().encode(`${text}\n`));
-  };
-  const result = (exitCode: number, stderr = ""): RunResult => ({ exitCode, signal: null, stdout: "", stderr, durationMs: 0, timedOut: false });
-
-  const deploy = async (io: Parameters<Compose["run"]>[1] = {}): Promise<RunResult> => {
-    let plan: StackPlan;
-    try {
-      plan = await planStack(await model(), t.project, readObjectFile);
-    } catch (e) {
-      const msg = e instanceof Error ? e.message : String(e);
-      await say(io, msg);
-      return result(1, msg);
-    }
-    o.onPlan?.(plan);
-    const r = await docker(
-      ["stack", "deploy", "--compose-file", "-", "--with-registry-auth", "--prune", "--resolve-image", plan.resolveImage, "--detach=true", t.project],
-      "stack", { ...io, timeoutMs: io.timeoutMs ?? DEPLOY_TIMEOUT_MS }, plan.text,
-    );
-    if (r.exitCode === 0) await pruneObjects(plan).catch(() => {});
-    return r;
-  };
-
-  /** Removes config and secret revisions of this stack beyond the newest three of each key. */
-  const pruneObjects = async (plan: StackPlan): Promise<void> => {
-    for (const kind of ["config", "secret"] as const) {
-      const r = await docker([kind, "ls", "--filter", `label=com.docker.stack.namespace=${t.project}`, "--format", "{{.Name}}\t{{.CreatedAt}}"], kind);
-      if (r.exitCode !== 0) continue;
-      const rows = r.stdout.split("\n").map((l) => {
-        const [name = "", created = ""] = l.split("\t");
-        return { name, created };
-      }).filter((x) => x.name !== "");
-      for (const key of new Set(plan.objects.filter((x) => x.kind === kind).map((x) => x.key))) {
-        const prefix = `${t.project}_${key}_`;
-        const keep = new Set(plan.objects.filter((x) => x.kind === kind && x.key === key).map((x) => x.name));
-        const old = rows.filter((x) => x.name.startsWith(prefix) && /^[0-9a-f]{12}$/.test(x.name.slice(prefix.length)) && !keep.has(x.name))
-          .sort((a, b) => b.created.localeCompare(a.created));
-        // Objects still used by a task cannot be removed: the engine refuses, and they go next time.
-        for (const { name } of old.slice(2)) await docker([kind, "rm", name], kind);
-      }
-    }
-  };
-
-  const remove = async (io: Parameters<Compose["run"]>[1] = {}): Promise<RunResult> => {
-    const r = await docker(["stack", "rm", t.project], "stack", io);
-    if (r.exitCode !== 0) return r;
-    // stack rm returns before the services, tasks and networks are gone; a deploy right after
-    // would find the old network. Wait (bounded, 60 s) until no service or container is left.
-    for (let i = 0; i < 120; i++) {
-      if ((await o.api.services(t.project)).length === 0 && (await o.api.containers(t.project)) === 0) break;
-      await Bun.sleep(o.pollMs ?? 500);
-    }
-    return r;
-  };
-
-  const services = async (): Promise<string[]> => (await planStack(await model(), t.project, async () => new Uint8Array())).services;
-
-  const run: Compose["run"] = async (args, io = {}) => {
-    const [sub, ...rest] = args[0] === "--profile" ? args.slice(2) : args;
-    switch (sub) {
-      case "up":
-      case "start":
-        return deploy(io);
-      case "restart": {
-        const names = rest.filter((a) => !a.startsWith("-"));
-        const which = names.length > 0 ? names : await services();
-        let last = result(0);
-        for (const n of which) {
-          last = await docker(["service", "update", "--force", "--detach", `${t.project}_${n}`], "service", io);
-          if (last.exitCode !== 0) return last;
-        }
-        return last;
-      }
-      case "down":
-      case "stop":
-        return remove(io);
-      case "pull":
-        // Every node pulls what it runs at deploy (with --with-registry-auth): nothing to do here.
-        return result(0);
-      case "ps":
-        return docker(["stack", "ps", "--no-trunc", t.project], "stack", io);
-      case "logs": {
-        const opts: string[] = [];
-        const names: string[] = [];
-        for (let i = 0; i < rest.length; i++) {
-          const a = rest[i]!;
-          if (a === "-n" || a === "--tail" || a === "--since" || a === "--until") opts.push(a, rest[++i] ?? "");
-          else if (a.startsWith("-")) opts.push(a);
-          else names.push(a);
-        }
-        const which = names.length > 0 ? names : await services();
-        const results = await Promise.all(which.map((n) => docker(["service", "logs", ...opts, `${t.project}_${n}`], "service", io)));
-        return results.find((r) => r.exitCode !== 0) ?? results[0] ?? result(0);
-      }
-      case "exec": {
-        const argv = rest.filter((a, i) => !(i === 0 && a === "-T"));
-        const [svc, ...cmd] = argv;
-        const node = await o.api.nodeId();
-        const all = await o.api.services(t.project);
-        const s = all.find((x) => x.Spec.Name === `${t.project}_${svc}`);
-        const tasks = s ? await o.api.tasks([s.ID]) : [];
-        const here = tasks.find((x) => x.DesiredState === "running" && x.Status.State === "running" && x.NodeID === node && x.Status.ContainerStatus?.ContainerID);
-        const container = here?.Status.ContainerStatus?.ContainerID;
-        if (container === undefined) {
-          const elsewhere = tasks.some((x) => x.DesiredState === "running" && x.Status.State === "running");
-          const msg = elsewhere
-            ? `Cannot exec in "${svc}": its tasks run on other nodes of the swarm, not on this manager`
-            : `Cannot exec in "${svc}": it has no running task`;
-          await say(io, msg);
-          return result(1, msg);
-        }
-        return docker(["exec", "-i", container, ...cmd], "exec", io);
-      }
-      case "config":
-        return compose.run(args, io);
-      default: {
-        const msg = `Cannot run "${sub}" for a swarm service`;
-        await say(io, msg);
-        return result(64, msg);
-      }
-    }
-  };
-
-  return {
-    run,
-    async must(args, timeoutMs) {
-      const r = await run(args, timeoutMs !== undefined ? { timeoutMs } : {});
-      if (r.exitCode !== 0) throw new CommandError({ argv: ["docker", "stack", ...args], cwd: t.dir, exitCode: r.exitCode, stderrTail: r.stderr });
-      return r;
-    },
-    services,
-    withRegistries: (registries, fn) => compose.withRegistries(registries, fn),
-  };
-}
-
 
 /** `docker stack rm` without a compose file (the stack's services are found by its name). */
 export async function removeStack(runner: Runner, project: string, env: Record<string, string>, as?: Account): Promise<void> {

@@ -2,7 +2,8 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadConfig, parseConfig, SERVICE_KEYS } from "../src/config.ts";
+import { loadConfig, parseConfig } from "../src/config.ts";
+import { SERVICE_KEYS } from "../src/config_service.ts";
 import { ConfigError, type ConfigProblem } from "../src/errors.ts";
 
 const FILE = "/etc/pgo/pgo.toml";

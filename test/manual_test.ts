@@ -2,7 +2,7 @@ import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { COMMANDS } from "../src/commands.ts";
-import { SERVICE_KEYS } from "../src/config.ts";
+import { SERVICE_KEYS } from "../src/config_service.ts";
 import { PGOD_FLAGS, pgodUsage } from "../src/flags.ts";
 import { USAGE as PGOCTL_USAGE } from "../src/pgoctl.ts";
 import { RULES } from "../src/policy.ts";
