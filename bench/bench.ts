@@ -15,7 +15,7 @@ import { Client } from "ssh2";
 import { sshAlgorithms } from "../src/ssh_protocol.ts";
 import {
   atCleanup, cleanupAll, COMPOSE, COMPOSE_UP, composeFile, cpuDelta, EXEC, fakeEngine, POLL, loadAverage, machine, ownCpu, Pgod,
-  realEngine, Repo, ROOT, RUN_PREFIX, sweepRealContainers, tempDir, waitFor,
+  peakRssMiB, realEngine, Repo, ROOT, RUN_PREFIX, runUsage, sweepRealContainers, tempDir, waitFor,
 } from "./lib.ts";
 import type { Engine, ServiceSpec } from "./lib.ts";
 import { makeKey } from "../test/kit/keys.ts";
@@ -596,31 +596,6 @@ async function load(concurrency: number, total: number, maxMs: number, one: () =
   };
   await Promise.all(Array.from({ length: concurrency }, worker));
   return { done, errors, seconds: (performance.now() - t0) / 1000, firstError };
-}
-
-/** A finished process: wall time, its exit status and output, and its own CPU (ru_utime + ru_stime, ms). */
-async function runUsage(argv: string[], env?: Record<string, string | undefined>): Promise<{ code: number; stdout: string; stderr: string; ms: number; cpuMs: number }> {
-  const t = performance.now();
-  const proc = Bun.spawn(argv, { cwd: "/", env: env ?? process.env, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-  const timer = setTimeout(() => proc.kill("SIGKILL"), 30_000);
-  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
-  clearTimeout(timer);
-  const ms = performance.now() - t;
-  // Bun reports CPU times in microseconds.
-  const usage = proc.resourceUsage();
-  const cpuMs = usage ? Number(usage.cpuTime.user + usage.cpuTime.system) / 1000 : NaN;
-  return { code, stdout, stderr, ms, cpuMs };
-}
-
-/**
- * A process's peak RSS in MiB, from GNU time. Not Bun's resourceUsage().maxRSS: Bun starts
- * children with vfork, and Linux carries the parent's (this benchmark's) RSS into the child's
- * ru_maxrss at its exec, so every child would seem at least as large as the benchmark.
- */
-async function peakRssMiB(argv: string[], dir: string): Promise<number> {
-  const out = join(dir, "time.out");
-  await run(["/usr/bin/time", "-f", "%M", "-o", out, ...argv], { cwd: "/", timeoutMs: 30_000 });
-  return Number((await readFile(out, "utf8")).trim().split("\n").at(-1)) / 1024;
 }
 
 async function ping(engine: Engine, p: ReturnType<typeof plan>["s4"]): Promise<void> {

@@ -5,7 +5,7 @@
  * about the machine.
  */
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { mkdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
 import { join, resolve } from "node:path";
 import { composeFile as testCompose, listContainers } from "../test/kit/docker.ts";
@@ -378,4 +378,29 @@ export async function machine(enginePresent: boolean): Promise<Record<string, st
 /** The 1-minute load average. */
 export function loadAverage(): number {
   return Number(readFileSync("/proc/loadavg", "utf8").split(" ")[0]);
+}
+
+/** A finished process: wall time, its exit status and output, and its own CPU (ru_utime + ru_stime, ms). */
+export async function runUsage(argv: string[], env?: Record<string, string | undefined>): Promise<{ code: number; stdout: string; stderr: string; ms: number; cpuMs: number }> {
+  const t = performance.now();
+  const proc = Bun.spawn(argv, { cwd: "/", env: env ?? process.env, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const timer = setTimeout(() => proc.kill("SIGKILL"), 30_000);
+  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  clearTimeout(timer);
+  const ms = performance.now() - t;
+  // Bun reports CPU times in microseconds.
+  const usage = proc.resourceUsage();
+  const cpuMs = usage ? Number(usage.cpuTime.user + usage.cpuTime.system) / 1000 : NaN;
+  return { code, stdout, stderr, ms, cpuMs };
+}
+
+/**
+ * A process's peak RSS in MiB, from GNU time. Not Bun's resourceUsage().maxRSS: Bun starts
+ * children with vfork, and Linux carries the parent's (this benchmark's) RSS into the child's
+ * ru_maxrss at its exec, so every child would seem at least as large as the benchmark.
+ */
+export async function peakRssMiB(argv: string[], dir: string): Promise<number> {
+  const out = join(dir, "time.out");
+  await run(["/usr/bin/time", "-f", "%M", "-o", out, ...argv], { cwd: "/", timeoutMs: 30_000 });
+  return Number((await readFile(out, "utf8")).trim().split("\n").at(-1)) / 1024;
 }

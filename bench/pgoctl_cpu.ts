@@ -10,9 +10,8 @@
  *
  * Each PGOCTL is a pgoctl binary (or `label=path`); pgod is dist/pgod (PGOD_BIN).
  */
-import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { cleanupAll, composeFile, fakeEngine, loadAverage, Pgod, Repo, RUN_PREFIX, tempDir } from "./lib.ts";
+import { cleanupAll, composeFile, fakeEngine, loadAverage, peakRssMiB, Pgod, Repo, runUsage, RUN_PREFIX, tempDir } from "./lib.ts";
 import { makeKey } from "../test/kit/keys.ts";
 import { run } from "../test/kit/process.ts";
 import { percentile } from "../test/kit/stats.ts";
@@ -35,23 +34,8 @@ interface Sample {
 
 /** Runs a process to its end; wall ms and its own CPU ms. */
 async function measure(argv: string[]): Promise<Sample & { code: number; stdout: string; stderr: string }> {
-  const t = performance.now();
-  const proc = Bun.spawn(argv, { cwd: "/", env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: "/root", USER: "bench" }, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
-  const wall = performance.now() - t;
-  const u = proc.resourceUsage();
-  const cpu = u ? Number(u.cpuTime.user + u.cpuTime.system) / 1000 : NaN;
-  return { wall, cpu, code, stdout, stderr };
-}
-
-/**
- * Peak RSS in MiB from GNU time: Bun's maxRSS of a child includes this process's RSS (Bun
- * starts children with vfork, and Linux carries the parent's RSS into ru_maxrss at exec).
- */
-async function peakRss(argv: string[], dir: string): Promise<number> {
-  const out = join(dir, "time.out");
-  await run(["/usr/bin/time", "-f", "%M", "-o", out, ...argv], { timeoutMs: 30_000 });
-  return Number((await readFile(out, "utf8")).trim().split("\n").at(-1)) / 1024;
+  const r = await runUsage(argv, { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: "/root", USER: "bench" });
+  return { wall: r.ms, cpu: r.cpuMs, code: r.code, stdout: r.stdout, stderr: r.stderr };
 }
 
 const samples = new Map<string, Sample[]>();
@@ -93,10 +77,10 @@ try {
   const rss = new Map<string, number[]>();
   const addRss = (k: string, v: number): void => void rss.set(k, [...(rss.get(k) ?? []), v]);
   for (let i = 0; i < 5; i++) {
-    addRss("empty program", await peakRss([empty], root));
+    addRss("empty program", await peakRssMiB([empty], root));
     for (const b of builds) {
-      addRss(`${b.label} --version`, await peakRss([b.path, "--version"], root));
-      addRss(`${b.label} ping`, await peakRss(ping(b.path), root));
+      addRss(`${b.label} --version`, await peakRssMiB([b.path, "--version"], root));
+      addRss(`${b.label} ping`, await peakRssMiB(ping(b.path), root));
     }
   }
   console.log(`\nInterleaved, ${rounds} rounds, load average ${load0.toFixed(2)} at the start and ${load1.toFixed(2)} at the end`);

@@ -6,6 +6,7 @@
 import { chmod, chown, mkdir, stat } from "node:fs/promises";
 import type { ServiceConfig } from "./config.ts";
 import type { Containers } from "./containers.ts";
+import type { ExecIO } from "./compose.ts";
 import type { Runner } from "./exec.ts";
 import { makeGit } from "./git.ts";
 import type { Git } from "./git.ts";
@@ -52,12 +53,8 @@ export interface ServiceStatus {
   unverified?: string;
 }
 
-/** Where `deployNow` sends compose's output. */
-export interface DeployIO {
-  onStdout?: (chunk: Uint8Array) => Promise<void> | void;
-  onStderr?: (chunk: Uint8Array) => Promise<void> | void;
-  signal?: AbortSignal;
-}
+/** Where `deployNow` sends compose's output: the same callbacks as every compose run. */
+export type DeployIO = ExecIO;
 
 /** Everything with side effects that a loop uses. */
 export interface ReconcileDeps {
